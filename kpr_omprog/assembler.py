@@ -1,0 +1,415 @@
+"""Grouping kernel log lines per host into crash reports (sans-IO).
+
+The assembler is a pure state machine in the style of h11: bytes and time go
+in, finished :class:`Report` objects come out. It opens no socket, starts no
+thread and never reads the clock, so the same input always gives the same
+output, and the omprog, UDP and replay front ends are thin adapters around it::
+
+    from kpr_omprog import Assembler, AssemblerConfig
+
+    asm = Assembler(AssemblerConfig(idle_timeout=2.0))
+    for payload, (ip, port), at in datagrams:       # from anywhere
+        for report in asm.feed(payload, (ip, port), at):
+            print(report.host, report.start_line)
+    for report in asm.expire(now) + asm.close_all():  # idle reports, then the rest
+        ...
+
+A report opens at a crash start line (``BUG:``, ``WARNING:``, ``Kernel panic``,
+...; see :mod:`kpr_omprog.crash`) and takes with it the host's most recent
+lines as context. It closes on an end marker, an idle timeout, a maximum age,
+lines or bytes, a reboot of the host, or eviction of the host; an oops followed
+at once by the panic it caused stays one report.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import crash
+from .netconsole import DecodeStats, DecoderLimits, HostDecoder, Line
+
+__all__ = ["Assembler", "AssemblerConfig", "AssemblerStats", "Report"]
+
+GroupBy = Literal["ip", "ip-port"]
+
+_RELEASE_RES = (
+    # 3.x+ "CPU: 0 PID: 1 Comm: sh Not tainted 6.1.0-56-amd64 #1 Debian ..."
+    re.compile(r"(?:Not tainted|Tainted: [A-Z ]+?)\s+(\S+) #"),
+    # 2.6.32 "Pid: 1, comm: bash Not tainted 2.6.32-754.el6.x86_64 #1 ..."
+    re.compile(r"^Linux version (\S+)"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AssemblerConfig:
+    """Every bound of the assembler, with its default."""
+
+    group_by: GroupBy = "ip"
+    #: close a report when its host has been silent this long (seconds)
+    idle_timeout: float = 2.0
+    #: lines that may follow ``---[ end trace`` / ``Kernel Offset:`` (seconds)
+    end_grace: float = 0.5
+    #: close a report this long after its first line, whatever follows (seconds)
+    max_age: float = 120.0
+    #: close a report at this many lines
+    max_lines: int = 5000
+    #: close a report at this many bytes of text
+    max_bytes: int = 1 << 20
+    #: lines kept per host before a crash starts; the last few become context
+    context_lines: int = 10
+    #: hosts tracked at once; the least recently heard is evicted beyond this
+    max_hosts: int = 10000
+    decoder: DecoderLimits = field(default_factory=DecoderLimits)
+
+    def __post_init__(self) -> None:
+        if self.group_by not in ("ip", "ip-port"):
+            raise ValueError(f"group_by must be 'ip' or 'ip-port', not {self.group_by!r}")
+        for name in ("idle_timeout", "end_grace", "max_age"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("max_lines", "max_bytes", "max_hosts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.context_lines < 0:
+            raise ValueError("context_lines must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One crash report from one host, as it closed."""
+
+    host: str
+    port: int
+    first_seen: float
+    last_seen: float
+    lines: tuple[str, ...]
+    #: the kernel's own timestamp of each line (seconds since boot), when it had one
+    timestamps: tuple[float | None, ...]
+    #: the host's lines just before the start line (``sysrq: Trigger a crash``, ...)
+    context: tuple[str, ...]
+    start_line: str
+    #: why it closed: end_marker, idle, max_age, max_lines, max_bytes, reboot, evicted, end_of_input
+    closed_by: str
+    #: truncated, seq_gaps, fragments_lost, reboot_seen, undecodable, evicted
+    flags: tuple[str, ...]
+    kernel_release: str | None = None
+    seq_gaps: int = 0
+
+    @property
+    def text(self) -> str:
+        """The whole report, one line per kernel line, headers stripped."""
+        return "\n".join(self.lines)
+
+    @property
+    def key(self) -> str:
+        return self.host
+
+    def render_log(self) -> str:
+        """The report as the kernel printed it: context, then lines, with timestamps."""
+        out = [f"[{ts:12.6f}] {text}" if ts is not None else text
+               for text, ts in zip(self.lines, self.timestamps, strict=True)]
+        return "\n".join((*self.context, *out)) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "start_line": self.start_line,
+            "closed_by": self.closed_by,
+            "flags": list(self.flags),
+            "kernel_release": self.kernel_release,
+            "seq_gaps": self.seq_gaps,
+            "lines": len(self.lines),
+            "context": list(self.context),
+            "timestamps": list(self.timestamps),
+            "text": self.text,
+        }
+
+
+@dataclass(slots=True)
+class AssemblerStats:
+    """What the assembler saw; every bound that bites is counted here."""
+
+    reports: int = 0
+    hosts: int = 0
+    hosts_evicted: int = 0
+    reports_evicted: int = 0
+    reports_truncated: int = 0
+    decode: DecodeStats = field(default_factory=DecodeStats)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reports": self.reports, "hosts": self.hosts, "hosts_evicted": self.hosts_evicted,
+                "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
+                **self.decode.as_dict()}
+
+
+class _Open:
+    """A report being collected."""
+
+    __slots__ = ("serial", "first_seen", "last_seen", "lines", "timestamps", "context", "start_line",
+                 "flags", "nbytes", "grace_until", "release", "seq_gaps")
+
+    def __init__(self, serial: int, first: Line, context: tuple[str, ...], release: str | None) -> None:
+        self.serial = serial
+        self.first_seen = first.at
+        self.last_seen = first.at
+        self.lines: list[str] = []
+        self.timestamps: list[float | None] = []
+        self.context = context
+        self.start_line = first.text
+        self.flags: set[str] = set()
+        self.nbytes = 0
+        self.grace_until: float | None = None
+        self.release = release
+        self.seq_gaps = 0
+
+    def add(self, line: Line) -> None:
+        self.lines.append(line.text)
+        self.timestamps.append(line.ts)
+        self.nbytes += len(line.text) + 1
+        self.last_seen = line.at
+        if line.undecodable:
+            self.flags.add("undecodable")
+        if line.fragments_lost:
+            self.flags.add("fragments_lost")
+        if line.seq_gap:
+            self.seq_gaps += line.seq_gap
+            self.flags.add("seq_gaps")
+        if line.release and not self.release:
+            self.release = line.release
+
+
+class _Host:
+    __slots__ = ("ip", "port", "key", "decoder", "recent", "report", "last_at", "release", "scheduled")
+
+    def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder,
+                 context_lines: int) -> None:
+        self.ip = ip
+        self.port = port
+        self.key = key
+        self.decoder = decoder
+        self.recent: deque[Line] = deque(maxlen=context_lines)
+        self.report: _Open | None = None
+        self.last_at = 0.0
+        self.release: str | None = None
+        #: the earliest deadline of this host that sits in the assembler's heap
+        self.scheduled: float | None = None
+
+
+class Assembler:
+    """Per-host crash report assembly. See the module docstring for an example."""
+
+    def __init__(self, config: AssemblerConfig | None = None) -> None:
+        self.config = config or AssemblerConfig()
+        self.stats = AssemblerStats()
+        self._hosts: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
+        # (deadline, tie-breaker, key): lazily invalidated; see _check_deadline
+        self._deadlines: list[tuple[float, int, tuple[str, int] | str]] = []
+        self._serial = 0
+        self._by_ip = self.config.group_by == "ip"
+
+    # -- public -------------------------------------------------------------------------
+
+    def feed(self, datagram: bytes, source: tuple[str, int], at: float) -> list[Report]:
+        """Take one datagram from ``source`` (ip, port) received at ``at``.
+
+        Returns the reports this datagram closed (often none).
+        """
+        closed: list[Report] = []
+        host = self._host(source, at, closed)
+        host.last_at = at
+        host.port = source[1]
+        self._due(host, at, closed)
+        for line in host.decoder.feed(datagram, at):
+            self._line(host, line, closed)
+        self._schedule(host)
+        return closed
+
+    def expire(self, now: float) -> list[Report]:
+        """Close every report whose time is up at ``now``; return them in closing order."""
+        closed: list[Report] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            d, _, key = heapq.heappop(heap)
+            host = self._hosts.get(key)
+            if host is None or host.scheduled != d:
+                continue  # stale: the host was evicted, or holds an earlier entry
+            host.scheduled = None
+            self._due(host, now, closed)
+            self._schedule(host)
+        return closed
+
+    def close_all(self) -> list[Report]:
+        """End of input: flush every host and close every open report."""
+        closed: list[Report] = []
+        for host in list(self._hosts.values()):
+            for line in host.decoder.flush():
+                self._line(host, line, closed)
+            if host.report is not None:
+                ended = host.report.grace_until is not None
+                self._close(host, "end_marker" if ended else "end_of_input", closed)
+            host.scheduled = None
+        self._deadlines.clear()
+        return closed
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`expire` may close something."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    @property
+    def open_reports(self) -> int:
+        return sum(1 for h in self._hosts.values() if h.report is not None)
+
+    @property
+    def hosts(self) -> int:
+        return len(self._hosts)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _host(self, source: tuple[str, int], at: float, closed: list[Report]) -> _Host:
+        key: tuple[str, int] | str = source[0] if self._by_ip else (source[0], source[1])
+        hosts = self._hosts
+        host = hosts.get(key)
+        if host is not None:
+            hosts.move_to_end(key)
+            return host
+        if len(hosts) >= self.config.max_hosts:
+            _, old = hosts.popitem(last=False)
+            self.stats.hosts_evicted += 1
+            for line in old.decoder.flush():
+                self._line(old, line, closed)
+            if old.report is not None:
+                old.report.flags.add("evicted")
+                self.stats.reports_evicted += 1
+                self._close(old, "evicted", closed)
+        host = _Host(source[0], source[1], key, HostDecoder(self.config.decoder, self.stats.decode),
+                     self.config.context_lines)
+        hosts[key] = host
+        self.stats.hosts = len(hosts)
+        return host
+
+    def _deadline(self, host: _Host) -> float | None:
+        times = []
+        d = host.decoder.deadline()
+        if d is not None:
+            times.append(d)
+        rep = host.report
+        if rep is not None:
+            cfg = self.config
+            times.append(rep.last_seen + cfg.idle_timeout)
+            times.append(rep.first_seen + cfg.max_age)
+            if rep.grace_until is not None:
+                times.append(rep.grace_until)
+        return min(times) if times else None
+
+    def _schedule(self, host: _Host) -> None:
+        d = self._deadline(host)
+        if d is None:
+            return
+        # Deadlines mostly move later (each line pushes the idle timeout on); an entry
+        # that pops too early is re-pushed by expire(), so only an earlier deadline
+        # needs a new entry. This keeps heap work per host, not per line.
+        if host.scheduled is not None and host.scheduled <= d:
+            return
+        host.scheduled = d
+        self._serial += 1
+        heapq.heappush(self._deadlines, (d, self._serial, host.key))
+
+    def _due(self, host: _Host, now: float, closed: list[Report]) -> None:
+        """Apply whatever timeouts of ``host`` have passed by ``now``."""
+        for line in host.decoder.expire(now):
+            self._line(host, line, closed)
+        rep = host.report
+        if rep is None:
+            return
+        cfg = self.config
+        if rep.grace_until is not None and rep.grace_until <= now:
+            self._close(host, "end_marker", closed)
+        elif rep.last_seen + cfg.idle_timeout <= now:
+            self._close(host, "idle", closed)
+        elif rep.first_seen + cfg.max_age <= now:
+            rep.flags.add("truncated")
+            self.stats.reports_truncated += 1
+            self._close(host, "max_age", closed)
+
+    def _line(self, host: _Host, line: Line, closed: list[Report]) -> None:
+        if line.reboot:
+            if host.report is not None:
+                host.report.flags.add("reboot_seen")
+                self._close(host, "reboot", closed)
+            host.recent.clear()
+        text = line.text
+        if text.startswith("Linux version "):
+            host.release = text.split(" ", 3)[2] if text.count(" ") >= 2 else host.release
+        if line.release:
+            host.release = line.release
+        kind = crash.classify(text)
+        rep = host.report
+        if rep is None:
+            if kind == crash.START or kind == crash.PANIC:
+                self._open(host, line)
+            else:
+                host.recent.append(line)
+            return
+        if rep.grace_until is not None and kind == crash.START:
+            # A new crash after the previous one's end: two reports.
+            self._close(host, "end_marker", closed)
+            self._open(host, line)
+            return
+        if kind == crash.PANIC:
+            rep.grace_until = None  # the oops's own panic: one report
+        rep.add(line)
+        if kind == crash.END_NOW:
+            self._close(host, "end_marker", closed)
+            return
+        if kind == crash.END_GRACE:
+            rep.grace_until = line.at + self.config.end_grace
+        cfg = self.config
+        if len(rep.lines) >= cfg.max_lines:
+            self._truncate(host, "max_lines", closed)
+        elif rep.nbytes >= cfg.max_bytes:
+            self._truncate(host, "max_bytes", closed)
+
+    def _open(self, host: _Host, line: Line) -> None:
+        self._serial += 1
+        context = tuple(x.text for x in host.recent)
+        rep = _Open(self._serial, line, context, host.release)
+        for x in host.recent:
+            if x.release and not rep.release:
+                rep.release = x.release
+        host.recent.clear()
+        host.report = rep
+        rep.add(line)
+
+    def _truncate(self, host: _Host, reason: str, closed: list[Report]) -> None:
+        assert host.report is not None
+        host.report.flags.add("truncated")
+        self.stats.reports_truncated += 1
+        self._close(host, reason, closed)
+
+    def _close(self, host: _Host, reason: str, closed: list[Report]) -> None:
+        rep = host.report
+        assert rep is not None
+        host.report = None
+        release = rep.release
+        if release is None:
+            for text in rep.lines[:40]:
+                for rx in _RELEASE_RES:
+                    m = rx.search(text)
+                    if m:
+                        release = m.group(1)
+                        break
+                if release:
+                    break
+        self.stats.reports += 1
+        closed.append(Report(
+            host=host.ip, port=host.port, first_seen=rep.first_seen, last_seen=rep.last_seen,
+            lines=tuple(rep.lines), timestamps=tuple(rep.timestamps), context=rep.context,
+            start_line=rep.start_line, closed_by=reason, flags=tuple(sorted(rep.flags)),
+            kernel_release=release, seq_gaps=rep.seq_gaps))

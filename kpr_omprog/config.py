@@ -1,0 +1,233 @@
+"""All settings in one place: defaults, the TOML file, and their validation.
+
+``/etc/kpr-omprog/config.toml`` when installed, ``--config FILE`` anywhere;
+command-line flags override the file. Every bound of the receiver has a
+default here, a key in the file, and a log line when it bites::
+
+    dsn = "https://key@sentry.example/1"   # empty: keep reports in the local store only
+    state_dir = "/var/lib/kpr-omprog"
+
+    [assembler]
+    group_by = "ip"          # or "ip-port"
+    idle_timeout = 2.0
+
+    [udp]
+    listen = ["0.0.0.0:514"]
+    allow = ["10.0.0.0/8"]   # sender networks; empty means everyone
+
+    [hooks]
+    title = "mymodule:parse_title"
+    tag = ["mymodule:parse_kernel_version"]
+
+:func:`load` raises :class:`ConfigError` naming the bad key and why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .assembler import AssemblerConfig
+
+__all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "UdpConfig",
+           "load", "parse_listen"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/kpr-omprog/config.toml")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpConfig:
+    listen: tuple[str, ...] = ("0.0.0.0:514",)
+    #: bytes asked for SO_RCVBUF (SO_RCVBUFFORCE as root); bursts are lost without it
+    rcvbuf: int = 8 << 20
+    #: sender networks allowed; empty means every sender
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    #: seconds for one HTTP request to Sentry
+    timeout: float = 10.0
+    #: longest wait between two attempts after errors (seconds)
+    backoff_max: float = 300.0
+    #: reports sent at the same time
+    concurrency: int = 4
+    #: the outbox may hold this many bytes; beyond it new reports are refused loudly
+    disk_cap_bytes: int = 1 << 30
+    #: a report still undelivered after this many seconds is dead-lettered (30 days:
+    #: Sentry drops older timestamps anyway)
+    max_age: float = 30 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """Parsers named as ``module:function``."""
+
+    title: str | None = None
+    user: str | None = None
+    fingerprint: str | None = None
+    message: str | None = None
+    check: str | None = None
+    tag: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    dsn: str | None = None
+    state_dir: str = "/var/lib/kpr-omprog"
+    environment: str | None = None
+    #: "json", "console" or "auto" (console on a terminal)
+    log_format: str = "auto"
+    log_level: str = "info"
+    assembler: AssemblerConfig = field(default_factory=AssemblerConfig)
+    udp: UdpConfig = field(default_factory=UdpConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:514"``, ``"[::1]:514"`` or ``":514"`` to (address, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {value!r}: expected ADDR:PORT, e.g. 0.0.0.0:514 or [::1]:514")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"listen address {value!r}: {host!r} is not an IP address") from None
+    return host, int(port)
+
+
+def _check_type(key: str, value: Any, want: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and want in (int, float, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if want is float:
+        want = (int, float)
+    if not isinstance(value, want):
+        names = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true/false"}
+        exp = names.get(want, "a number") if isinstance(want, type) else "a number"
+        raise ConfigError(f"{key}: expected {exp}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(data: dict[str, Any], cls: type, prefix: str, base: Any) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    updates: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}"
+        f = known.get(key)
+        if f is None or f.name == "decoder":
+            raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(k for k in known if k != 'decoder'))})")
+        default = getattr(base, key)
+        if isinstance(default, tuple):
+            _check_type(full, value, list)
+            for item in value:
+                _check_type(full, item, str)
+            value = tuple(value)
+        elif isinstance(default, float):
+            value = float(_check_type(full, value, float))
+        elif isinstance(default, int):
+            _check_type(full, value, int)
+        elif isinstance(default, str) or default is None:
+            _check_type(full, value, str)
+        updates[key] = value
+    try:
+        return replace(base, **updates)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML, validating every key."""
+    cfg = base or Config()
+    top: dict[str, Any] = {}
+    sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "delivery": DeliveryConfig, "hooks": HooksConfig}
+    for key, value in data.items():
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table [{key}]")
+            if key == "assembler" and "decoder" in value:
+                raise ConfigError("assembler.decoder: unknown key")
+            cfg = replace(cfg, **{key: _section(value, sections[key], key, getattr(cfg, key))})
+        elif key in ("dsn", "state_dir", "environment", "log_format", "log_level"):
+            top[key] = _check_type(key, value, str)
+        else:
+            raise ConfigError(f"{key}: unknown key")
+    cfg = replace(cfg, **top)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check what types alone cannot; raise :class:`ConfigError`."""
+    if cfg.dsn:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(cfg.dsn)
+        if u.scheme not in ("http", "https") or not u.username or not u.hostname or not u.path.strip("/"):
+            raise ConfigError(f"dsn: {cfg.dsn!r} is not a Sentry DSN (expected https://KEY@HOST/PROJECT_ID)")
+    if cfg.log_format not in ("auto", "json", "console"):
+        raise ConfigError(f"log_format: {cfg.log_format!r} must be auto, json or console")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: {cfg.log_level!r} must be debug, info, warning or error")
+    for item in cfg.udp.listen:
+        parse_listen(item)
+    for net in cfg.udp.allow:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"udp.allow: {net!r} is not a network (e.g. 10.0.0.0/8)") from None
+    if cfg.udp.rcvbuf < 65536:
+        raise ConfigError("udp.rcvbuf: must be at least 65536 bytes")
+    d = cfg.delivery
+    if d.timeout <= 0 or d.backoff_max <= 0 or d.max_age <= 0:
+        raise ConfigError("delivery: timeout, backoff_max and max_age must be > 0")
+    if d.concurrency < 1 or d.concurrency > 64:
+        raise ConfigError("delivery.concurrency: must be between 1 and 64")
+    if d.disk_cap_bytes < 1 << 20:
+        raise ConfigError("delivery.disk_cap_bytes: must be at least 1048576 (1 MiB)")
+    h = cfg.hooks
+    for name in ("title", "user", "fingerprint", "message", "check"):
+        spec = getattr(h, name)
+        if spec is not None:
+            _check_hook_spec(f"hooks.{name}", spec)
+    for name in ("tag", "extra"):
+        for spec in getattr(h, name):
+            _check_hook_spec(f"hooks.{name}", spec)
+
+
+def _check_hook_spec(key: str, spec: str) -> None:
+    mod, sep, func = spec.partition(":")
+    if not sep or not mod or not func.isidentifier():
+        raise ConfigError(f"{key}: {spec!r} must be 'module:function'")
+
+
+def load(path: str | os.PathLike[str] | None, base: Config | None = None) -> Config:
+    """Read a TOML config file. ``None`` reads the installed default if it exists."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return base or Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return from_dict(data, base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+

@@ -1,0 +1,366 @@
+"""Decoding netconsole datagrams into kernel log lines, per sending host.
+
+Netconsole speaks two formats over UDP:
+
+* classic: raw console text. One datagram holds one line, several lines, or a
+  piece of a line (the kernel cuts console writes at 1000 bytes without a marker,
+  and old kernels send ``pr_cont`` pieces as they are printed).
+* extended (``netconsole=+...``): ``<level>,<seq>,<usec>,<flags>[,k=v...];<text>``
+  with ``\\xNN`` escapes, dictionary lines after the text, an optional kernel
+  release in front (the ``r`` option) and ``ncfrag=<offset>/<total>`` fragments
+  for records longer than one datagram.
+
+:class:`HostDecoder` is sans-IO: it never reads a clock and never raises on
+input. Feed it payloads with their receive time; it returns finished
+:class:`Line` objects and keeps, per host, the little state the formats need
+(the unfinished classic line, pending fragments, the last sequence number)::
+
+    >>> d = HostDecoder()
+    >>> [l.text for l in d.feed(b"[    1.000000] hello\\n", at=10.0)]
+    ['hello']
+    >>> d.feed(b"6,7,1000,-;ext line\\n", at=10.1)[0].seq
+    7
+
+Everything it cannot parse is kept as classic text and counted in
+:class:`DecodeStats`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["DecodeStats", "DecoderLimits", "HostDecoder", "Line", "MAX_PRINT_CHUNK"]
+
+#: The kernel never sends a datagram longer than this (drivers/net/netconsole.c).
+MAX_PRINT_CHUNK = 1000
+
+# "[    1.234567]" optionally followed by a printk caller id "[T123]" / "[C1]".
+_CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10})\.(\d{1,9})\])?(?:\[[TC]\d+\])? ?")
+# The start of a new classic console line: a timestamp or a level prefix.
+_NEW_LINE_START = re.compile(rb"^(?:<\d{1,3}>|\[\s*\d{1,10}\.\d{1,9}\])")
+_EXT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+_DIGITS = frozenset(b"0123456789")
+
+
+@dataclass(slots=True)
+class Line:
+    """One kernel log line as received from one host.
+
+    ``text`` has every transport header removed (timestamp, level, extended
+    header) and is valid UTF-8. ``ts`` is the kernel's own timestamp in seconds
+    since boot, when the line carried one.
+    """
+
+    text: str
+    at: float
+    ts: float | None = None
+    level: int | None = None
+    seq: int | None = None
+    release: str | None = None
+    #: the host's log went backwards: this is the first line of a new boot
+    reboot: bool = False
+    #: bytes that were not valid UTF-8 (or NULs) were replaced in ``text``
+    undecodable: bool = False
+    #: part of this record's fragments never arrived
+    fragments_lost: bool = False
+    #: extended sequence numbers skipped before this line (not necessarily loss)
+    seq_gap: int = 0
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """Counters of what decoding met; shared by every host of an assembler."""
+
+    datagrams: int = 0
+    lines: int = 0
+    extended: int = 0
+    malformed_headers: int = 0
+    bad_fragments: int = 0
+    fragments_expired: int = 0
+    undecodable: int = 0
+    oversized: int = 0
+    duplicates: int = 0
+    reboots: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderLimits:
+    """Bounds on what one host may make the decoder hold."""
+
+    #: longest classic line kept while its pieces arrive; the rest is cut
+    max_line_bytes: int = 16384
+    #: an extended record claiming to be longer than this is rejected
+    max_record_bytes: int = 65536
+    #: records being reassembled from ncfrag pieces at the same time
+    max_pending_fragments: int = 8
+    #: seconds to wait for the rest of a classic line or of a fragmented record
+    piece_timeout: float = 0.5
+    #: extended sequence numbers going back by more than this mean a reboot
+    reorder_window: int = 32
+
+
+@dataclass(slots=True)
+class _Fragments:
+    total: int
+    first_at: float
+    header: tuple[int, int, int, str | None]
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    have: int = 0
+
+
+def _to_text(raw: bytes, stats: DecodeStats) -> tuple[str, bool]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.undecodable += 1
+        return raw.decode("utf-8", "replace").replace("\x00", "\ufffd"), True
+    if "\x00" in text:
+        stats.undecodable += 1
+        return text.replace("\x00", "\ufffd"), True
+    return text, False
+
+
+class HostDecoder:
+    """Turns one host's datagrams into :class:`Line` objects (sans-IO)."""
+
+    __slots__ = ("limits", "stats", "_partial", "_partial_at", "_frags", "_last_seq",
+                 "_last_ts", "_release", "_seen")
+
+    def __init__(self, limits: DecoderLimits | None = None, stats: DecodeStats | None = None) -> None:
+        self.limits = limits or DecoderLimits()
+        self.stats = stats if stats is not None else DecodeStats()
+        self._partial: bytes = b""
+        self._partial_at = 0.0
+        self._frags: dict[int, _Fragments] = {}
+        self._last_seq: int | None = None
+        self._last_ts: float | None = None
+        self._release: str | None = None
+        self._seen = False
+
+    # -- public -------------------------------------------------------------------------
+
+    def feed(self, payload: bytes, at: float) -> list[Line]:
+        """Decode one datagram received at ``at``; return the lines it completed."""
+        self.stats.datagrams += 1
+        out: list[Line] = []
+        if len(payload) > 4 * MAX_PRINT_CHUNK:
+            # Netconsole never sends this much; keep it, but as one bounded line.
+            self.stats.oversized += 1
+        if payload[:1] in _DIGITS_BYTES and b";" in payload[:96]:
+            ext = self._feed_extended(payload, at, out)
+            if ext:
+                return out
+        self._feed_classic(payload, at, out)
+        return out
+
+    def deadline(self) -> float | None:
+        """When :meth:`expire` has work to do (an unfinished line or record)."""
+        times = [f.first_at for f in self._frags.values()]
+        if self._partial:
+            times.append(self._partial_at)
+        if not times:
+            return None
+        return min(times) + self.limits.piece_timeout
+
+    def expire(self, now: float) -> list[Line]:
+        """Give up waiting for pieces older than the timeout; return what they make."""
+        out: list[Line] = []
+        timeout = self.limits.piece_timeout
+        if self._partial and self._partial_at + timeout <= now:
+            self._emit_classic(self._partial, self._partial_at, out)
+            self._partial = b""
+        for seq in [s for s, f in self._frags.items() if f.first_at + timeout <= now]:
+            self._flush_fragments(seq, out, lost=True)
+        return out
+
+    def flush(self) -> list[Line]:
+        """End of input: return everything still pending."""
+        out: list[Line] = []
+        if self._partial:
+            self._emit_classic(self._partial, self._partial_at, out)
+            self._partial = b""
+        for seq in list(self._frags):
+            self._flush_fragments(seq, out, lost=True)
+        return out
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._partial) + sum(f.have for f in self._frags.values())
+
+    # -- classic ------------------------------------------------------------------------
+
+    def _feed_classic(self, payload: bytes, at: float, out: list[Line]) -> None:
+        if self._partial:
+            if _NEW_LINE_START.match(payload):
+                # The unfinished line was complete after all (a line sent without LF).
+                self._emit_classic(self._partial, self._partial_at, out)
+                self._partial = b""
+            else:
+                payload = self._partial + payload
+                at = self._partial_at
+                self._partial = b""
+        if payload.endswith(b"\n"):
+            payload, rest = payload[:-1], b""
+        else:
+            payload, _, rest = payload.rpartition(b"\n")
+            if not _:
+                payload, rest = b"", payload
+        if payload:
+            for raw in payload.split(b"\n"):
+                self._emit_classic(raw, at, out)
+        if rest:
+            if len(rest) > self.limits.max_line_bytes:
+                self.stats.oversized += 1
+                self._emit_classic(rest[: self.limits.max_line_bytes], at, out)
+            else:
+                self._partial = rest
+                self._partial_at = at
+
+    def _emit_classic(self, raw: bytes, at: float, out: list[Line]) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        level: int | None = None
+        ts: float | None = None
+        if raw[:1] == b"[" or raw[:1] == b"<":
+            m = _CLASSIC_PREFIX.match(raw)
+            if m is not None and m.end():
+                if m.group(1) is not None:
+                    level = int(m.group(1))
+                if m.group(2) is not None:
+                    ts = int(m.group(2)) + int(m.group(3)) / 10 ** len(m.group(3))
+                raw = raw[m.end():]
+        if len(raw) > self.limits.max_line_bytes:
+            self.stats.oversized += 1
+            raw = raw[: self.limits.max_line_bytes]
+        text, bad = _to_text(raw, self.stats)
+        line = Line(text, at, ts, level, undecodable=bad)
+        if ts is not None:
+            last = self._last_ts
+            # A kernel clock that runs backwards by more than a second is a new boot.
+            if last is not None and ts + 1.0 < last:
+                line.reboot = True
+                self.stats.reboots += 1
+            self._last_ts = ts
+        elif self._seen and text.startswith("Linux version "):
+            # Without timestamps only the boot banner tells a reboot apart.
+            line.reboot = True
+            self.stats.reboots += 1
+        self._seen = True
+        self.stats.lines += 1
+        out.append(line)
+
+    # -- extended -----------------------------------------------------------------------
+
+    def _feed_extended(self, payload: bytes, at: float, out: list[Line]) -> bool:
+        """Handle ``payload`` as an extended record; False when it is not one."""
+        header, _, body = payload.partition(b";")
+        fields = header.split(b",")
+        release: str | None = None
+        if len(fields) >= 5 and not fields[0].isdigit():
+            # The "r" option: the kernel release comes first.
+            release = fields.pop(0).decode("ascii", "replace")
+        if len(fields) < 4 or not (fields[0].isdigit() and fields[1].isdigit() and fields[2].isdigit()):
+            self.stats.malformed_headers += 1
+            return False
+        if len(fields[0]) > 4 or len(fields[1]) > 20 or len(fields[2]) > 20:
+            self.stats.malformed_headers += 1
+            return False
+        level, seq, usec = int(fields[0]), int(fields[1]), int(fields[2])
+        flags = fields[3].decode("ascii", "replace")
+        frag: tuple[int, int] | None = None
+        for extra in fields[4:]:
+            if extra.startswith(b"ncfrag="):
+                off, slash, total = extra[7:].partition(b"/")
+                if not (slash and off.isdigit() and total.isdigit()) or len(off) > 9 or len(total) > 9:
+                    self.stats.bad_fragments += 1
+                    return True
+                frag = (int(off), int(total))
+        self.stats.extended += 1
+        if release is not None:
+            self._release = release
+        if frag is not None:
+            self._feed_fragment(frag, (level, seq, usec, release), body, at, out)
+            return True
+        self._emit_extended(level, seq, usec, release, body, at, out, lost=False)
+        del flags
+        return True
+
+    def _feed_fragment(self, frag: tuple[int, int], header: tuple[int, int, int, str | None],
+                       body: bytes, at: float, out: list[Line]) -> None:
+        off, total = frag
+        seq = header[1]
+        if total > self.limits.max_record_bytes or total == 0 or off >= total or off + len(body) > total:
+            self.stats.bad_fragments += 1
+            return
+        pending = self._frags.get(seq)
+        if pending is None or pending.total != total:
+            if pending is not None:
+                self._flush_fragments(seq, out, lost=True)
+            if len(self._frags) >= self.limits.max_pending_fragments:
+                oldest = min(self._frags, key=lambda s: self._frags[s].first_at)
+                self._flush_fragments(oldest, out, lost=True)
+            pending = self._frags[seq] = _Fragments(total, at, header)
+        if off in pending.pieces:
+            self.stats.duplicates += 1
+            return
+        pending.pieces[off] = body
+        pending.have += len(body)
+        if pending.have >= total:
+            self._flush_fragments(seq, out, lost=False)
+
+    def _flush_fragments(self, seq: int, out: list[Line], lost: bool) -> None:
+        pending = self._frags.pop(seq)
+        data = bytearray()
+        expected = 0
+        for off in sorted(pending.pieces):
+            piece = pending.pieces[off]
+            if off > expected:
+                lost = True
+            elif off < expected:
+                piece = piece[expected - off:]  # overlapping piece: keep the first copy
+            data += piece
+            expected = max(expected, off + len(pending.pieces[off]))
+        if expected < pending.total:
+            lost = True
+        if lost:
+            self.stats.fragments_expired += 1
+        level, s, usec, release = pending.header
+        self._emit_extended(level, s, usec, release, bytes(data), pending.first_at, out, lost=lost)
+
+    def _emit_extended(self, level: int, seq: int, usec: int, release: str | None, body: bytes,
+                       at: float, out: list[Line], lost: bool) -> None:
+        text_raw, _, _dictionary = body.partition(b"\n")
+        if b"\\x" in text_raw:
+            text_raw = _EXT_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text_raw)
+        reboot = False
+        gap = 0
+        last = self._last_seq
+        if last is not None:
+            if seq == last:
+                self.stats.duplicates += 1
+                return
+            if seq + self.limits.reorder_window < last:
+                reboot = True
+                self.stats.reboots += 1
+            elif seq > last + 1:
+                gap = seq - last - 1
+        if last is None or reboot or seq > last:
+            self._last_seq = seq
+        ts = usec / 1e6
+        pieces = text_raw.split(b"\n") if b"\n" in text_raw else (text_raw,)
+        for i, raw in enumerate(pieces):
+            if len(raw) > self.limits.max_line_bytes:
+                self.stats.oversized += 1
+                raw = raw[: self.limits.max_line_bytes]
+            text, bad = _to_text(raw.rstrip(b"\r"), self.stats)
+            self.stats.lines += 1
+            out.append(Line(text, at, ts, level & 7, seq, release or self._release,
+                            reboot=reboot and i == 0, undecodable=bad, fragments_lost=lost,
+                            seq_gap=gap if i == 0 else 0))
+
+
+_DIGITS_BYTES = frozenset(bytes((d,)) for d in _DIGITS)

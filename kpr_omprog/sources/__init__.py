@@ -1,0 +1,1 @@
+"""Front ends that feed the assembler: rsyslog omprog, a UDP socket, capture files."""
