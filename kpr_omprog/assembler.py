@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import crash
-from .netconsole import DecodeStats, DecoderLimits, HostDecoder, Line
+from .netconsole import DecoderLimits, DecodeStats, HostDecoder, Line
 
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats", "Report"]
 
@@ -152,8 +152,20 @@ class AssemblerStats:
 class _Open:
     """A report being collected."""
 
-    __slots__ = ("serial", "first_seen", "last_seen", "lines", "timestamps", "context", "start_line",
-                 "flags", "nbytes", "grace_until", "release", "seq_gaps")
+    __slots__ = (
+        "context",
+        "first_seen",
+        "flags",
+        "grace_until",
+        "last_seen",
+        "lines",
+        "nbytes",
+        "release",
+        "seq_gaps",
+        "serial",
+        "start_line",
+        "timestamps",
+    )
 
     def __init__(self, serial: int, first: Line, context: tuple[str, ...], release: str | None) -> None:
         self.serial = serial
@@ -186,7 +198,7 @@ class _Open:
 
 
 class _Host:
-    __slots__ = ("ip", "port", "key", "decoder", "recent", "report", "last_at", "release", "scheduled")
+    __slots__ = ("decoder", "ip", "key", "last_at", "port", "recent", "release", "report", "scheduled")
 
     def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder,
                  context_lines: int) -> None:

@@ -35,8 +35,10 @@ def parse_line(line: str | bytes, where: str) -> CapturedDatagram:
     """Parse one capture line; ``where`` (``file:line``) prefixes any error."""
     try:
         obj = json.loads(line)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise CaptureError(f"{where}: not a capture record: invalid JSON ({e.msg})") from None
+    except ValueError:
+        raise CaptureError(f"{where}: not a capture record: not UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise CaptureError(f"{where}: not a capture record: expected a JSON object")
     t, src, b64 = obj.get("t"), obj.get("src"), obj.get("data_b64")

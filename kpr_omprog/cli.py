@@ -34,9 +34,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (default /etc/kpr-omprog/config.toml if present)")
-    p.add_argument("--group-by", choices=["ip", "ip-port"], help="group datagrams by sender IP (default) or IP and port")
-    p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="close a report after this much silence (default 2)")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML config file (default /etc/kpr-omprog/config.toml if present)")
+    p.add_argument("--group-by", choices=["ip", "ip-port"],
+                   help="group datagrams by sender IP (default) or by IP and port")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="close a report after this much silence (default 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["NONE", "START", "PANIC", "END_NOW", "END_GRACE", "classify", "is_start"]
+__all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "classify", "is_start"]
 
 NONE = 0
 #: a line that opens a crash report

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["DecodeStats", "DecoderLimits", "HostDecoder", "Line", "MAX_PRINT_CHUNK"]
+__all__ = ["MAX_PRINT_CHUNK", "DecodeStats", "DecoderLimits", "HostDecoder", "Line"]
 
 #: The kernel never sends a datagram longer than this (drivers/net/netconsole.c).
 MAX_PRINT_CHUNK = 1000
@@ -84,7 +84,7 @@ class DecodeStats:
     reboots: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +127,17 @@ def _to_text(raw: bytes, stats: DecodeStats) -> tuple[str, bool]:
 class HostDecoder:
     """Turns one host's datagrams into :class:`Line` objects (sans-IO)."""
 
-    __slots__ = ("limits", "stats", "_partial", "_partial_at", "_frags", "_last_seq",
-                 "_last_ts", "_release", "_seen")
+    __slots__ = (
+        "_frags",
+        "_last_seq",
+        "_last_ts",
+        "_partial",
+        "_partial_at",
+        "_release",
+        "_seen",
+        "limits",
+        "stats",
+    )
 
     def __init__(self, limits: DecoderLimits | None = None, stats: DecodeStats | None = None) -> None:
         self.limits = limits or DecoderLimits()
@@ -206,9 +215,8 @@ class HostDecoder:
         if payload.endswith(b"\n"):
             payload, rest = payload[:-1], b""
         else:
+            # No separator: rpartition puts everything in ``rest``, as wanted.
             payload, _, rest = payload.rpartition(b"\n")
-            if not _:
-                payload, rest = b"", payload
         if payload:
             for raw in payload.split(b"\n"):
                 self._emit_classic(raw, at, out)

@@ -1,0 +1,217 @@
+"""The assembler's boundaries, bounds and determinism, on synthetic input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kpr_omprog.assembler import Assembler, AssemblerConfig, Report
+
+A = ("10.0.0.1", 6665)
+B = ("10.0.0.2", 6665)
+
+OOPS = [
+    "sysrq: Trigger a crash",
+    "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+    "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+    "CPU: 0 PID: 1 Comm: sh Not tainted 6.1.0-56-amd64 #1 Debian 6.1.192-2",
+    "RIP: 0010:sysrq_handle_crash+0x16/0x20",
+    "Call Trace:",
+    " <TASK>",
+    " write_sysrq_trigger+0x28/0x40",
+    " </TASK>",
+    "---[ end trace 0000000000000000 ]---",
+    "Kernel panic - not syncing: Fatal exception",
+    "Kernel Offset: 0x1000000 from 0xffffffff81000000",
+]
+
+
+def classic(lines: list[str], t0: float = 1.0) -> list[bytes]:
+    return [b"[%5d.%06d] %s\n" % (int(t0), i, x.encode()) for i, x in enumerate(lines)]
+
+
+def run(asm: Assembler, items: list[tuple[bytes, tuple[str, int], float]]) -> list[Report]:
+    out: list[Report] = []
+    for data, src, at in items:
+        out += asm.expire(at)
+        out += asm.feed(data, src, at)
+    return out + asm.close_all()
+
+
+def test_oops_and_its_panic_are_one_report_with_context() -> None:
+    items = [(d, A, 100 + i * 0.001) for i, d in enumerate(classic(["boot noise"] * 20 + OOPS))]
+    [r] = run(Assembler(), items)
+    assert r.start_line.startswith("BUG: kernel NULL pointer dereference")
+    assert r.lines[-1].startswith("Kernel Offset:")
+    assert "Kernel panic - not syncing: Fatal exception" in r.lines
+    assert r.context[-1] == "sysrq: Trigger a crash"
+    assert len(r.context) == 10
+    assert r.closed_by == "end_marker"
+    assert r.kernel_release == "6.1.0-56-amd64"
+    assert r.timestamps[0] == pytest.approx(1.000021)
+
+
+def test_end_marker_closes_after_grace_without_expire_calls() -> None:
+    asm = Assembler(AssemblerConfig(end_grace=0.5))
+    out: list[Report] = []
+    for i, d in enumerate(classic(OOPS)):
+        out += asm.feed(d, A, 100 + i * 0.001)
+    assert out == []
+    deadline = asm.next_deadline()
+    assert deadline is not None and deadline <= 100.511
+    assert asm.expire(100.510) == []
+    [r] = asm.expire(100.512)
+    assert r.closed_by == "end_marker"
+
+
+def test_warning_then_unrelated_panic_seconds_later_are_two_reports() -> None:
+    warn = ["------------[ cut here ]------------", "WARNING: CPU: 1 PID: 9 at foo.c:1 foo+0x1/0x2",
+            "Call Trace:", " foo+0x1/0x2", "---[ end trace 0000000000000000 ]---"]
+    panic = ["sysrq: Trigger a crash", "Kernel panic - not syncing: sysrq triggered crash",
+             "Kernel Offset: disabled"]
+    items = [(d, A, 10 + i * 0.001) for i, d in enumerate(classic(warn))]
+    items += [(d, A, 13 + i * 0.001) for i, d in enumerate(classic(panic, 5))]
+    r1, r2 = run(Assembler(), items)
+    assert r1.start_line.startswith("------------[ cut here ]")
+    assert r1.lines[-1].startswith("---[ end trace")
+    assert r2.start_line.startswith("Kernel panic")
+    assert r2.context[-1] == "sysrq: Trigger a crash"
+
+
+def test_second_warning_right_after_end_trace_is_a_new_report() -> None:
+    warn = ["------------[ cut here ]------------", "WARNING: CPU: 1 PID: 9 at foo.c:1 foo+0x1/0x2",
+            "---[ end trace 0000000000000000 ]---"]
+    items = [(d, A, 10 + i * 0.001) for i, d in enumerate(classic(warn * 2))]
+    assert len(run(Assembler(), items)) == 2
+
+
+def test_idle_timeout_closes_and_says_so() -> None:
+    items = [(d, A, 10 + i * 0.001) for i, d in enumerate(classic(OOPS[:5]))]
+    asm = Assembler(AssemblerConfig(idle_timeout=2.0))
+    assert run_no_close(asm, items) == []
+    assert asm.expire(12.003) == []
+    [r] = asm.expire(12.0041)
+    assert r.closed_by == "idle"
+
+
+def run_no_close(asm: Assembler, items: list[tuple[bytes, tuple[str, int], float]]) -> list[Report]:
+    out: list[Report] = []
+    for data, src, at in items:
+        out += asm.expire(at) + asm.feed(data, src, at)
+    return out
+
+
+def test_limits_close_reports_and_flag_them() -> None:
+    asm = Assembler(AssemblerConfig(max_lines=5))
+    [r] = run_no_close(asm, [(d, A, 1.0) for d in classic(OOPS)])
+    assert r.closed_by == "max_lines" and "truncated" in r.flags and len(r.lines) == 5
+
+    asm = Assembler(AssemblerConfig(max_bytes=100))
+    [r] = run_no_close(asm, [(d, A, 1.0) for d in classic(OOPS)])
+    assert r.closed_by == "max_bytes" and "truncated" in r.flags
+
+    asm = Assembler(AssemblerConfig(max_age=5.0, idle_timeout=2.0))
+    lines = ["BUG: soft lockup - CPU#0 stuck for 22s!"] + ["still stuck"] * 20
+    [r] = run_no_close(asm, [(d, A, 1.0 + i * 0.5) for i, d in enumerate(classic(lines))])
+    assert r.closed_by == "max_age" and "truncated" in r.flags
+
+
+def test_reboot_closes_the_open_report() -> None:
+    before = [b"6,%d,%d,-;%s\n" % (100 + i, 5000 + i, x.encode()) for i, x in enumerate(OOPS[:6])]
+    after = [b"6,0,0,-;Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)\n",
+             b"6,1,1,-;Command line: console=ttyS0\n"]
+    items = [(d, A, 1.0 + i * 0.001) for i, d in enumerate(before + after)]
+    [r] = run(Assembler(), items)
+    assert r.closed_by == "reboot" and "reboot_seen" in r.flags
+
+
+def test_boot_log_without_crash_gives_no_report() -> None:
+    boot = ["Linux version 6.1.0-56-amd64", "Command line: console=ttyS0 kl_crash=BUG",
+            "lkdtm: Performing direct entry BUG", "ODEBUG: object is on stack", "DEBUG: something",
+            "traps: a.out[123] general protection fault ip:4011 sp:7ffd error:0 in a.out[401000+1000]",
+            "INFO: lockdep is turned off.", "Machine check events logged", "usb 1-1: new device"]
+    assert run(Assembler(), [(d, A, 1.0) for d in classic(boot)]) == []
+
+
+def test_hosts_are_kept_apart_and_grouping_by_port_works() -> None:
+    a = classic(OOPS)
+    b = classic(["something", *OOPS[1:6], "INFO: other host line"])
+    items = []
+    for i in range(max(len(a), len(b))):
+        if i < len(a):
+            items.append((a[i], A, 1 + i * 0.001))
+        if i < len(b):
+            items.append((b[i], B, 1 + i * 0.001))
+    reports = run(Assembler(), items)
+    assert sorted(r.host for r in reports) == ["10.0.0.1", "10.0.0.2"]
+    rb = next(r for r in reports if r.host == "10.0.0.2")
+    assert rb.lines[-1] == "INFO: other host line" and rb.context == ("something",)
+
+    same_ip = [(d, ("127.0.0.1", port), 1 + i * 0.001) for i, d in enumerate(classic(OOPS)) for port in (1000, 1001)]
+    assert len(run(Assembler(AssemblerConfig(group_by="ip-port")), same_ip)) == 2
+
+
+def test_host_eviction_closes_open_report_instead_of_dropping_it() -> None:
+    asm = Assembler(AssemblerConfig(max_hosts=2))
+    out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0)])
+    out += run_no_close(asm, [(b"noise\n", B, 1.1), (b"noise\n", ("10.0.0.3", 1), 1.2)])
+    [r] = out
+    assert r.host == "10.0.0.1" and r.closed_by == "evicted" and "evicted" in r.flags
+    assert asm.hosts == 2 and asm.stats.hosts_evicted == 1
+
+
+def test_invalid_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="group_by"):
+        AssemblerConfig(group_by="mac")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="idle_timeout"):
+        AssemblerConfig(idle_timeout=0)
+
+
+def _reports_key(reports: list[Report]) -> list[tuple[str, tuple[str, ...]]]:
+    return sorted((r.host, r.lines) for r in reports)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_reports_do_not_depend_on_how_senders_interleave(rnd: random.Random) -> None:
+    hosts = [(f"10.0.1.{i}", 6665) for i in range(4)]
+    streams = {h: [(d, h) for d in classic(["noise a", "noise b", *OOPS, "after"])] for h in hosts}
+    merged = []
+    pos = {h: 0 for h in hosts}
+    while any(pos[h] < len(streams[h]) for h in hosts):
+        h = rnd.choice([h for h in hosts if pos[h] < len(streams[h])])
+        merged.append(streams[h][pos[h]])
+        pos[h] += 1
+    base = [(d, h, 1.0 + i * 0.0001) for i, (d, h) in enumerate(x for h in hosts for x in streams[h])]
+    shuffled = [(d, h, 1.0 + i * 0.0001) for i, (d, h) in enumerate(merged)]
+    assert _reports_key(run(Assembler(), shuffled)) == _reports_key(run(Assembler(), base))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=1200), st.integers(0, 300)), max_size=200))
+def test_random_datagrams_from_many_hosts_stay_within_caps(items: list[tuple[bytes, int]]) -> None:
+    cfg = AssemblerConfig(max_hosts=50, max_lines=40, max_bytes=4000, context_lines=4)
+    asm = Assembler(cfg)
+    t = 0.0
+    for data, h in items:
+        t += 0.003
+        for r in asm.expire(t) + asm.feed(b"BUG: x\n" + data if h % 7 == 0 else data, (f"10.9.{h}.1", 1), t):
+            assert len(r.lines) <= cfg.max_lines
+            "\n".join(r.lines).encode("utf-8")
+        assert asm.hosts <= cfg.max_hosts
+        for host in asm._hosts.values():
+            assert len(host.recent) <= cfg.context_lines
+            if host.report is not None:
+                assert len(host.report.lines) < cfg.max_lines
+                assert host.report.nbytes < cfg.max_bytes + cfg.decoder.max_line_bytes
+    asm.close_all()
+    assert asm.open_reports == 0
+
+
+def test_same_input_same_output() -> None:
+    items = [(d, A if i % 3 else B, 1 + i * 0.01) for i, d in enumerate(classic(OOPS * 3))]
+    first = [r.to_dict() for r in run(Assembler(), items)]
+    assert first == [r.to_dict() for r in run(Assembler(), items)]
