@@ -98,7 +98,7 @@ _CPU_LINE = re.compile(
 _HARDWARE = re.compile(r"^Hardware name: (.+?)(?:, BIOS .*)?$")
 _CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|llvm|lto_priv|localalias)(?:\.\d+)*$|\.cold$")
 _SYSCALL_PREFIX = re.compile(r"^(?:__x64_|__ia32_|__arm64_|__se_|__do_|__riscv_|__s390x_|compat_)+(?=sys_)|^SyS_")
-_TRACE_START = re.compile(r"^\s*(?:Call Trace|Call trace|Backtrace|Stack)\s*:", re.IGNORECASE)
+_TRACE_START = re.compile(r"^\s*(?:Call Trace|Call trace|Backtrace|backtrace|Stack)\s*:", re.IGNORECASE)
 _TRACE_NOISE = re.compile(r"^\s*(?:<(?:/?(?:IRQ|NMI|TASK|SOFTIRQ)|EOI|<EOE>)>|--- |-+\[ end|\? 0x|\(stack is not)")
 
 # Frames that report a crash but never cause one (after syzkaller's and satyr's lists).
@@ -124,7 +124,17 @@ _SKIP = re.compile(
     r"|do_syscall_\w+|entry_SYSCALL\w*|ret_from_fork\w*|kthread|worker_thread|smpboot_thread_fn"
     r"|debug_check_no_obj_freed|debug_object\w*|should_fail\w*|fail_dump|bug_handler|do_BUG\w*|__BUG\w*"
     r"|lkdtm_do_action|direct_entry|full_proxy_write|__schedule|schedule\w*|io_schedule\w*|context_switch"
-    r"|__cond_resched|preempt_schedule\w*|__sched_text_start|__pfx_\w+)$"
+    r"|__cond_resched|preempt_schedule\w*|__sched_text_start|__pfx_\w+|spin_dump|spin_bug|check_prev_add\w*"
+    r"|check_prevs_add|validate_chain|print_circular_bug\w*|check_noncircular|kmemleak_\w+|create_object\w*"
+    r"|debug_print_object|usercopy_warn|check_preemption_disabled|debug_smp_processor_id|__schedule_bug"
+    r"|__this_cpu_preempt_check|mem(?:cmp|chr|scan)|bcmp|work_is_static_object|debug_check_no_locks_freed"
+    r"|kobject_\w+|warn_alloc\w*|__alloc_pages\w*|alloc_pages\w*|__get_free_pages|get_page_from_freelist"
+    r"|__vmalloc\w*|vmalloc\w*|kvzalloc|krealloc\w*|__krealloc|kmemdup\w*|kstrdup\w*|alloc_inode|new_inode\w*"
+    r"|sock_kmalloc|__sock_kmalloc|sk_alloc|skb_\w+|__skb_\w+|pskb_\w+|alloc_skb\w*|__alloc_skb|consume_skb"
+    r"|kfree_skb\w*|__kfree_skb|kmem_\w+|fixup_exception|ex_handler_\w+|perf_trace_destroy|register_lock_class"
+    r"|__raw_\w+|raw_spin_\w+|rcu_read_\w+|__rcu_read_\w+|rcu_lockdep_\w+|lockdep_rcu_suspicious"
+    r"|__read_once\w*|__write_once\w*|read_word_at_a_time|atomic\w*|arch_atomic\w*|__atomic\w*|bitmap_\w+"
+    r"|__bitmap_\w+|find_\w+_bit|test_bit|set_bit|clear_bit|__set_bit|__clear_bit|_find_\w+)$"
 )
 # Where a hung or stalling task entered the kernel: its caller is the representative frame.
 _ANCHOR = re.compile(
@@ -139,6 +149,10 @@ _SPECIAL_WARNING_FILES = (
     ("lib/debugobjects.c", "WARNING: ODEBUG bug"),
     ("kernel/locking/lockdep.c", "WARNING: locking bug"),
     ("mm/usercopy.c", "WARNING: bad usercopy"),
+    ("lib/kobject.c", "WARNING: kobject bug"),
+    ("fs/proc/generic.c", "WARNING: proc registration bug"),
+    ("mm/util.c", "WARNING: kmalloc bug"),
+    ("mm/slab_common.c", "WARNING: kmalloc bug"),
 )
 
 # (regex on a report line, kind template, where the guilty frame comes from)
@@ -153,6 +167,7 @@ _KINDS: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
         (r"BUG: KFENCE: ([a-z\-]+) (read|write) in ([\w.]+)", "KFENCE: {0} {1}", "header2"),
         (r"BUG: KFENCE: ([a-z\-]+) in ([\w.]+)", "KFENCE: {0}", "header1"),
         (r"BUG: KCSAN: ([a-z\-]+) in ([\w.]+)", "KCSAN: {0}", "header1"),
+        (r"UBSAN: [Uu]ndefined behaviour in ", "UBSAN: undefined-behaviour", "stack"),
         (r"UBSAN: ([\w\- ]+?) in ", "UBSAN: {0}", "stack"),
         (r"(?:BUG: unable to handle kernel|BUG: kernel|BUG: Kernel|Unable to handle kernel) "
          r"NULL pointer dereference", "BUG: unable to handle kernel NULL pointer dereference", "pc"),

@@ -36,7 +36,7 @@ __all__ = ["MAX_PRINT_CHUNK", "DecodeStats", "DecoderLimits", "HostDecoder", "Li
 MAX_PRINT_CHUNK = 1000
 
 # "[    1.234567]" optionally followed by a printk caller id "[T123]" / "[C1]".
-_CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10})\.(\d{1,9})\])?(?:\[[TC]\d+\])? ?")
+_CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10})\.(\d{1,9})\])?(?:\[\s*[TC]\d+\])? ?")
 # The start of a new classic console line: a timestamp or a level prefix.
 _NEW_LINE_START = re.compile(rb"^(?:<\d{1,3}>|\[\s*\d{1,10}\.\d{1,9}\])")
 _EXT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
