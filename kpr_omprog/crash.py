@@ -470,7 +470,6 @@ def _stall_frame(lines: list[str] | tuple[str, ...]) -> str | None:
     frames, _ = call_trace(lines)
     task: list[Frame] = []
     in_irq = False
-    i = 0
     for x in lines:
         if "<IRQ>" in x:
             in_irq = True
@@ -481,7 +480,6 @@ def _stall_frame(lines: list[str] | tuple[str, ...]) -> str | None:
             f = parse_frame(x)
             if f is not None and f.reliable:
                 task.append(f)
-        i += 1
     use = task or [f for f in frames if f.reliable]
     pc = None
     for x in lines[:80]:
@@ -491,7 +489,7 @@ def _stall_frame(lines: list[str] | tuple[str, ...]) -> str | None:
             break
     names = [canonical_function(f.function) for f in use]
     for idx, name in enumerate(names):
-        if _ANCHOR.match(f.function if (f := use[idx]) else name) or _ANCHOR.match(name):
+        if _ANCHOR.match(use[idx].function) or _ANCHOR.match(name):
             for j in range(idx - 1, -1, -1):
                 if not _SKIP.match(names[j]):
                     return names[j]

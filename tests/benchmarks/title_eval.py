@@ -34,7 +34,8 @@ def load(directory: str) -> list[dict[str, object]]:
     for name in sorted(os.listdir(directory), key=lambda n: (len(n), n)):
         if not name.isdigit():
             continue
-        raw = open(os.path.join(directory, name), "rb").read().replace(b"\r", b"")
+        with open(os.path.join(directory, name), "rb") as f:
+            raw = f.read().replace(b"\r", b"")
         head, _, body = raw.partition(b"\n\n")
         log = body.split(b"\nREPORT:\n")[0]
         hdr: dict[str, list[str]] = defaultdict(list)
