@@ -4,12 +4,14 @@ The pieces users import:
 
 * :class:`Assembler` (with :class:`AssemblerConfig` and :class:`Report`): the
   pure, sans-IO grouping of netconsole datagrams into crash reports.
+* :class:`KernelPanicReceiver`: the original Kernel Panic Receiver API.
 """
 
 from __future__ import annotations
 
-from .assembler import Assembler, AssemblerConfig, Report
-
 __version__ = "0.1.0"
 
-__all__ = ["Assembler", "AssemblerConfig", "Report", "__version__"]
+from .assembler import Assembler, AssemblerConfig, Report
+from .receiver import KernelPanicReceiver
+
+__all__ = ["Assembler", "AssemblerConfig", "KernelPanicReceiver", "Report", "__version__"]

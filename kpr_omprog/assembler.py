@@ -274,6 +274,11 @@ class Assembler:
         """The earliest time at which :meth:`expire` may close something."""
         return self._deadlines[0][0] if self._deadlines else None
 
+    def is_open(self, source: tuple[str, int]) -> bool:
+        """True while ``source``'s host has a crash report being collected."""
+        host = self._hosts.get(source[0] if self._by_ip else (source[0], source[1]))
+        return host is not None and host.report is not None
+
     @property
     def open_reports(self) -> int:
         return sum(1 for h in self._hosts.values() if h.report is not None)

@@ -11,19 +11,23 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .assembler import Assembler
 from .capture import CaptureError, format_line
-from .config import Config, ConfigError, load, parse_listen
+from .config import Config, ConfigError, load, parse_listen, validate
 
 __all__ = ["main"]
 
 EPILOG = """\
 commands:
-  replay    print the reports a capture file holds, one JSON object per line
-  capture   record live UDP datagrams in the capture format
+  omprog        what rsyslog runs (omprog): read datagrams as JSON lines on stdin
+  udp           listen for netconsole on UDP yourself (standalone mode)
+  reports       list stored reports and their delivery state
+  replay        print the reports a capture file holds, one JSON object per line
+  capture       record live UDP datagrams in the capture format
+  check-config  validate the config file
 
-See https://github.com/ (README) for the operator guide."""
+Without a DSN every report is kept in the local store (see `kpr-omprog reports`)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +46,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="close a report after this much silence (default 2)")
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dsn", help="Sentry DSN (overrides the config file)")
+    p.add_argument("--state-dir", metavar="DIR", help="state directory for the outbox and journal")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], help="log format on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpr-omprog", description="Kernel crash reports from netconsole to Sentry.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     _add_config_args(p)
 
+    p = sub.add_parser("omprog", help="run under rsyslog omprog (stdin: one JSON line per datagram)",
+                       description="Run as rsyslog's omprog program: read the drop-in's JSON lines on stdin, "
+                                   "answer OK per line once it is safe, report crashes to Sentry.")
+    _add_config_args(p)
+    _add_runtime_args(p)
+
+    p = sub.add_parser("udp", help="listen on UDP (standalone mode, no rsyslog)",
+                       description="Listen for netconsole datagrams on UDP and report crashes to Sentry.")
+    p.add_argument("--listen", action="append", metavar="ADDR:PORT",
+                   help="address to listen on, e.g. 0.0.0.0:514 or [::]:514 (repeatable; default from config)")
+    _add_config_args(p)
+    _add_runtime_args(p)
+
+    p = sub.add_parser("reports", help="list stored reports (time, host, title, level, delivery state)")
+    p.add_argument("--json", action="store_true", help="one JSON object per report")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="newest N reports (default 50)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+
+    p = sub.add_parser("check-config", help="validate a config file and its hooks")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default /etc/kpr-omprog/config.toml)")
+
     p = sub.add_parser("capture", help="record UDP datagrams to a capture file",
                        description="Listen on UDP and write every datagram as a capture line "
                                    '{"t", "src", "data_b64"}, for replay later.')
@@ -67,22 +99,91 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    cfg = load(getattr(args, "config", None))
+    path = getattr(args, "config", None)
+    cfg = load(path) if path or args.command != "replay" else Config()
     asm = cfg.assembler
     if getattr(args, "group_by", None):
         asm = replace(asm, group_by=args.group_by)
     if getattr(args, "idle_timeout", None) is not None:
         asm = replace(asm, idle_timeout=args.idle_timeout)
-    return replace(cfg, assembler=asm)
+    cfg = replace(cfg, assembler=asm)
+    if getattr(args, "dsn", None) is not None:
+        cfg = replace(cfg, dsn=args.dsn or None)
+    if getattr(args, "state_dir", None):
+        cfg = replace(cfg, state_dir=args.state_dir)
+    if getattr(args, "log_format", None):
+        cfg = replace(cfg, log_format=args.log_format)
+    if getattr(args, "listen", None) and args.command == "udp":
+        for item in args.listen:
+            parse_listen(item)
+        cfg = replace(cfg, udp=replace(cfg.udp, listen=tuple(args.listen)))
+    validate(cfg)
+    return cfg
 
 
 def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
+    from .receiver import describe, parsers_from_config
     from .sources.replay import read_captures, replay
 
+    logs.configure("json", "warning")
+    parsers = parsers_from_config(cfg)
     out = sys.stdout
     for report in replay(read_captures(args.files), Assembler(cfg.assembler)):
-        out.write(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
+        out.write(json.dumps(describe(report, parsers), ensure_ascii=False) + "\n")
     out.flush()
+    return 0
+
+
+def _cmd_omprog(args: argparse.Namespace, cfg: Config) -> int:
+    from .receiver import parsers_from_config
+    from .sources.omprog import run_omprog
+
+    logs.configure(cfg.log_format, cfg.log_level)
+    return run_omprog(cfg, parsers_from_config(cfg), config_path=args.config)
+
+
+def _cmd_udp(args: argparse.Namespace, cfg: Config) -> int:
+    from .receiver import parsers_from_config
+    from .sources.udp import run_udp
+
+    logs.configure(cfg.log_format, cfg.log_level)
+    return run_udp(cfg, parsers_from_config(cfg))
+
+
+def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
+    import os
+    from datetime import UTC, datetime
+
+    from .store import Store
+
+    path = os.path.join(cfg.state_dir, "kpr-omprog.sqlite3")
+    if not os.path.exists(path):
+        raise ConfigError(f"state_dir {cfg.state_dir}: no store yet ({path} does not exist)")
+    store = Store(path, cfg.delivery.disk_cap_bytes)
+    rows = store.reports(args.limit)
+    if args.json:
+        for r in rows:
+            sys.stdout.write(json.dumps(r) + "\n")
+        return 0
+    counts = store.counts()
+    sys.stdout.write("stored: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + "\n")
+    for r in rows:
+        when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
+        sys.stdout.write(f"{when}Z  {r['host']:<15} {r['level']:<7} {r['state']:<9} {r['title']}{err}\n")
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
+    from .receiver import parsers_from_config
+
+    try:
+        parsers_from_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    where = args.config or "defaults (no config file)"
+    sys.stdout.write(f"{where}: OK (dsn {'set' if cfg.dsn else 'not set: reports stay local'}, "
+                     f"state_dir {cfg.state_dir})\n")
     return 0
 
 
@@ -132,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         cfg = _config(args)
-        handler = {"replay": _cmd_replay, "capture": _cmd_capture}[args.command]
+        handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
+                   "reports": _cmd_reports, "check-config": _cmd_check_config}[args.command]
         return handler(args, cfg)
     except (CaptureError, ConfigError) as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")

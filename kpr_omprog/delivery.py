@@ -1,0 +1,209 @@
+"""Delivery: the outbox's pending reports go to Sentry, in the background, until 2xx.
+
+The sentry-sdk transport drops events when the server is down, rate-limits or
+its 100-slot queue is full, so delivery is ours: each report is an envelope
+POSTed to the DSN's envelope endpoint, and its outbox row changes state only
+on the server's answer:
+
+* 2xx: delivered;
+* 429: everything waits for ``Retry-After`` / ``X-Sentry-Rate-Limits``;
+* 413: the event is trimmed (never title, fingerprint or tags) and resent,
+  first without the attachment;
+* other 4xx: dead-lettered (``kpr-omprog reports`` shows them);
+* 5xx, timeouts, refused connections: exponential backoff up to a ceiling.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sentry_sdk.consts import EndpointType
+from sentry_sdk.utils import Dsn
+
+from . import __version__
+from .config import DeliveryConfig
+from .event import trim_event
+from .logs import get_logger
+from .store import Outgoing, Store
+
+__all__ = ["Delivery", "build_envelope"]
+
+log = get_logger()
+
+
+def build_envelope(event: dict[str, Any], attachment: bytes | None, dsn: str, now: float) -> bytes:
+    """Serialise an envelope: a fresh ``sent_at`` each attempt (Sentry corrects clock drift with it)."""
+    ev = json.dumps(event, ensure_ascii=False).encode()
+    header = {"event_id": event["event_id"], "dsn": dsn,
+              "sent_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")}
+    parts = [json.dumps(header).encode(), json.dumps({"type": "event", "length": len(ev)}).encode(), ev]
+    if attachment is not None:
+        parts += [json.dumps({"type": "attachment", "length": len(attachment), "filename": "kernel.log",
+                              "content_type": "text/plain"}).encode(), attachment]
+    return b"\n".join(parts) + b"\n"
+
+
+def _retry_after(headers: Any, default: float) -> float:
+    limits = headers.get("X-Sentry-Rate-Limits") if headers else None
+    if limits:
+        best = 0.0
+        for part in limits.split(","):
+            secs, _, cats = part.strip().partition(":")
+            categories = cats.split(":", 1)[0]
+            if not categories or "error" in categories.split(";") or "default" in categories.split(";"):
+                try:
+                    best = max(best, float(secs))
+                except ValueError:
+                    pass
+        if best:
+            return best
+    value = headers.get("Retry-After") if headers else None
+    if value and re.fullmatch(r"\d+(?:\.\d+)?", value.strip()):
+        return float(value)
+    return default
+
+
+class Delivery:
+    """Background senders for one DSN. ``send_due`` is the synchronous core (used by tests)."""
+
+    def __init__(self, store: Store, dsn: str, config: DeliveryConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.dsn = dsn
+        self.config = config or DeliveryConfig()
+        self.clock = clock
+        auth = Dsn(dsn).to_auth(f"kpr-omprog/{__version__}")
+        self.url = auth.get_api_url(EndpointType.ENVELOPE)
+        self.auth_header = auth.to_header()
+        self._cond = threading.Condition()
+        self._claimed: set[str] = set()
+        self._paused_until = 0.0
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self.sent = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for i in range(self.config.concurrency):
+            t = threading.Thread(target=self._worker, name=f"kpr-delivery-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the senders; what is not delivered stays in the outbox for the next start."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
+
+    def _claim(self) -> Outgoing | None:
+        now = self.clock()
+        if now < self._paused_until:
+            return None
+        rows = self.store.due(now, 1, exclude=self._claimed)
+        if not rows:
+            return None
+        self._claimed.add(rows[0].event_id)
+        return rows[0]
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+                row = self._claim()
+                if row is None:
+                    nxt = self.store.next_due()
+                    wait = 5.0 if nxt is None else max(0.01, min(5.0, max(nxt, self._paused_until) - self.clock()))
+                    self._cond.wait(wait)
+                    continue
+            try:
+                self.send_one(row)
+            except Exception as e:
+                log.error("delivery_error", event_id=row.event_id, error=f"{type(e).__name__}: {e}")
+            finally:
+                with self._cond:
+                    self._claimed.discard(row.event_id)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send_due(self) -> int:
+        """Send every report due now, one after the other; return how many were attempted."""
+        n = 0
+        while True:
+            row = self._claim()
+            if row is None:
+                return n
+            try:
+                self.send_one(row)
+            finally:
+                self._claimed.discard(row.event_id)
+            n += 1
+
+    def _post(self, body: bytes) -> tuple[int, Any, str]:
+        req = urllib.request.Request(self.url, data=gzip.compress(body, 6), method="POST", headers={
+            "Content-Type": "application/x-sentry-envelope", "Content-Encoding": "gzip",
+            "X-Sentry-Auth": self.auth_header, "User-Agent": f"kpr-omprog/{__version__}"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.config.timeout) as resp:
+                return resp.status, resp.headers, ""
+        except urllib.error.HTTPError as e:
+            detail = e.read(300).decode("utf-8", "replace") if e.fp else ""
+            return e.code, e.headers, detail
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            return 0, None, f"{type(reason).__name__}: {reason}"
+
+    def send_one(self, row: Outgoing) -> int:
+        now = self.clock()
+        if now - row.created > self.config.max_age:
+            self.store.dead(row.event_id, None, "older than delivery.max_age", now)
+            log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title,
+                      why="undelivered for longer than delivery.max_age")
+            return 0
+        event = trim_event(row.event, row.trim) if row.trim else row.event
+        attachment = row.attachment if row.trim == 0 else None
+        status, headers, detail = self._post(build_envelope(event, attachment, self.dsn, now))
+        now = self.clock()
+        if 200 <= status < 300:
+            self.store.delivered(row.event_id, status, now)
+            self.sent += 1
+            log.info("report_delivered", event_id=row.event_id, host=row.host, title=row.title, status=status,
+                     attempts=row.attempts + 1, delay=round(now - row.created, 3))
+        elif status == 429:
+            wait = _retry_after(headers, 60.0)
+            with self._cond:
+                self._paused_until = max(self._paused_until, now + wait)
+            self.store.retry(row.event_id, now + wait, f"HTTP 429, retry after {wait:g}s", now)
+            log.warning("sentry_rate_limited", retry_after=wait, event_id=row.event_id)
+        elif status == 413 and row.trim < 2:
+            self.store.retry(row.event_id, now, "HTTP 413, trimming", now, trim=row.trim + 1)
+            log.warning("report_too_large", event_id=row.event_id, host=row.host, title=row.title,
+                        trim_step=row.trim + 1)
+        elif 400 <= status < 500:
+            self.store.dead(row.event_id, status, f"HTTP {status}: {detail}", now)
+            log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title, status=status,
+                      detail=detail[:200])
+        else:
+            delay = min(self.config.backoff_max, 2.0 ** min(row.attempts, 16))
+            why = f"HTTP {status}" if status else detail
+            self.store.retry(row.event_id, now + delay, why, now)
+            log.warning("delivery_retry", event_id=row.event_id, host=row.host, error=why, retry_in=delay,
+                        attempts=row.attempts + 1)
+        return status

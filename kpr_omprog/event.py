@@ -1,0 +1,138 @@
+"""A finished report, parsed, becomes one Sentry error event plus the full log.
+
+Pure: no network, no clock. :func:`build_event` gives the event dict and the
+attachment bytes; :mod:`kpr_omprog.delivery` wraps them in an envelope and sends.
+
+* one exception whose ``type`` is the crash kind and ``value`` the rest of the
+  title, so Sentry's issue title reads as ours (``kernel BUG: in lkdtm_BUG``);
+* its stacktrace from the Call Trace, oldest frame first, modules in ``package``;
+* our own ``fingerprint`` (Sentry's default grouping would split by call path);
+* ``user.ip_address`` = the host, so "users affected" counts hosts;
+* an ``event_id`` derived from host, first receive time and text, so sending the
+  same report twice creates one event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from .assembler import Report
+from .crash import CrashInfo, canonical_function
+from .hooks import TAG_LIMIT, Parsed, analyze_text
+
+__all__ = ["EXTRA_VALUE_LIMIT", "build_event", "event_id_for", "trim_event"]
+
+#: Sentry keeps 16 kB per extra item.
+EXTRA_VALUE_LIMIT = 16000
+
+
+def event_id_for(report: Report) -> str:
+    """Stable id: the same report (host, time, content) always gets the same event id."""
+    h = hashlib.sha256()
+    h.update(f"{report.host}\0{report.first_seen:.6f}\0".encode())
+    h.update(report.text.encode("utf-8", "replace"))
+    return h.hexdigest()[:32]
+
+
+def _split_title(title: str) -> tuple[str, str]:
+    kind, sep, frame = title.rpartition(" in ")
+    if sep and kind and frame and " " not in frame:
+        return kind, f"in {frame}"
+    return title, ""
+
+
+def _frames(info: CrashInfo) -> list[dict[str, Any]]:
+    out = []
+    for f in reversed(info.frames[:64]):  # Sentry wants the oldest first
+        name = canonical_function(f.function)
+        out.append({"function": name, "raw_function": f.function, "package": f.module or "vmlinux",
+                    "in_app": name == info.frame or not name.startswith(("entry_", "do_syscall", "ret_from"))})
+    return out
+
+
+def _tag(value: Any) -> str:
+    return " ".join(str(value).split())[:TAG_LIMIT] or "-"
+
+
+def build_event(report: Report, parsed: Parsed, environment: str | None = None,
+                release: str | None = None) -> tuple[dict[str, Any], bytes]:
+    """The Sentry event for ``report`` and the full log to attach."""
+    info = analyze_text(report.text)
+    kind, value = _split_title(parsed.title)
+    kernel_release = report.kernel_release or info.release
+    tags = {
+        "kernel_release": _tag(kernel_release or "unknown"),
+        "crash_kind": _tag(info.kind),
+        "host": _tag(report.host),
+        "tainted": _tag(info.tainted or "no"),
+        "hardware": _tag(info.hardware or "unknown"),
+        "comm": _tag(info.comm or "unknown"),
+        "panicked": "yes" if info.panicked else "no",
+    }
+    if info.module:
+        tags["module"] = _tag(info.module)
+    if info.corrupted:
+        tags["corrupted"] = "yes"
+    tags.update(parsed.tags)
+    extra: dict[str, Any] = {
+        "lines": len(report.lines),
+        "context": "\n".join(report.context)[-EXTRA_VALUE_LIMIT:],
+        "flags": ", ".join(report.flags) or "none",
+        "closed_by": report.closed_by,
+        "start_line": report.start_line[:1000],
+        "receiver_port": report.port,
+    }
+    if report.seq_gaps:
+        extra["seq_gaps"] = report.seq_gaps
+    if parsed.failed:
+        extra["failed_hooks"] = ", ".join(parsed.failed)[:1000]
+    for k, v in parsed.extra.items():
+        extra[k] = v[:EXTRA_VALUE_LIMIT] if isinstance(v, str) else v
+    exception: dict[str, Any] = {
+        "type": kind,
+        "value": value,
+        "mechanism": {"type": "linux-kernel", "handled": False, "synthetic": False,
+                      "data": {"panicked": info.panicked, "tainted": info.tainted or "no"}},
+    }
+    frames = _frames(info)
+    if frames:
+        exception["stacktrace"] = {"frames": frames}
+    event: dict[str, Any] = {
+        "event_id": event_id_for(report),
+        "timestamp": datetime.fromtimestamp(report.first_seen, UTC).isoformat(),
+        "platform": "native",
+        "level": info.level,
+        "logger": "kpr-omprog",
+        "server_name": report.host,
+        "exception": {"values": [exception]},
+        "logentry": {"formatted": parsed.message},
+        "fingerprint": parsed.fingerprint,
+        "tags": tags,
+        "extra": extra,
+        "user": {"id": parsed.user, "ip_address": report.host},
+        "contexts": {"os": {"name": "Linux", "version": kernel_release or "unknown",
+                            "kernel_version": kernel_release or "unknown"}},
+    }
+    if environment:
+        event["environment"] = environment
+    if release:
+        event["release"] = release
+    return event, report.render_log().encode("utf-8")
+
+
+def trim_event(event: dict[str, Any], step: int) -> dict[str, Any]:
+    """A smaller event after a 413; never touches title, fingerprint or tags.
+
+    Step 1 shortens the message and extra; step 2 also drops the stack trace.
+    """
+    ev = dict(event)
+    ev["logentry"] = {"formatted": event["logentry"]["formatted"][:2000]}
+    ev["extra"] = {k: (v[:1000] if isinstance(v, str) else v) for k, v in event["extra"].items()}
+    ev["extra"]["trimmed"] = "event was over the server's size limit"
+    if step >= 2:
+        exc = dict(event["exception"]["values"][0])
+        exc.pop("stacktrace", None)
+        ev["exception"] = {"values": [exc]}
+    return ev

@@ -1,0 +1,299 @@
+"""The receiver: assembler + parsers + durable outbox + delivery, and the original API.
+
+Existing Kernel Panic Receiver scripts keep working with only the import changed::
+
+    import kpr_omprog as kernel_panic_receiver
+    kreceiver = kernel_panic_receiver.KernelPanicReceiver('0.0.0.0', 514, 'https://key@sentry.example/1')
+    kreceiver.register_parser_tag(parse_kernel_version)
+    kreceiver.start_receiving_logs()
+
+``start_receiving_logs()`` listens on UDP, or, when rsyslog runs the script
+with ``--omprog`` (the drop-in's ``binary=``), reads omprog's stdin.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from .assembler import Assembler, Report
+from .config import Config, DeliveryConfig
+from .event import build_event
+from .hooks import (
+    Parser,
+    Parsers,
+    default_fingerprint,
+    default_message,
+    default_title,
+    default_user,
+    load_hook,
+)
+from .logs import configure, get_logger
+from .store import Store, StoreFull
+
+__all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe"]
+
+log = get_logger()
+
+
+def describe(report: Report, parsers: Parsers) -> dict[str, Any]:
+    """What ``kpr-omprog replay`` prints for a report: its fields and everything parsed."""
+    addr = [report.host, report.port]
+    parsed = parsers.run(addr, report.text)
+    event, _ = build_event(report, parsed)
+    d = report.to_dict()
+    d.update(level=event["level"], title=parsed.title, fingerprint=parsed.fingerprint, message=parsed.message,
+             tags=event["tags"], extra=event["extra"], user=event["user"], event_id=event["event_id"])
+    return d
+
+
+def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
+    p = parsers or Parsers()
+    h = cfg.hooks
+    for kind in ("title", "user", "fingerprint", "message"):
+        spec = getattr(h, kind)
+        if spec:
+            getattr(p, f"register_parser_{kind}")(load_hook(spec))
+    if h.check:
+        p.register_check_hook(load_hook(h.check))
+    for spec in h.tag:
+        p.register_parser_tag(load_hook(spec))
+    for spec in h.extra:
+        p.register_parser_extra(load_hook(spec))
+    return p
+
+
+class Pipeline:
+    """A closed report -> parsers -> Sentry event -> outbox row (-> delivery wakes up)."""
+
+    def __init__(self, config: Config, parsers: Parsers, store: Store, delivery: Any = None) -> None:
+        self.config = config
+        self.parsers = parsers
+        self.store = store
+        self.delivery = delivery
+        self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque(maxlen=1000)
+
+    def handle(self, report: Report, now: float) -> None:
+        addr = [report.host, report.port]
+        klogs = report.text
+        if not self.parsers.keep(addr, klogs):
+            log.info("report_discarded_by_check_hook", host=report.host, lines=len(report.lines))
+            return
+        parsed = self.parsers.run(addr, klogs)
+        event, attachment = build_event(report, parsed, self.config.environment)
+        self._put(event, attachment, report, parsed.title, event["level"], now)
+
+    def _put(self, event: dict[str, Any], attachment: bytes, report: Report, title: str, level: str,
+             now: float) -> None:
+        local = not self.config.dsn
+        try:
+            new = self.store.put(event, attachment, host=report.host, title=title, level=level,
+                                 created=report.first_seen, now=now, local=local)
+        except StoreFull as e:
+            # Kept in memory (bounded) and retried; logged loudly because it is the last line of defence.
+            self.overflow.append((event, attachment, report, title, level))
+            log.error("outbox_full", host=report.host, title=title, error=str(e), held_in_memory=len(self.overflow),
+                      memory_cap=self.overflow.maxlen)
+            return
+        if new:
+            log.info("report", host=report.host, title=title, level=level, lines=len(report.lines),
+                     closed_by=report.closed_by, flags=list(report.flags), event_id=event["event_id"],
+                     stored="local (no DSN)" if local else "outbox")
+        if self.delivery is not None:
+            self.delivery.wake()
+
+    def retry_overflow(self, now: float) -> None:
+        while self.overflow:
+            event, attachment, report, title, level = self.overflow.popleft()
+            before = len(self.overflow)
+            self._put(event, attachment, report, title, level, now)
+            if len(self.overflow) > before:
+                return  # still full
+
+
+class Intake:
+    """Datagrams in, reports out, with crash datagrams journaled so a restart loses none.
+
+    A host's recent datagrams are kept in memory; once the host has an open crash
+    report they, and every datagram after them, are written to the store's journal
+    before the caller acknowledges the datagram. On start the journal is replayed
+    through a fresh assembler, which rebuilds the open reports exactly.
+    """
+
+    def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: bool = True) -> None:
+        self.pipeline = pipeline
+        self.assembler = assembler
+        self.store = pipeline.store
+        self.journal = journal
+        self._recent: dict[str, deque[tuple[float, str, int, bytes]]] = {}
+        self._journaled: set[str] = set()
+        self._last: dict[str, tuple[float, bytes]] = {}
+        self.duplicates = 0
+
+    def key(self, source: tuple[str, int]) -> str:
+        return source[0] if self.assembler.config.group_by == "ip" else f"{source[0]}:{source[1]}"
+
+    def recover(self, now: float) -> int:
+        """Rebuild open reports from the journal; returns how many datagrams were replayed."""
+        rows = self.store.journal_all()
+        for key, at, ip, port, data in rows:
+            self._journaled.add(key)
+            self._last[key] = (at, data)
+            self._closed(self.assembler.feed(data, (ip, port), at), now)
+        if rows:
+            log.info("journal_recovered", datagrams=len(rows), open_reports=self.assembler.open_reports)
+        return len(rows)
+
+    def feed(self, data: bytes, source: tuple[str, int], at: float, now: float) -> None:
+        key = self.key(source)
+        if self._last.get(key) == (at, data):
+            # rsyslog re-sends the line in flight when the receiver died before "OK".
+            self.duplicates += 1
+            return
+        self._closed(self.assembler.expire(at), now)
+        closed = self.assembler.feed(data, source, at)
+        self._closed(closed, now)
+        if not self.journal:
+            return
+        entry = (at, source[0], source[1], data)
+        if self.assembler.is_open(source):
+            if key not in self._journaled:
+                for old in self._recent.pop(key, ()):
+                    self.store.journal_add(key, *old)
+                self._journaled.add(key)
+            self.store.journal_add(key, *entry)
+            self._last[key] = (at, data)
+        else:
+            q = self._recent.get(key)
+            if q is None:
+                if len(self._recent) >= self.assembler.config.max_hosts:
+                    self._recent.pop(next(iter(self._recent)))
+                q = self._recent[key] = deque(maxlen=self.assembler.config.context_lines + 1)
+            q.append(entry)
+
+    def expire(self, now: float) -> None:
+        self._closed(self.assembler.expire(now), now)
+        self.pipeline.retry_overflow(now)
+
+    def close_all(self, now: float) -> None:
+        self._closed(self.assembler.close_all(), now)
+
+    def _closed(self, reports: list[Report], now: float) -> None:
+        for report in reports:
+            self.pipeline.handle(report, now)
+            key = report.host if self.assembler.config.group_by == "ip" else f"{report.host}:{report.port}"
+            if key in self._journaled:
+                self.store.journal_drop(key)
+                self._journaled.discard(key)
+                self._last.pop(key, None)
+
+
+class KernelPanicReceiver:
+    """The original library API; see the module docstring."""
+
+    # The default parsers, reachable so a user's parser can call and refine them.
+    parse_title = staticmethod(default_title)
+    parse_user = staticmethod(default_user)
+    parse_fingerprint = staticmethod(default_fingerprint)
+    parse_message = staticmethod(default_message)
+
+    def __init__(self, listen_ip: str = "0.0.0.0", listen_port: int = 514, *args: Any,
+                 config: Config | None = None, state_dir: str | None = None, **settings: Any) -> None:
+        # 3 arguments (ip, port, dsn) as in the brief, or 4 (ip, port, "UDP"/"TCP", dsn) as in KPR 0.5.
+        dsn: str | None = None
+        if len(args) == 1:
+            dsn = args[0]
+        elif len(args) == 2:
+            if str(args[0]).upper() != "UDP":
+                raise ValueError(f"protocol {args[0]!r}: only UDP is supported (netconsole sends UDP)")
+            dsn = args[1]
+        elif args:
+            raise TypeError("KernelPanicReceiver(listen_ip, listen_port, sentry_dsn)")
+        dsn = settings.pop("sentry_dsn", dsn)
+        cfg = config or Config()
+        if dsn is not None:
+            cfg = replace(cfg, dsn=dsn or None)
+        if state_dir is not None:
+            cfg = replace(cfg, state_dir=state_dir)
+        asm_keys = {k: settings.pop(k) for k in list(settings) if hasattr(cfg.assembler, k)}
+        if asm_keys:
+            cfg = replace(cfg, assembler=replace(cfg.assembler, **asm_keys))
+        del_keys = {k: settings.pop(k) for k in list(settings) if hasattr(DeliveryConfig, k)}
+        if del_keys:
+            cfg = replace(cfg, delivery=replace(cfg.delivery, **del_keys))
+        if settings:
+            raise TypeError(f"unknown settings: {', '.join(sorted(settings))}")
+        self.listen_ip = listen_ip
+        self.listen_port = int(listen_port)
+        self.config = cfg
+        self.parsers = Parsers()
+
+    # -- the original registration API -------------------------------------------------
+    def register_parser_title(self, function: Parser) -> None:
+        self.parsers.register_parser_title(function)
+
+    def register_parser_user(self, function: Parser) -> None:
+        self.parsers.register_parser_user(function)
+
+    def register_parser_fingerprint(self, function: Parser) -> None:
+        self.parsers.register_parser_fingerprint(function)
+
+    def register_parser_message(self, function: Parser) -> None:
+        self.parsers.register_parser_message(function)
+
+    def register_parser_tag(self, function: Parser) -> None:
+        self.parsers.register_parser_tag(function)
+
+    def register_parser_extra(self, function: Parser) -> None:
+        self.parsers.register_parser_extra(function)
+
+    def register_check_hook(self, function: Parser) -> None:
+        self.parsers.register_check_hook(function)
+
+    def unregister_parser_tag(self, function: Parser) -> bool:
+        return self.parsers.unregister_parser_tag(function)
+
+    def unregister_parser_extra(self, function: Parser) -> bool:
+        return self.parsers.unregister_parser_extra(function)
+
+    # -- running ------------------------------------------------------------------------
+    def start_receiving_logs(self, argv: list[str] | None = None) -> None:
+        """Block, receiving logs: omprog's stdin under rsyslog (``--omprog``), else UDP."""
+        argv = sys.argv[1:] if argv is None else argv
+        configure(self.config.log_format, self.config.log_level)
+        if "--omprog" in argv or os.environ.get("KPR_OMPROG") == "1":
+            from .sources.omprog import run_omprog
+
+            run_omprog(self.config, self.parsers)
+        else:
+            from .sources.udp import run_udp
+
+            cfg = replace(self.config, udp=replace(self.config.udp, listen=(_fmt(self.listen_ip, self.listen_port),)))
+            run_udp(cfg, self.parsers)
+
+
+def _fmt(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
+    """The store, the delivery workers (started, or None without a DSN) and the pipeline."""
+    store = Store(os.path.join(cfg.state_dir, "kpr-omprog.sqlite3"), cfg.delivery.disk_cap_bytes)
+    delivery = None
+    now = time.time()
+    if cfg.dsn:
+        from .delivery import Delivery
+
+        released = store.release_local(now)
+        if released:
+            log.info("local_reports_queued", count=released)
+        delivery = Delivery(store, cfg.dsn, cfg.delivery)
+        delivery.start()
+    else:
+        log.warning("no_dsn", why="reports are kept in the local store only", state_dir=cfg.state_dir,
+                    fix="set dsn in the config file; stored reports are sent then")
+    return store, delivery, Pipeline(cfg, parsers, store, delivery)

@@ -1,0 +1,220 @@
+"""The state store: one SQLite database (WAL) in the state directory.
+
+* ``reports``: the durable outbox. A finished report is written here before
+  anything is sent, and its row leaves the ``pending`` state only when Sentry
+  answered 2xx (``delivered``) or refused it for good (``dead``). Without a DSN
+  reports stay ``local``. ``kpr-omprog reports`` lists this table.
+* ``journal``: datagrams of crash reports still being assembled, so that a
+  receiver killed mid-report loses nothing (omprog mode; see sources/omprog.py).
+
+Every method is safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .logs import get_logger
+
+__all__ = ["Outgoing", "Store", "StoreFull"]
+
+log = get_logger()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reports (
+    event_id   TEXT PRIMARY KEY,
+    created    REAL NOT NULL,
+    host       TEXT NOT NULL,
+    title      TEXT NOT NULL,
+    level      TEXT NOT NULL,
+    state      TEXT NOT NULL,            -- pending, delivered, dead, local
+    event      BLOB,                     -- JSON; NULL once delivered
+    attachment BLOB,
+    size       INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_try   REAL NOT NULL DEFAULT 0,
+    trim       INTEGER NOT NULL DEFAULT 0,
+    status     INTEGER,
+    last_error TEXT,
+    updated    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_due ON reports(state, next_try);
+CREATE TABLE IF NOT EXISTS journal (
+    id    INTEGER PRIMARY KEY,
+    key   TEXT NOT NULL,
+    at    REAL NOT NULL,
+    ip    TEXT NOT NULL,
+    port  INTEGER NOT NULL,
+    data  BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_key ON journal(key);
+"""
+
+#: delivered rows kept for ``kpr-omprog reports``; older ones are pruned
+KEEP_DELIVERED = 10000
+
+
+class StoreFull(Exception):
+    """The outbox reached its disk cap, or the disk is full."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    event_id: str
+    event: dict[str, Any]
+    attachment: bytes | None
+    attempts: int
+    trim: int
+    created: float
+    title: str
+    host: str
+
+
+class Store:
+    def __init__(self, path: str, disk_cap_bytes: int = 1 << 30) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.disk_cap_bytes = disk_cap_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (what kill -9 tests); FULL would
+        # add an fsync per commit for power loss, at a cost per journaled line.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._pending_bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN "
+                                           "('pending', 'local')")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()[0]
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- outbox -------------------------------------------------------------------------
+
+    def put(self, event: dict[str, Any], attachment: bytes, *, host: str, title: str, level: str,
+            created: float, now: float, local: bool) -> bool:
+        """Store a report durably; False if it was already stored (same event id).
+
+        Raises :class:`StoreFull` at the disk cap or when SQLite cannot write.
+        """
+        blob = json.dumps(event, ensure_ascii=False).encode()
+        size = len(blob) + len(attachment)
+        if self._pending_bytes + size > self.disk_cap_bytes:
+            raise StoreFull(f"outbox holds {self._pending_bytes} bytes, cap is {self.disk_cap_bytes}")
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO reports (event_id, created, host, title, level, state, event, "
+                    "attachment, size, next_try, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (event["event_id"], created, host, title, level, "local" if local else "pending", blob,
+                     attachment, size, now, now))
+                inserted = cur.rowcount == 1
+        except sqlite3.OperationalError as e:
+            raise StoreFull(f"cannot write {self.path}: {e}") from None
+        if inserted:
+            self._pending_bytes += size
+        return inserted
+
+    def due(self, now: float, limit: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Outgoing]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, event, attachment, attempts, trim, created, title, host FROM reports "
+                "WHERE state = 'pending' AND next_try <= ? ORDER BY next_try, created LIMIT ?",
+                (now, limit + len(exclude))).fetchall()
+        out = [Outgoing(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows
+               if r[0] not in exclude]
+        return out[:limit]
+
+    def next_due(self) -> float | None:
+        value = self._scalar("SELECT MIN(next_try) FROM reports WHERE state = 'pending'")
+        return None if value is None else float(value)
+
+    def delivered(self, event_id: str, status: int, now: float) -> None:
+        with self._tx() as db:
+            size = db.execute("SELECT size FROM reports WHERE event_id = ? AND state = 'pending'",
+                              (event_id,)).fetchone()
+            db.execute("UPDATE reports SET state = 'delivered', event = NULL, attachment = NULL, status = ?, "
+                       "updated = ?, last_error = NULL WHERE event_id = ?", (status, now, event_id))
+            db.execute("DELETE FROM reports WHERE state = 'delivered' AND event_id NOT IN (SELECT event_id FROM "
+                       "reports WHERE state = 'delivered' ORDER BY updated DESC LIMIT ?)", (KEEP_DELIVERED,))
+        if size:
+            self._pending_bytes -= size[0]
+
+    def retry(self, event_id: str, next_try: float, error: str, now: float, trim: int | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE reports SET attempts = attempts + 1, next_try = ?, last_error = ?, updated = ?, "
+                       "trim = COALESCE(?, trim) WHERE event_id = ?", (next_try, error[:500], now, trim, event_id))
+
+    def dead(self, event_id: str, status: int | None, error: str, now: float) -> None:
+        with self._tx() as db:
+            size = db.execute("SELECT size FROM reports WHERE event_id = ? AND state = 'pending'",
+                              (event_id,)).fetchone()
+            db.execute("UPDATE reports SET state = 'dead', status = ?, last_error = ?, updated = ?, "
+                       "attempts = attempts + 1 WHERE event_id = ?", (status, error[:500], now, event_id))
+        if size:
+            self._pending_bytes -= size[0]
+
+    def release_local(self, now: float) -> int:
+        """A DSN was configured: reports kept locally become pending."""
+        with self._tx() as db:
+            return db.execute("UPDATE reports SET state = 'pending', next_try = ?, updated = ? "
+                              "WHERE state = 'local'", (now, now)).rowcount
+
+    def reports(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, created, host, title, level, state, attempts, status, last_error, updated "
+                "FROM reports ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error",
+                "updated")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM reports GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
+
+    @property
+    def pending_bytes(self) -> int:
+        return int(self._pending_bytes)
+
+    # -- journal ------------------------------------------------------------------------
+
+    def journal_add(self, key: str, at: float, ip: str, port: int, data: bytes) -> None:
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO journal (key, at, ip, port, data) VALUES (?,?,?,?,?)",
+                           (key, at, ip, port, data))
+        except sqlite3.OperationalError as e:
+            raise StoreFull(f"cannot write {self.path}: {e}") from None
+
+    def journal_drop(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM journal WHERE key = ?", (key,))
+
+    def journal_all(self) -> list[tuple[str, float, str, int, bytes]]:
+        with self._lock:
+            return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in
+                    self._db.execute("SELECT key, at, ip, port, data FROM journal ORDER BY id")]
