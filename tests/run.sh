@@ -20,6 +20,30 @@ fi
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
 
+# Bugsink (a Sentry-compatible server) in a venv of its own: its wheel ships top-level
+# packages (events, issues, ...) that must not shadow the project's.
+BUGSINK_VENV=${KPR_BUGSINK_VENV:-$HOME/.cache/kpr-omprog-bugsink}
+if [ ! -x "$BUGSINK_VENV/bin/gunicorn" ]; then
+  python3 -m venv "$BUGSINK_VENV"
+  "$BUGSINK_VENV/bin/pip" install -q --disable-pip-version-check "bugsink==2.6.1"
+fi
+if [ ! -f "$BUGSINK_VENV/migrated-template/db.sqlite3" ]; then
+  tmpl=$(mktemp -d)
+  cat > "$tmpl/bugsink_conf.py" <<PYEOF
+from bugsink.settings.default import *  # noqa
+from bugsink.settings.default import DATABASES
+DATABASES["default"]["NAME"] = "$tmpl/db.sqlite3"
+DATABASES["snappea"]["NAME"] = "$tmpl/snappea.sqlite3"
+SECRET_KEY = "template"
+PYEOF
+  (cd "$tmpl" && DJANGO_SETTINGS_MODULE=bugsink_conf PYTHONPATH="$tmpl" "$BUGSINK_VENV/bin/bugsink-manage" migrate -v0 \
+     && DJANGO_SETTINGS_MODULE=bugsink_conf PYTHONPATH="$tmpl" "$BUGSINK_VENV/bin/bugsink-manage" migrate --database=snappea -v0)
+  mkdir -p "$BUGSINK_VENV/migrated-template"
+  cp "$tmpl/db.sqlite3" "$tmpl/snappea.sqlite3" "$BUGSINK_VENV/migrated-template/"
+  rm -rf "$tmpl"
+fi
+export KPR_BUGSINK_VENV="$BUGSINK_VENV"
+
 echo "== ruff"; "$VENV/bin/ruff" check kpr_omprog tests
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" -q "$@"

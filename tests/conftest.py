@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.bugsink import Bugsink
+
+
+@pytest.fixture(scope="module")
+def bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
+    server = Bugsink(tmp_path_factory.mktemp("bugsink"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"

@@ -1,0 +1,270 @@
+"""Reports through parsers, the SQLite outbox and delivery into a real Bugsink."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from kpr_omprog.assembler import Assembler, Report
+from kpr_omprog.config import Config, DeliveryConfig
+from kpr_omprog.delivery import Delivery
+from kpr_omprog.hooks import Parsers
+from kpr_omprog.receiver import Pipeline
+from kpr_omprog.sources.replay import read_captures, replay
+from kpr_omprog.store import Store
+from tests.bugsink import Bugsink
+
+DATA = Path(__file__).parent / "data"
+
+
+def reports(name: str, host: str = "127.0.0.1") -> list[Report]:
+    from dataclasses import replace
+    return [replace(r, host=host) for r in replay(read_captures([str(DATA / f"{name}.jsonl")]), Assembler())]
+
+
+def pipeline(tmp: Path, dsn: str, parsers: Parsers | None = None, **delivery: Any) -> tuple[Pipeline, Delivery]:
+    store = Store(str(tmp / "state.sqlite3"))
+    d = Delivery(store, dsn, DeliveryConfig(**delivery))
+    return Pipeline(Config(dsn=dsn), parsers or Parsers(), store, None), d
+
+
+def parse_kernel_version(addr, klogs):  # type: ignore[no-untyped-def]  # the seed's example, verbatim
+    start_idx = klogs.find('.el')
+    end_idx = start_idx
+
+    if start_idx == -1:
+        return ['kernel_version', "unknown"]
+
+    while klogs[start_idx - 1] != ' ' or klogs[end_idx] != ' ':
+        if (klogs[start_idx - 1] != ' '):
+            start_idx -= 1
+        if (klogs[end_idx] != ' '):
+            end_idx += 1
+
+    return ['kernel_version', klogs[start_idx:end_idx]]
+
+
+def test_real_crashes_become_titled_grouped_events(bugsink: Bugsink, tmp_path: Path) -> None:
+    parsers = Parsers()
+    parsers.register_parser_tag(parse_kernel_version)
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn, parsers)
+    now = time.time()
+    for r in reports("lkdtm-BUG_ext_oopspanic", "10.1.0.1") + reports("lkdtm-BUG_classic_oopspanic", "10.1.0.2") \
+            + reports("sysrq-c_classic", "10.1.0.3"):
+        pipe.handle(r, now)
+    assert delivery.send_due() == 3
+    events = bugsink.wait_events(3)
+    by_host = {e["data"]["server_name"]: e for e in events}
+    assert set(by_host) == {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
+    bug = by_host["10.1.0.1"]["data"]
+    assert bug["exception"]["values"][0]["type"] == "kernel BUG"
+    assert bug["exception"]["values"][0]["value"] == "in lkdtm_BUG"
+    assert bug["fingerprint"] == ["linux-kernel", "kernel BUG", "lkdtm_BUG"]
+    assert bug["level"] == "fatal"
+    assert bug["user"]["ip_address"] == "10.1.0.1"
+    assert bug["tags"]["kernel_release"] == "6.1.0-56-amd64"
+    assert bug["tags"]["kernel_version"] == "unknown"  # the seed's hook ran (no '.el' in a Debian kernel)
+    assert {"crash_kind", "host", "tainted", "hardware", "comm"} <= set(bug["tags"])
+    assert bug["contexts"]["os"]["version"] == "6.1.0-56-amd64"
+    frames = bug["exception"]["values"][0]["stacktrace"]["frames"]
+    assert frames[-1]["function"] == "lkdtm_BUG" or any(f["function"] == "direct_entry" for f in frames)
+    # two boots of the same crash: one issue; a different crash: another
+    issues = {e["issue"] for e in events}
+    assert len(issues) == 2
+    assert by_host["10.1.0.1"]["issue"] == by_host["10.1.0.2"]["issue"]
+    assert by_host["10.1.0.3"]["issue"] != by_host["10.1.0.1"]["issue"]
+    titles = {e["issue_title"] for e in events}
+    assert ("kernel BUG", "in lkdtm_BUG") in titles
+    # the full log is attached
+    att = bugsink.attachments()
+    assert b"kernel BUG at" in att[bug["event_id"].replace("-", "")]
+    assert pipe.store.counts() == {"delivered": 3}
+
+
+def test_same_report_twice_is_one_event_and_hook_failure_keeps_report(bugsink: Bugsink, tmp_path: Path) -> None:
+    def broken_title(addr, klogs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    def bad_tag(addr, klogs):  # type: ignore[no-untyped-def]
+        return 42
+
+    parsers = Parsers()
+    parsers.register_parser_title(broken_title)
+    parsers.register_parser_tag(bad_tag)
+    before = len(bugsink.events())
+    [r] = reports("lkdtm-CORRUPT_STACK_classic", "10.2.0.1")
+    for attempt in range(2):
+        pipe, delivery = pipeline(tmp_path / str(attempt), bugsink.dsn, parsers)
+        pipe.handle(r, time.time())
+        delivery.send_due()
+    events = bugsink.wait_events(before + 1)
+    time.sleep(0.5)
+    mine = [e for e in bugsink.events() if e["data"]["server_name"] == "10.2.0.1"]
+    assert len(mine) == 1
+    data = mine[0]["data"]
+    assert data["exception"]["values"][0]["type"] == "kernel panic: stack is corrupted"
+    assert "broken_title" in data["extra"]["failed_hooks"] and "bad_tag" in data["extra"]["failed_hooks"]
+    assert len(events) >= before + 1
+
+
+def test_sentry_down_then_up_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    server = Bugsink(tmp_path / "bugsink")
+    try:
+        server.stop()
+        pipe, delivery = pipeline(tmp_path, server.dsn)
+        rs = reports("lkdtm-WARNING_ext_then-sysrq-c", "10.3.0.1") + reports("sysrq-c_ext", "10.3.0.2")
+        for r in rs:
+            pipe.handle(r, time.time())
+        delivery.send_due()
+        assert pipe.store.counts() == {"pending": 3}
+        row = pipe.store.reports()[0]
+        assert row["attempts"] == 1 and "Connection refused" in (row["last_error"] or "")
+        # a restarted receiver finds the outbox and sends when the server is back
+        pipe.store.close()
+        server.start()
+        store = Store(str(tmp_path / "state.sqlite3"))
+        d2 = Delivery(store, server.dsn, DeliveryConfig(), clock=lambda: time.time() + 10)
+        assert d2.send_due() == 3
+        assert store.counts() == {"delivered": 3}
+        events = server.wait_events(3)
+        assert len(events) == 3
+        assert sorted(e["data"]["level"] for e in events) == ["fatal", "fatal", "warning"]
+    finally:
+        server.stop()
+
+
+def test_rate_limited_by_real_bugsink_is_retried_later(tmp_path: Path) -> None:
+    server = Bugsink(tmp_path / "bugsink", quota=1)
+    try:
+        pipe, delivery = pipeline(tmp_path, server.dsn)
+        rs = reports("sysrq-c_classic") + reports("sysrq-c_ext") + reports("lkdtm-CORRUPT_STACK_classic")
+        for i, r in enumerate(rs):
+            pipe.handle(r, time.time() - i)
+        delivery.send_due()
+        counts = pipe.store.counts()
+        assert counts.get("delivered", 0) >= 1 and counts.get("pending", 0) >= 1
+        pending = [r for r in pipe.store.reports() if r["state"] == "pending"]
+        assert any("HTTP 429" in (r["last_error"] or "") for r in pending)
+        assert delivery.send_due() == 0  # everything waits for the rate limit
+    finally:
+        server.stop()
+
+
+class _Fake(http.server.BaseHTTPRequestHandler):
+    answers: ClassVar[list[tuple[int, dict[str, str]]]] = []
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).bodies.append(body)
+        status, headers = type(self).answers.pop(0) if type(self).answers else (200, {})
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_sentry() -> Iterator[tuple[str, type[_Fake]]]:
+    class Handler(_Fake):
+        answers: ClassVar[list[tuple[int, dict[str, str]]]] = []
+        bodies: ClassVar[list[bytes]] = []
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://key@127.0.0.1:{srv.server_address[1]}/7", Handler
+    srv.shutdown()
+
+
+def test_413_trims_and_resends_keeping_title_fingerprint_tags(tmp_path: Path, fake_sentry: Any) -> None:
+    import gzip
+    import json
+
+    dsn, handler = fake_sentry
+    handler.answers = [(413, {}), (413, {}), (200, {})]
+    pipe, delivery = pipeline(tmp_path, dsn)
+    [r] = reports("sysrq-c_classic")
+    pipe.handle(r, time.time())
+    for _ in range(3):
+        delivery.send_due()
+    assert pipe.store.counts() == {"delivered": 1}
+    first, last = (gzip.decompress(b).split(b"\n") for b in (handler.bodies[0], handler.bodies[-1]))
+    assert b'"type": "attachment"' in b"\n".join(first)
+    assert b'"type": "attachment"' not in b"\n".join(last)
+    ev0, ev2 = json.loads(first[2]), json.loads(last[2])
+    assert ev0["fingerprint"] == ev2["fingerprint"] and ev0["tags"] == ev2["tags"]
+    assert ev0["exception"]["values"][0]["type"] == ev2["exception"]["values"][0]["type"]
+
+
+def test_other_4xx_is_dead_lettered_and_listed(tmp_path: Path, fake_sentry: Any) -> None:
+    dsn, handler = fake_sentry
+    handler.answers = [(400, {})]
+    pipe, delivery = pipeline(tmp_path, dsn)
+    [r] = reports("sysrq-c_classic")
+    pipe.handle(r, time.time())
+    delivery.send_due()
+    [row] = pipe.store.reports()
+    assert row["state"] == "dead" and row["status"] == 400
+
+
+def test_429_retry_after_is_honoured(tmp_path: Path, fake_sentry: Any) -> None:
+    dsn, handler = fake_sentry
+    handler.answers = [(429, {"Retry-After": "120"})]
+    pipe, delivery = pipeline(tmp_path, dsn)
+    [r] = reports("sysrq-c_classic")
+    pipe.handle(r, time.time())
+    delivery.send_due()
+    assert delivery.send_due() == 0  # paused
+    nxt = pipe.store.next_due()
+    assert nxt is not None and nxt > time.time() + 100
+
+
+def test_hanging_server_times_out_and_backs_off(tmp_path: Path) -> None:
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(5)  # accepts, never answers
+    try:
+        pipe, delivery = pipeline(tmp_path, f"http://k@127.0.0.1:{sock.getsockname()[1]}/1", timeout=0.5)
+        [r] = reports("sysrq-c_classic")
+        pipe.handle(r, time.time())
+        t0 = time.monotonic()
+        delivery.send_due()
+        assert time.monotonic() - t0 < 5
+        [row] = pipe.store.reports()
+        assert row["state"] == "pending" and row["attempts"] == 1
+    finally:
+        sock.close()
+
+
+def test_full_disk_is_reported_and_report_kept_in_memory(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.sqlite3"), disk_cap_bytes=1 << 20)
+    pipe = Pipeline(Config(), Parsers(), store, None)
+    # SQLite's own "database or disk is full", produced on demand by capping its pages
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    rs = reports("lkdtm-BUG_ext_oopspanic")
+    pipe.handle(rs[0], time.time())
+    assert len(pipe.overflow) == 1
+    store._db.execute("PRAGMA max_page_count = 100000")
+    pipe.retry_overflow(time.time())
+    assert len(pipe.overflow) == 0 and store.counts() == {"local": 1}
+
+
+def test_disk_cap_refuses_loudly(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.sqlite3"), disk_cap_bytes=1 << 20)
+    pipe = Pipeline(Config(), Parsers(), store, None)
+    store._pending_bytes = (1 << 20) - 10
+    pipe.handle(reports("sysrq-c_classic")[0], time.time())
+    assert store.counts() == {} and len(pipe.overflow) == 1
