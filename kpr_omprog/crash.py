@@ -60,11 +60,20 @@ _END_NOW = r"^---\[ end Kernel panic|^Rebooting in \d+ seconds"
 _END_GRACE = r"^---\[ end trace|^Kernel Offset: "
 
 _ANY = re.compile(f"(?P<s>{_START})|(?P<n>{_END_NOW})|(?P<g>{_END_GRACE})")
+# Every alternative above contains one of these literals. Most kernel lines contain
+# none, and this search costs ~1 µs against ~18 µs for the anchored one above.
+_PREFILTER = re.compile(
+    "BUG|WARN|INFO|Oops|rror|ault|nable to|LOCKUP|SAN:|KFENCE|Machine|cut here|opcode|segment|int3|bounds"
+    "|exception|corruption|usercopy|NETDEV|nobody|overflow|panic|Rebooting|end trace|Kernel Offset"
+    "|alignment check|invalid TSS"
+)
 _PANIC_PREFIX = "Kernel panic - not syncing"
 
 
 def classify(text: str) -> int:
     """Return :data:`START`, :data:`PANIC`, :data:`END_NOW`, :data:`END_GRACE` or :data:`NONE`."""
+    if _PREFILTER.search(text) is None:
+        return NONE
     m = _ANY.search(text)
     if m is None:
         return NONE

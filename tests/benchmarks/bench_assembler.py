@@ -1,0 +1,92 @@
+"""Assembler throughput on one core: real crash traffic and noise from many hosts.
+
+    python tests/benchmarks/bench_assembler.py
+
+Crash traffic: every datagram of the real captures under tests/data/ (boot-log replay
+and crash), replayed from 1,000 hosts interleaved. Noise: typical non-crash kernel lines
+(firewall, link, audit) from 10,000 hosts. Prints lines per second beside the targets
+(300,000 noise lines/s, 150,000 crash lines/s) and, as the ceiling measured in the same
+run, a bare loop that only splits each datagram into lines.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+from kpr_omprog.assembler import Assembler
+from kpr_omprog.capture import parse_line
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_crash(hosts: int = 1000) -> list[tuple[bytes, tuple[str, int], float]]:
+    per_host = []
+    for path in sorted(glob.glob(os.path.join(HERE, "..", "data", "*.jsonl"))):
+        with open(path) as f:
+            per_host.append([parse_line(x, path).data for x in f if x.strip()])
+    items = []
+    t = 1000.0
+    streams = [per_host[h % len(per_host)] for h in range(hosts)]
+    for i in range(max(len(s) for s in streams)):
+        for h, s in enumerate(streams):
+            if i < len(s):
+                t += 1e-6
+                items.append((s[i], (f"10.{h >> 8}.{h & 255}.1", 6665), t))
+    return items
+
+
+def load_noise(n: int = 400_000, hosts: int = 10_000) -> list[tuple[bytes, tuple[str, int], float]]:
+    samples = [
+        b"[%5d.%06d] IN=eth0 OUT= MAC=52:54:00:12:34:56 SRC=203.0.113.7 DST=198.51.100.2 LEN=60 PROTO=TCP "
+        b"SPT=51234 DPT=22 WINDOW=64240 SYN\n",
+        b"[%5d.%06d] e1000: eth0 NIC Link is Up 1000 Mbps Full Duplex, Flow Control: RX\n",
+        b"[%5d.%06d] audit: type=1400 audit(1700000000.123:42): apparmor=\"DENIED\" operation=\"open\"\n",
+        b"6,%d,%d,-;systemd-journald[312]: Received client request to flush runtime journal.\n",
+    ]
+    out = []
+    for i in range(n):
+        s = samples[i % len(samples)]
+        out.append((s % (i // 1000, i % 1000000), (f"10.{(i % hosts) >> 8}.{i % hosts & 255}.2", 6665), 1000 + i * 1e-5))
+    return out
+
+
+def lines_in(items: list[tuple[bytes, tuple[str, int], float]]) -> int:
+    return sum(max(1, d.count(b"\n")) for d, _, _ in items)
+
+
+def run(items: list[tuple[bytes, tuple[str, int], float]]) -> tuple[float, int]:
+    asm = Assembler()
+    feed = asm.feed
+    t0 = time.perf_counter()
+    reports = 0
+    for d, src, at in items:
+        reports += len(feed(d, src, at))
+    reports += len(asm.close_all())
+    return time.perf_counter() - t0, reports
+
+
+def ceiling(items: list[tuple[bytes, tuple[str, int], float]]) -> float:
+    t0 = time.perf_counter()
+    per_host: dict[str, int] = {}
+    for d, src, _ in items:
+        for _line in d.split(b"\n"):
+            per_host[src[0]] = per_host.get(src[0], 0) + 1
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    for name, items, target in (("crash traffic (1,000 hosts)", load_crash(), 150_000),
+                                ("noise (10,000 hosts)", load_noise(), 300_000)):
+        n = lines_in(items)
+        best = min(run(items)[0] for _ in range(3))
+        _, reports = run(items)
+        ceil = min(ceiling(items) for _ in range(3))
+        print(f"{name:30s} {n:>9,} lines  {n / best:>11,.0f} lines/s  target {target:>9,}  "
+              f"{'MET' if n / best >= target else 'NOT MET'}  ceiling (split only) {n / ceil:>12,.0f} lines/s "
+              f"({100 * ceil / best:.0f}%)  reports {reports}")
+
+
+if __name__ == "__main__":
+    main()
