@@ -270,6 +270,14 @@ class Assembler:
         self._deadlines.clear()
         return closed
 
+    def close_ended(self) -> list[Report]:
+        """Close the reports that already saw their end marker (for a shutdown: they are whole)."""
+        closed: list[Report] = []
+        for host in list(self._hosts.values()):
+            if host.report is not None and host.report.grace_until is not None:
+                self._close(host, "end_marker", closed)
+        return closed
+
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`expire` may close something."""
         return self._deadlines[0][0] if self._deadlines else None

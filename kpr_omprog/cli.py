@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("omprog", help="run under rsyslog omprog (stdin: one JSON line per datagram)",
                        description="Run as rsyslog's omprog program: read the drop-in's JSON lines on stdin, "
                                    "answer OK per line once it is safe, report crashes to Sentry.")
+    p.add_argument("--omprog", action="store_true", help=argparse.SUPPRESS)
     _add_config_args(p)
     _add_runtime_args(p)
 

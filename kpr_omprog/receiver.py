@@ -133,6 +133,8 @@ class Intake:
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
         self.duplicates = 0
+        #: the newest receive time replayed from the journal
+        self.last_at: float | None = None
 
     def key(self, source: tuple[str, int]) -> str:
         return source[0] if self.assembler.config.group_by == "ip" else f"{source[0]}:{source[1]}"
@@ -141,6 +143,7 @@ class Intake:
         """Rebuild open reports from the journal; returns how many datagrams were replayed."""
         rows = self.store.journal_all()
         for key, at, ip, port, data in rows:
+            self.last_at = max(self.last_at or at, at)
             self._journaled.add(key)
             self._last[key] = (at, data)
             self._closed(self.assembler.feed(data, (ip, port), at), now)
@@ -178,6 +181,11 @@ class Intake:
     def expire(self, now: float) -> None:
         self._closed(self.assembler.expire(now), now)
         self.pipeline.retry_overflow(now)
+
+    def shutdown(self, now: float) -> None:
+        """Stopping: close what is due and what is whole; the rest stays journaled for the next start."""
+        self._closed(self.assembler.expire(now), now)
+        self._closed(self.assembler.close_ended(), now)
 
     def close_all(self, now: float) -> None:
         self._closed(self.assembler.close_all(), now)

@@ -77,6 +77,15 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
     fd = stdin.fileno()
     buf = b""
+    # The assembler runs on the datagrams' receive times. While stdin is idle that clock
+    # moves on with real time from the last line, so a backlog rsyslog replays after a
+    # restart (old receive times) is cut by its own timing, not closed line by line.
+    last_at: float | None = intake.last_at
+    last_mono = time.monotonic()
+
+    def clock() -> float:
+        return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
+
     lines = malformed = 0
     try:
         while not state["stop"]:
@@ -85,13 +94,13 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                 _reload(cfg, config_path, pipeline)
             if b"\n" not in buf:
                 deadline = intake.assembler.next_deadline()
-                timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+                timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - clock()))
                 try:
                     ready, _, _ = select.select([fd], [], [], timeout)
                 except InterruptedError:
                     continue
                 if not ready:
-                    intake.expire(time.time())
+                    intake.expire(clock())
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -110,7 +119,10 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                 ack.write(b"OK\n")
                 continue
             intake.feed(data, (ip, 0), at, time.time())
+            last_at = at if last_at is None or at < last_at - 3600 else max(at, last_at)
+            last_mono = time.monotonic()
             ack.write(b"OK\n")
+        intake.shutdown(clock())
     finally:
         # Open reports stay in the journal: the next start rebuilds them.
         if delivery is not None:
