@@ -48,7 +48,8 @@ def load_noise(n: int = 400_000, hosts: int = 10_000) -> list[tuple[bytes, tuple
     out = []
     for i in range(n):
         s = samples[i % len(samples)]
-        out.append((s % (i // 1000, i % 1000000), (f"10.{(i % hosts) >> 8}.{i % hosts & 255}.2", 6665), 1000 + i * 1e-5))
+        h = i % hosts
+        out.append((s % (i // 1000, i % 1000000), (f"10.{h >> 8}.{h & 255}.2", 6665), 1000 + i * 1e-5))
     return out
 
 
