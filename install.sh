@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Install kpr-omprog on Debian/Ubuntu (as root): rsyslog drop-in (default) or a systemd
+# unit for standalone UDP mode (--standalone). Idempotent; never overwrites a config.
+# RHEL family: same steps with dnf (rsyslog, python3); see README.
+#   ./install.sh [--standalone] [--port N] [--dry-run] [--uninstall]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+PREFIX=/opt/kpr-omprog; CONF_DIR=/etc/kpr-omprog; STATE=/var/lib/kpr-omprog; LOGDIR=/var/log/kpr-omprog
+DROPIN=/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=/etc/systemd/system/kpr-omprog.service
+MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --standalone) MODE=standalone ;;
+    --port) PORT=$2; shift ;;
+    --dry-run) DRY=1 ;;
+    --uninstall) UNINSTALL=1 ;;
+    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
+  esac; shift
+done
+run() { echo "+ $*"; [ "$DRY" = 1 ] || "$@"; }
+[ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || { echo "install.sh: run as root" >&2; exit 1; }
+
+if [ "$UNINSTALL" = 1 ]; then
+  [ -f "$UNIT" ] && { run systemctl disable --now kpr-omprog || true; run rm -f "$UNIT"; }
+  [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; command -v systemctl >/dev/null && run systemctl restart rsyslog || true; }
+  run rm -rf "$PREFIX"
+  echo "kept: $CONF_DIR and $STATE (stored reports); remove them by hand if wanted"; exit 0
+fi
+
+command -v python3 >/dev/null || run apt-get install -y python3
+python3 -c 'import venv' 2>/dev/null || run apt-get install -y python3-venv
+if [ "$MODE" = rsyslog ] && ! command -v rsyslogd >/dev/null; then run apt-get update -q; run apt-get install -y rsyslog; fi
+RUNAS=kpr-omprog
+if [ "$MODE" = rsyslog ]; then
+  # omprog children run as rsyslogd's user (root on Debian, syslog on Ubuntu)
+  RUNAS=$(sed -n 's/^\$PrivDropToUser[[:space:]]*//p' /etc/rsyslog.conf 2>/dev/null | head -1); RUNAS=${RUNAS:-root}
+fi
+id kpr-omprog >/dev/null 2>&1 || run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin kpr-omprog
+[ -x "$PREFIX/bin/python" ] || run python3 -m venv "$PREFIX"
+run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
+run install -d -m 0755 "$CONF_DIR"
+run install -d -m 0750 -o "$RUNAS" "$STATE" "$LOGDIR"
+if [ ! -f "$CONF_DIR/config.toml" ]; then
+  echo "+ write $CONF_DIR/config.toml"
+  [ "$DRY" = 1 ] || cat > "$CONF_DIR/config.toml" <<TOML
+# kpr-omprog configuration; see README. Set the DSN, then restart rsyslog (or kpr-omprog).
+dsn = ""
+state_dir = "$STATE"
+
+[udp]
+listen = ["0.0.0.0:$PORT", "[::]:$PORT"]
+TOML
+fi
+if [ "$MODE" = standalone ]; then
+  echo "+ write $UNIT"
+  [ "$DRY" = 1 ] || cat > "$UNIT" <<UNITEOF
+[Unit]
+Description=kpr-omprog: netconsole crash reports to Sentry (standalone UDP)
+After=network-online.target
+[Service]
+User=kpr-omprog
+ExecStart=$PREFIX/bin/kpr-omprog udp --config $CONF_DIR/config.toml
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadWritePaths=$STATE
+Restart=always
+[Install]
+WantedBy=multi-user.target
+UNITEOF
+  run systemctl daemon-reload; run systemctl enable --now kpr-omprog
+else
+  tmp=$(mktemp)
+  sed -e "s|port=\"514\"|port=\"$PORT\"|" "$HERE/rsyslog.d/30-kpr-omprog.conf" > "$tmp"
+  if grep -Eqs '^[[:space:]]*(module\(load="imudp"|\$ModLoad[[:space:]]+imudp)' /etc/rsyslog.conf /etc/rsyslog.d/*.conf 2>/dev/null \
+     && ! grep -qs 'kpr_omprog' /etc/rsyslog.d/*.conf; then
+    sed -i 's|^module(load="imudp")|# imudp is already loaded by the main config|' "$tmp"
+  fi
+  run install -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
+  [ "$DRY" = 1 ] || rsyslogd -N1 >/dev/null || { echo "rsyslogd -N1 failed; $DROPIN left for you to inspect" >&2; exit 1; }
+  command -v systemctl >/dev/null && run systemctl restart rsyslog || echo "restart rsyslog to load $DROPIN"
+fi
+cat <<DONE
+kpr-omprog installed ($MODE mode, UDP port $PORT).
+  package:  $PREFIX     config: $CONF_DIR/config.toml     state: $STATE     logs: $LOGDIR
+  Set the Sentry DSN:  dsn = "https://KEY@sentry.example/1" in $CONF_DIR/config.toml, then restart
+  $( [ "$MODE" = standalone ] && echo "kpr-omprog (systemctl restart kpr-omprog)" || echo "rsyslog (systemctl restart rsyslog)" ).
+  Until then reports are kept locally: $PREFIX/bin/kpr-omprog reports --config $CONF_DIR/config.toml
+DONE
