@@ -104,10 +104,6 @@ class Report:
         """The whole report, one line per kernel line, headers stripped."""
         return "\n".join(self.lines)
 
-    @property
-    def key(self) -> str:
-        return self.host
-
     def render_log(self) -> str:
         """The report as the kernel printed it: context, then lines, with timestamps."""
         out = [f"[{ts:12.6f}] {text}" if ts is not None else text
@@ -198,7 +194,7 @@ class _Open:
 
 
 class _Host:
-    __slots__ = ("decoder", "ip", "key", "last_at", "port", "recent", "release", "report", "scheduled")
+    __slots__ = ("decoder", "ip", "key", "port", "recent", "release", "report", "scheduled")
 
     def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder,
                  context_lines: int) -> None:
@@ -208,7 +204,6 @@ class _Host:
         self.decoder = decoder
         self.recent: deque[Line] = deque(maxlen=context_lines)
         self.report: _Open | None = None
-        self.last_at = 0.0
         self.release: str | None = None
         #: the earliest deadline of this host that sits in the assembler's heap
         self.scheduled: float | None = None
@@ -235,7 +230,6 @@ class Assembler:
         """
         closed: list[Report] = []
         host = self._host(source, at, closed)
-        host.last_at = at
         host.port = source[1]
         self._due(host, at, closed)
         for line in host.decoder.feed(datagram, at):

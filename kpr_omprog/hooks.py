@@ -93,6 +93,13 @@ def _name(f: Callable[..., Any]) -> str:
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
 
 
+def _remove(hooks: list[Parser], function: Parser) -> bool:
+    if function in hooks:
+        hooks.remove(function)
+        return True
+    return False
+
+
 def _clean_tag(value: Any) -> str:
     text = " ".join(str(value).split())
     return text[:TAG_LIMIT]
@@ -134,18 +141,10 @@ class Parsers:
         self.extras.append(function)
 
     def unregister_parser_tag(self, function: Parser) -> bool:
-        try:
-            self.tags.remove(function)
-        except ValueError:
-            return False
-        return True
+        return _remove(self.tags, function)
 
     def unregister_parser_extra(self, function: Parser) -> bool:
-        try:
-            self.extras.remove(function)
-        except ValueError:
-            return False
-        return True
+        return _remove(self.extras, function)
 
     def _one(self, kind: str, f: Parser, addr: list[Any], klogs: str, failed: list[str]) -> Any:
         default = DEFAULTS[kind]

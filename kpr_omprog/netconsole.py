@@ -278,7 +278,6 @@ class HostDecoder:
             self.stats.malformed_headers += 1
             return False
         level, seq, usec = int(fields[0]), int(fields[1]), int(fields[2])
-        flags = fields[3].decode("ascii", "replace")
         frag: tuple[int, int] | None = None
         for extra in fields[4:]:
             if extra.startswith(b"ncfrag="):
@@ -294,7 +293,6 @@ class HostDecoder:
             self._feed_fragment(frag, (level, seq, usec, release), body, at, out)
             return True
         self._emit_extended(level, seq, usec, release, body, at, out, lost=False)
-        del flags
         return True
 
     def _feed_fragment(self, frag: tuple[int, int], header: tuple[int, int, int, str | None],

@@ -187,13 +187,10 @@ class Intake:
         self._closed(self.assembler.expire(now), now)
         self._closed(self.assembler.close_ended(), now)
 
-    def close_all(self, now: float) -> None:
-        self._closed(self.assembler.close_all(), now)
-
     def _closed(self, reports: list[Report], now: float) -> None:
         for report in reports:
             self.pipeline.handle(report, now)
-            key = report.host if self.assembler.config.group_by == "ip" else f"{report.host}:{report.port}"
+            key = self.key((report.host, report.port))
             if key in self._journaled:
                 self.store.journal_drop(key)
                 self._journaled.discard(key)

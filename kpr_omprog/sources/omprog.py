@@ -91,7 +91,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         while not state["stop"]:
             if state["hup"]:
                 state["hup"] = False
-                _reload(cfg, config_path, pipeline)
+                _reload(config_path)
             if b"\n" not in buf:
                 deadline = intake.assembler.next_deadline()
                 timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - clock()))
@@ -133,7 +133,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     return 0
 
 
-def _reload(cfg: Config, path: str | None, pipeline: Any) -> None:
+def _reload(path: str | None) -> None:
     try:
         new = load(path)
         configure(new.log_format, new.log_level)
