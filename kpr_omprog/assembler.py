@@ -150,6 +150,7 @@ class _Open:
 
     __slots__ = (
         "context",
+        "ended_at",
         "first_seen",
         "flags",
         "grace_until",
@@ -174,6 +175,7 @@ class _Open:
         self.flags: set[str] = set()
         self.nbytes = 0
         self.grace_until: float | None = None
+        self.ended_at: float | None = None
         self.release = release
         self.seq_gaps = 0
 
@@ -382,13 +384,19 @@ class Assembler:
             self._open(host, line)
             return
         if kind == crash.PANIC:
-            rep.grace_until = None  # the oops's own panic: one report
+            rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         rep.add(line)
         if kind == crash.END_NOW:
             self._close(host, "end_marker", closed)
             return
         if kind == crash.END_GRACE:
+            rep.ended_at = line.at
             rep.grace_until = line.at + self.config.end_grace
+        elif rep.ended_at is not None:
+            # The tail after the end marker (an oops's second register dump, the panic that
+            # follows) can trickle in line by line on a slow console: each line extends the
+            # grace, but never past idle_timeout after the marker, so noise cannot keep it open.
+            rep.grace_until = min(line.at + self.config.end_grace, rep.ended_at + self.config.idle_timeout)
         cfg = self.config
         if len(rep.lines) >= cfg.max_lines:
             self._truncate(host, "max_lines", closed)

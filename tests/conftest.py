@@ -20,3 +20,13 @@ def bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
 @pytest.fixture
 def data_dir() -> Path:
     return Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def fresh_bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
+    """A Bugsink of the test's own, for tests that count every event."""
+    server = Bugsink(tmp_path_factory.mktemp("bugsink"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -67,6 +67,27 @@ def test_end_marker_closes_after_grace_without_expire_calls() -> None:
     assert r.closed_by == "end_marker"
 
 
+def test_slow_console_tail_after_end_marker_stays_in_the_report() -> None:
+    # A 9600-baud serial console holds every printk ~80 ms: the register dump and the
+    # panic after "end trace" trickle in, each within the grace of the one before.
+    tail = ["---[ end trace 0000000000000000 ]---"] + [f"R{n:02d}: 0000000000000000" for n in range(15)]
+    tail += ["Kernel panic - not syncing: Fatal exception", "Kernel Offset: disabled"]
+    items = [(d, A, 10 + i * 0.08) for i, d in enumerate(classic(OOPS[:9] + tail))]
+    asm = Assembler()
+    [r] = run(asm, items) + asm.close_all()
+    assert r.lines[-1] == "Kernel Offset: disabled"
+
+
+def test_noise_after_end_marker_cannot_hold_the_report_open() -> None:
+    warn = ["------------[ cut here ]------------", "WARNING: CPU: 1 PID: 9 at foo.c:1 foo+0x1/0x2",
+            "---[ end trace 0000000000000000 ]---"]
+    noise = [f"IN=eth0 OUT= SRC=10.0.0.{n} DST=10.0.0.1" for n in range(100)]
+    items = [(d, A, 10 + i * 0.1) for i, d in enumerate(classic(warn + noise))]
+    [r] = run(Assembler(), items)
+    # closed within idle_timeout (2 s) of the marker, not by max_age
+    assert r.closed_by == "end_marker" and r.last_seen <= 10.2 + 2.0
+
+
 def test_warning_then_unrelated_panic_seconds_later_are_two_reports() -> None:
     warn = ["------------[ cut here ]------------", "WARNING: CPU: 1 PID: 9 at foo.c:1 foo+0x1/0x2",
             "Call Trace:", " foo+0x1/0x2", "---[ end trace 0000000000000000 ]---"]

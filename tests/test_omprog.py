@@ -5,19 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from kpr_omprog.store import Store
+from tests.rsyslogd import Rsyslogd
+from tests.senders import capture, play
 
-ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
 
 
@@ -94,43 +91,14 @@ def test_kill_9_mid_report_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert c["event_id"] == r["event_id"]
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-
-
-@pytest.mark.skipif(not os.path.exists(RSYSLOGD), reason="rsyslogd missing: tests/run.sh installs it")
 def test_real_rsyslogd_with_shipped_dropin(tmp_path: Path) -> None:
-    port = free_udp_port()
-    work = tmp_path / "rs"
-    (work / "spool").mkdir(parents=True)
     state = tmp_path / "state"
-    wrapper = tmp_path / "kpr.sh"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m kpr_omprog.cli omprog --state-dir {state} \"$@\"\n")
-    wrapper.chmod(0o755)
-    dropin = (ROOT / "rsyslog.d" / "30-kpr-omprog.conf").read_text()
-    dropin = dropin.replace('binary="/opt/kpr-omprog/bin/kpr-omprog omprog --omprog"', f'binary="{wrapper} --omprog"')
-    dropin = dropin.replace('output="/var/log/kpr-omprog/omprog.log"', f'output="{tmp_path}/omprog.log"')
-    dropin = dropin.replace('port="514"', f'address="127.0.0.1" port="{port}"')
-    conf = tmp_path / "rsyslog.conf"
-    conf.write_text(f'global(workDirectory="{work}/spool")\nmodule(load="imuxsock" SysSock.Use="off")\n'
-                    f"{dropin}\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    check = subprocess.run([RSYSLOGD, "-N1", "-f", str(conf)], capture_output=True, text=True, env=env)
-    assert check.returncode == 0, check.stderr
-    rs = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "pid")], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rs = Rsyslogd(tmp_path / "rs", [sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(state)])
+    rs.check()
+    rs.start()
     try:
-        time.sleep(1.5)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for name in ("lkdtm-BUG_classic_oopspanic", "sysrq-c_ext"):
-            for line in (DATA / f"{name}.jsonl").read_text().splitlines():
-                sock.sendto(base64.b64decode(json.loads(line)["data_b64"]), ("127.0.0.1", port))
-                time.sleep(0.0002)
+            play(("127.0.0.1", rs.port), {"127.0.0.1": capture(name)}, speed=20)
             time.sleep(3)
         deadline = time.monotonic() + 30
         titles: list[object] = []
@@ -142,5 +110,30 @@ def test_real_rsyslogd_with_shipped_dropin(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert titles == ["kernel BUG in lkdtm_BUG", "kernel panic: sysrq triggered crash"]
     finally:
-        rs.send_signal(signal.SIGTERM)
-        rs.wait(20)
+        rs.stop()
+
+
+def test_sighup_reloads_config_and_is_never_fatal(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'state_dir = "{tmp_path}"\nlog_level = "info"\n')
+    p = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--config", str(conf),
+                          "--log-format", "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=open(tmp_path / "err.log", "wb"))  # noqa: SIM115
+    assert p.stdout is not None and p.stdout.readline() == b"OK\n"
+    lines = omprog_lines("sysrq-c_classic")
+    send(p, lines[:100])
+    p.send_signal(signal.SIGHUP)
+    send(p, lines[100:200])
+    conf.write_text("log_level = \"loud\"\n")  # broken: the running config stays
+    p.send_signal(signal.SIGHUP)
+    send(p, lines[200:])
+    assert p.stdin is not None
+    p.stdin.close()
+    assert p.wait(15) == 0
+    log = [json.loads(x) for x in (tmp_path / "err.log").read_text().splitlines() if x.startswith("{")]
+    events = [x["event"] for x in log]
+    assert "config_reloaded" in events
+    failed = next(x for x in log if x["event"] == "config_reload_failed")
+    assert "log_level" in failed["error"]
+    [r] = stored(tmp_path)
+    assert r["title"] == "kernel panic: sysrq triggered crash"
