@@ -332,6 +332,9 @@ class CrashInfo:
     """What the default parsers read out of one report."""
 
     kind: str
+    #: the kind without the message of a "msg" kind ("kernel panic", not "kernel panic: <reason>"):
+    #: few values, for the ``crash_kind`` tag
+    category: str
     #: the guilty function, or None when the crash names none (panics with a message, MCE)
     frame: str | None
     title: str
@@ -355,6 +358,7 @@ def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:
     kind = ""
     source = "none"
     groups: tuple[str, ...] = ()
+    category = ""
     for i, line in enumerate(lines):
         if _CONSEQUENCE_PANIC.match(line) and kind_index >= 0:
             break
@@ -424,6 +428,7 @@ def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:
         m = re.search(r"(?:in|:) ([A-Za-z_][\w.]*)\+0x", header)
         frame = canonical_function(m.group(1)) if m else _first_guilty(frames)
     elif source == "msg":
+        category = kind.partition(":")[0]
         kind = normalize(kind.format(*groups))
     elif source == "mce":
         reason = next((x for x in lines_after if x.startswith("Machine check: ")), "")
@@ -468,7 +473,10 @@ def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:
     else:
         level = "error"
     fingerprint = ("linux-kernel", normalize(kind), frame or "-")
-    return CrashInfo(kind=normalize(kind), frame=frame, title=title, fingerprint=fingerprint, level=level,
+    if source == "mce":
+        category = "Machine Check Exception"
+    return CrashInfo(kind=normalize(kind), category=category or normalize(kind), frame=frame, title=title,
+                     fingerprint=fingerprint, level=level,
                      panicked=panicked, frames=tuple(reliable), module=module, tainted=tainted,
                      hardware=hardware, comm=comm, release=release, header=header, corrupted=corrupted)
 

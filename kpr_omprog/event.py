@@ -64,7 +64,7 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
     kernel_release = report.kernel_release or info.release
     tags = {
         "kernel_release": _tag(kernel_release or "unknown"),
-        "crash_kind": _tag(info.kind),
+        "crash_kind": _tag(info.category),
         "host": _tag(report.host),
         "tainted": _tag(info.tainted or "no"),
         "hardware": _tag(info.hardware or "unknown"),

@@ -8,7 +8,7 @@ ROOT=$PWD
 VENV=${KPR_TEST_VENV:-$ROOT/.venv}
 
 need_apt=()
-for pkg in rsyslog; do
+for pkg in rsyslog qemu-system-x86 busybox-static; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -16,6 +16,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi
+
+# A real kernel for the live test: Debian's current amd64 kernel package, of which only
+# the kernel and the three modules netconsole needs are kept (about 10 MB).
+KERNEL_DIR=${KPR_KERNEL_DIR:-$HOME/.cache/kpr-omprog-kernel}
+if [ ! -f "$KERNEL_DIR/vmlinuz" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  if [ -z "$pkg" ]; then $SUDO apt-get update -q; \
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
+  kt=$(mktemp -d); chmod 755 "$kt"
+  (cd "$kt" && apt-get download -q "$pkg")
+  dpkg-deb --fsys-tarfile "$kt"/*.deb | tar -x -C "$kt" --wildcards './boot/vmlinuz-*' \
+    '*/e1000.ko*' '*/configfs.ko*' '*/netconsole.ko*'
+  mkdir -p "$KERNEL_DIR"
+  cp "$kt"/boot/vmlinuz-* "$KERNEL_DIR/vmlinuz"
+  find "$kt/lib" "$kt/usr/lib" -name '*.ko*' -exec cp {} "$KERNEL_DIR/" \; 2>/dev/null || true
+  basename "$kt"/boot/vmlinuz-* | sed 's/^vmlinuz-//' > "$KERNEL_DIR/RELEASE"
+  rm -rf "$kt"
+fi
+export KPR_KERNEL_DIR="$KERNEL_DIR"
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
