@@ -316,6 +316,8 @@ class Assembler:
         return host
 
     def _deadline(self, host: _Host) -> float | None:
+        if host.report is None and host.decoder.idle:
+            return None  # the common case for noise: nothing to wait for
         times = []
         d = host.decoder.deadline()
         if d is not None:
@@ -344,8 +346,9 @@ class Assembler:
 
     def _due(self, host: _Host, now: float, closed: list[Report]) -> None:
         """Apply whatever timeouts of ``host`` have passed by ``now``."""
-        for line in host.decoder.expire(now):
-            self._line(host, line, closed)
+        if not host.decoder.idle:
+            for line in host.decoder.expire(now):
+                self._line(host, line, closed)
         rep = host.report
         if rep is None:
             return

@@ -30,53 +30,55 @@ END_NOW = 3
 #: a report's end is near; a few lines may follow (``---[ end trace``, ``Kernel Offset:``)
 END_GRACE = 4
 
-_START = (
+# Markers that may sit anywhere in a line (after a "watchdog: " or "rcu: " prefix, say);
+# each contains one of _ANYWHERE_LITERALS, so most lines skip the regex entirely.
+_ANYWHERE = re.compile(
     r"(?<![A-Za-z])BUG: "
     r"|[Kk]ernel BUG at "
-    r"|^BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
-    r"|^WARNING: "
-    r"|^\[ INFO: (?:possible|inconsistent)"  # old lockdep banners
-    r"|^INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
-    r"|^INFO: task \S.* blocked for more than"
     r"|INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall"
-    r"|^(?:Oops|Internal error): "
-    r"|^(?:Oops: )?general protection fault"
-    r"|^Unable to handle kernel "
     r"|[Ww]atchdog detected hard LOCKUP"
-    r"|^(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "
     r"|Machine Check Exception"
-    r"|^-+\[ cut here \]-+"
-    r"|^(?:divide error|invalid opcode|stack segment|double fault|PANIC: double fault"
+)
+_ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "LOCKUP", "Machine Check")
+# Markers that start a line: tried at position 0 only, which costs a fraction of a search.
+_START_OF_LINE = (
+    r"BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
+    r"|WARNING: "
+    r"|\[ INFO: (?:possible|inconsistent)"  # old lockdep banners
+    r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
+    r"|INFO: task \S.* blocked for more than"
+    r"|(?:Oops|Internal error): "
+    r"|(?:Oops: )?general protection fault"
+    r"|Unable to handle kernel "
+    r"|(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "
+    r"|-+\[ cut here \]-+"
+    r"|(?:divide error|invalid opcode|stack segment|double fault|PANIC: double fault"
     r"|alignment check|int3|bounds|coprocessor segment overrun|invalid TSS|segment not present"
     r"|iret exception|simd exception|fpu exception): "
-    r"|^list_(?:add|del) corruption"
-    r"|^usercopy: Kernel memory"
-    r"|^NETDEV WATCHDOG: "
-    r"|^irq \d+: nobody cared"
-    r"|^(?:do_IRQ: stack overflow|kernel stack overflow)"
-    r"|^Kernel panic - not syncing"
+    r"|list_(?:add|del) corruption"
+    r"|usercopy: Kernel memory"
+    r"|NETDEV WATCHDOG: "
+    r"|irq \d+: nobody cared"
+    r"|(?:do_IRQ: stack overflow|kernel stack overflow)"
+    r"|Kernel panic - not syncing"
 )
-_END_NOW = r"^---\[ end Kernel panic|^Rebooting in \d+ seconds"
-_END_GRACE = r"^---\[ end trace|^Kernel Offset: "
+_END_NOW = r"---\[ end Kernel panic|Rebooting in \d+ seconds"
+_END_GRACE = r"---\[ end trace|Kernel Offset: "
 
-_ANY = re.compile(f"(?P<s>{_START})|(?P<n>{_END_NOW})|(?P<g>{_END_GRACE})")
-# Every alternative above contains one of these literals. Most kernel lines contain
-# none, and this search costs ~1 µs against ~18 µs for the anchored one above.
-_PREFILTER = re.compile(
-    "BUG|WARN|INFO|Oops|rror|ault|nable to|LOCKUP|SAN:|KFENCE|Machine|cut here|opcode|segment|int3|bounds"
-    "|exception|corruption|usercopy|NETDEV|nobody|overflow|panic|Rebooting|end trace|Kernel Offset"
-    "|alignment check|invalid TSS"
-)
+_AT_START = re.compile(f"(?P<s>{_START_OF_LINE})|(?P<n>{_END_NOW})|(?P<g>{_END_GRACE})")
 _PANIC_PREFIX = "Kernel panic - not syncing"
 
 
 def classify(text: str) -> int:
     """Return :data:`START`, :data:`PANIC`, :data:`END_NOW`, :data:`END_GRACE` or :data:`NONE`."""
-    if _PREFILTER.search(text) is None:
-        return NONE
-    m = _ANY.search(text)
+    m = _AT_START.match(text)
     if m is None:
-        return NONE
+        for literal in _ANYWHERE_LITERALS:
+            if literal in text:
+                break
+        else:
+            return NONE
+        return START if _ANYWHERE.search(text) is not None else NONE
     if m.group("s") is not None:
         return PANIC if text.startswith(_PANIC_PREFIX) else START
     return END_NOW if m.group("n") is not None else END_GRACE

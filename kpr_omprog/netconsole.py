@@ -36,7 +36,7 @@ __all__ = ["MAX_PRINT_CHUNK", "DecodeStats", "DecoderLimits", "HostDecoder", "Li
 MAX_PRINT_CHUNK = 1000
 
 # "[    1.234567]" optionally followed by a printk caller id "[T123]" / "[C1]".
-_CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10})\.(\d{1,9})\])?(?:\[\s*[TC]\d+\])? ?")
+_CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10}\.\d{1,9})\])?(?:\[\s*[TC]\d+\])? ?")
 # The start of a new classic console line: a timestamp or a level prefix.
 _NEW_LINE_START = re.compile(rb"^(?:<\d{1,3}>|\[\s*\d{1,10}\.\d{1,9}\])")
 _EXT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
@@ -166,8 +166,15 @@ class HostDecoder:
         self._feed_classic(payload, at, out)
         return out
 
+    @property
+    def idle(self) -> bool:
+        """Nothing pending: :meth:`expire` and :meth:`deadline` have nothing to do."""
+        return not self._partial and not self._frags
+
     def deadline(self) -> float | None:
         """When :meth:`expire` has work to do (an unfinished line or record)."""
+        if not self._partial and not self._frags:
+            return None
         times = [f.first_at for f in self._frags.values()]
         if self._partial:
             times.append(self._partial_at)
@@ -178,6 +185,8 @@ class HostDecoder:
     def expire(self, now: float) -> list[Line]:
         """Give up waiting for pieces older than the timeout; return what they make."""
         out: list[Line] = []
+        if not self._partial and not self._frags:
+            return out
         timeout = self.limits.piece_timeout
         if self._partial and self._partial_at + timeout <= now:
             self._emit_classic(self._partial, self._partial_at, out)
@@ -213,6 +222,9 @@ class HostDecoder:
                 at = self._partial_at
                 self._partial = b""
         if payload.endswith(b"\n"):
+            if payload.count(b"\n") == 1:  # the usual datagram: one whole line
+                self._emit_classic(payload[:-1], at, out)
+                return
             payload, rest = payload[:-1], b""
         else:
             # No separator: rpartition puts everything in ``rest``, as wanted.
@@ -236,10 +248,11 @@ class HostDecoder:
         if raw[:1] == b"[" or raw[:1] == b"<":
             m = _CLASSIC_PREFIX.match(raw)
             if m is not None and m.end():
-                if m.group(1) is not None:
-                    level = int(m.group(1))
-                if m.group(2) is not None:
-                    ts = int(m.group(2)) + int(m.group(3)) / 10 ** len(m.group(3))
+                lv, stamp = m.groups()
+                if lv is not None:
+                    level = int(lv)
+                if stamp is not None:
+                    ts = float(stamp)
                 raw = raw[m.end():]
         if len(raw) > self.limits.max_line_bytes:
             self.stats.oversized += 1
