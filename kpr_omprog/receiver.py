@@ -132,6 +132,10 @@ class Intake:
         self._recent: dict[str, deque[tuple[float, str, int, bytes]]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
+        # Journal rows not yet written: flush() writes them in one transaction. The omprog
+        # front end flushes before every OK, the UDP one once per burst read off the socket.
+        self._batch: list[tuple[str, float, str, int, bytes]] = []
+        self.journal_failures = 0
         self.duplicates = 0
         #: the newest receive time replayed from the journal
         self.last_at: float | None = None
@@ -165,10 +169,9 @@ class Intake:
         entry = (at, source[0], source[1], data)
         if self.assembler.is_open(source):
             if key not in self._journaled:
-                for old in self._recent.pop(key, ()):
-                    self.store.journal_add(key, *old)
+                self._batch.extend((key, *old) for old in self._recent.pop(key, ()))
                 self._journaled.add(key)
-            self.store.journal_add(key, *entry)
+            self._batch.append((key, *entry))
             self._last[key] = (at, data)
         else:
             q = self._recent.get(key)
@@ -178,6 +181,20 @@ class Intake:
                 q = self._recent[key] = deque(maxlen=self.assembler.config.context_lines + 1)
             q.append(entry)
 
+    def flush(self) -> None:
+        """Write the journal rows fed so far (call before acknowledging them)."""
+        if self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                self.store.journal_add_many(batch)
+            except StoreFull as e:
+                # The lines stay in the assembler's memory and their reports still go out;
+                # only a restart before they close would lose them. Never block the input.
+                self.journal_failures += 1
+                if self.journal_failures in (1, 10, 100) or self.journal_failures % 1000 == 0:
+                    log.error("journal_write_failed", error=str(e), rows=len(batch), failures=self.journal_failures,
+                              why="the disk is full or unwritable: open reports would not survive a restart")
+
     def expire(self, now: float) -> None:
         self._closed(self.assembler.expire(now), now)
         self.pipeline.retry_overflow(now)
@@ -186,12 +203,14 @@ class Intake:
         """Stopping: close what is due and what is whole; the rest stays journaled for the next start."""
         self._closed(self.assembler.expire(now), now)
         self._closed(self.assembler.close_ended(), now)
+        self.flush()
 
     def _closed(self, reports: list[Report], now: float) -> None:
         for report in reports:
             self.pipeline.handle(report, now)
             key = self.key((report.host, report.port))
             if key in self._journaled:
+                self.flush()  # rows of this report still in the batch must not outlive the drop
                 self.store.journal_drop(key)
                 self._journaled.discard(key)
                 self._last.pop(key, None)

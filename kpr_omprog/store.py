@@ -203,10 +203,13 @@ class Store:
     # -- journal ------------------------------------------------------------------------
 
     def journal_add(self, key: str, at: float, ip: str, port: int, data: bytes) -> None:
+        self.journal_add_many([(key, at, ip, port, data)])
+
+    def journal_add_many(self, rows: list[tuple[str, float, str, int, bytes]]) -> None:
+        """Append datagrams to the journal in one transaction (one commit for a whole batch)."""
         try:
             with self._tx() as db:
-                db.execute("INSERT INTO journal (key, at, ip, port, data) VALUES (?,?,?,?,?)",
-                           (key, at, ip, port, data))
+                db.executemany("INSERT INTO journal (key, at, ip, port, data) VALUES (?,?,?,?,?)", rows)
         except sqlite3.OperationalError as e:
             raise StoreFull(f"cannot write {self.path}: {e}") from None
 

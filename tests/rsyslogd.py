@@ -32,7 +32,8 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 class Rsyslogd:
     """``Rsyslogd(work, program_args).start()``; ``.port`` is where to send datagrams."""
 
-    def __init__(self, work: Path, program: list[str] | None = None, port: int | None = None) -> None:
+    def __init__(self, work: Path, program: list[str] | None = None, port: int | None = None,
+                 stats: bool = False) -> None:
         if not os.path.exists(RSYSLOGD):
             raise RuntimeError(f"{RSYSLOGD} missing: tests/run.sh installs Debian's rsyslog")
         self.work = work
@@ -52,8 +53,11 @@ class Rsyslogd:
                 raise AssertionError(f"the shipped drop-in no longer contains {old!r}")
             dropin = dropin.replace(old, new)
         self.conf = work / "rsyslog.conf"
+        self.stats_file = work / "impstats.json"
+        extra = (f'module(load="impstats" interval="1" format="json" log.syslog="off" log.file="{self.stats_file}"'
+                 ' resetCounters="off")\n') if stats else ""
         self.conf.write_text(f'global(workDirectory="{self.spool}")\n'
-                             'module(load="imuxsock" SysSock.Use="off")\n' + dropin)
+                             'module(load="imuxsock" SysSock.Use="off")\n' + extra + dropin)
         self.env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -97,6 +101,23 @@ class Rsyslogd:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+    def action_stats(self) -> dict[str, int]:
+        """The omprog action's latest impstats counters (``processed``, ``failed``...); needs stats=True."""
+        import json
+
+        latest: dict[str, int] = {}
+        if self.stats_file.exists():
+            for line in self.stats_file.read_text().splitlines():
+                _, _, body = line.partition(": ")
+                if '"name": "kpr_omprog"' in body or '"name":"kpr_omprog"' in body:
+                    try:
+                        obj = json.loads(body)
+                    except ValueError:
+                        continue
+                    if obj.get("origin") == "core.action":
+                        latest = obj
+        return latest
 
     def queued_files(self) -> list[str]:
         return sorted(p.name for p in self.spool.iterdir() if p.name.startswith("kpr_omprog"))

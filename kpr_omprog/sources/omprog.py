@@ -87,6 +87,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
 
     lines = malformed = 0
+    first_line_at = last_line_at = 0.0
     try:
         while not state["stop"]:
             if state["hup"]:
@@ -110,6 +111,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                     continue
             line, _, buf = buf.partition(b"\n")
             lines += 1
+            if lines == 1:
+                first_line_at = time.time()
             try:
                 data, ip, at = parse_omprog_line(line)
             except MalformedLine as e:
@@ -119,17 +122,20 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                 ack.write(b"OK\n")
                 continue
             intake.feed(data, (ip, 0), at, time.time())
+            intake.flush()
             last_at = at if last_at is None or at < last_at - 3600 else max(at, last_at)
             last_mono = time.monotonic()
             ack.write(b"OK\n")
+            last_line_at = time.time()
         intake.shutdown(clock())
     finally:
         # Open reports stay in the journal: the next start rebuilds them.
         if delivery is not None:
             delivery.stop(2.0)
         store.close()
+        # busy_seconds: first line in to last OK out, so a burst gives the rate lines were taken at
         log.info("omprog_stopped", lines=lines, malformed=malformed, open_reports=intake.assembler.open_reports,
-                 duplicates=intake.duplicates)
+                 duplicates=intake.duplicates, busy_seconds=round(max(0.0, last_line_at - first_line_at), 6))
     return 0
 
 

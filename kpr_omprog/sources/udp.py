@@ -91,6 +91,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     if ready is not None:
         ready(socks)
     refused = 0
+    received = 0
     try:
         while not stop["flag"]:
             deadline = intake.assembler.next_deadline()
@@ -104,6 +105,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
                         data, src = sock.recvfrom(65535)
                     except BlockingIOError:
                         break
+                    received += 1
                     if not allowed(src[0]):
                         refused += 1
                         if refused in (1, 10, 100, 1000) or refused % 10000 == 0:
@@ -112,13 +114,18 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
                         continue
                     now = time.time()
                     intake.feed(data, (src[0], src[1]), now, now)
+            # One journal transaction per burst: UDP has no acknowledgement, and a burst
+            # in memory is no more at risk than the datagrams still in the socket buffer.
+            intake.flush()
             intake.expire(time.time())
     finally:
         intake.expire(time.time())
+        intake.flush()
         if delivery is not None:
             delivery.stop(2.0)
         store.close()
         for s in socks:
             s.close()
-        log.info("udp_stopped", open_reports=intake.assembler.open_reports)
+        log.info("udp_stopped", datagrams=received, refused=refused, open_reports=intake.assembler.open_reports,
+                 duplicates=intake.duplicates)
     return 0

@@ -1,0 +1,104 @@
+"""Helpers shared by the benchmarks: processes, CPU pinning, socket queues, result rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+PY = sys.executable
+# Two cores: the receiver on one, the load generator on the other.
+RECEIVER_CPU, SENDER_CPU = 0, (1 if (os.cpu_count() or 1) > 1 else 0)
+
+
+@dataclass
+class Row:
+    name: str
+    ours: float
+    ceiling: float | None
+    unit: str
+    target: str
+    met: bool | None
+    note: str = ""
+
+    @property
+    def ratio(self) -> str:
+        return f"{100 * self.ours / self.ceiling:.0f}%" if self.ceiling else "-"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def udp_queue(port: int) -> tuple[int, int]:
+    """(rx_queue bytes, drops) of the UDP socket bound to ``port`` (from /proc/net/udp)."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == port:
+            return int(f[4].split(":")[1], 16), int(f[-1])
+    return 0, 0
+
+
+def wait_drained(port: int, timeout: float = 30) -> None:
+    """Until the socket's receive queue has read empty three times in a row."""
+    deadline = time.monotonic() + timeout
+    empty = 0
+    while time.monotonic() < deadline and empty < 3:
+        empty = empty + 1 if udp_queue(port)[0] == 0 else 0
+        time.sleep(0.05)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def send(port: int, rate: float, count: int, hosts: int = 1000, noise: float = 0.5,
+         max_seconds: float = 30) -> dict[str, Any]:
+    out = subprocess.run([PY, str(HERE / "sender.py"), "--port", str(port), "--rate", str(rate), "--count",
+                          str(count), "--hosts", str(hosts), "--noise", str(noise), "--cpu", str(SENDER_CPU),
+                          "--max-seconds", str(max_seconds)], capture_output=True, text=True, check=True,
+                         timeout=max_seconds + 60)
+    return dict(json.loads(out.stdout))
+
+
+def json_logs(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    return out
+
+
+def wait_log(path: Path, event: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for x in json_logs(path):
+            if x.get("event") == event:
+                return x
+        time.sleep(0.05)
+    raise TimeoutError(f"no {event!r} in {path} after {timeout} s")
+
+
+def kpr(*args: str, log: Path, cpu: int | None = RECEIVER_CPU) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen([PY, "-m", "kpr_omprog.cli", *args, "--log-format", "json"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
+    if cpu is not None:
+        os.sched_setaffinity(p.pid, {cpu})
+    return p
