@@ -33,7 +33,7 @@ class Rsyslogd:
     """``Rsyslogd(work, program_args).start()``; ``.port`` is where to send datagrams."""
 
     def __init__(self, work: Path, program: list[str] | None = None, port: int | None = None,
-                 stats: bool = False) -> None:
+                 stats: bool = False, program_stderr: bool = False) -> None:
         if not os.path.exists(RSYSLOGD):
             raise RuntimeError(f"{RSYSLOGD} missing: tests/run.sh installs Debian's rsyslog")
         self.work = work
@@ -43,7 +43,11 @@ class Rsyslogd:
         self.log = work / "omprog.log"
         wrapper = work / "program.sh"
         args = program or [sys.executable, "-m", "kpr_omprog.cli", "omprog"]
-        wrapper.write_text("#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in args) + ' "$@"\n')
+        # program_stderr: the program's stderr to a file of our own, so that what it logs
+        # after rsyslog has closed its pipes (its last words at shutdown) is kept too.
+        self.program_log = work / "program.stderr"
+        redirect = f" 2>>'{self.program_log}'" if program_stderr else ""
+        wrapper.write_text("#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in args) + ' "$@"' + redirect + "\n")
         wrapper.chmod(0o755)
         dropin = (ROOT / "rsyslog.d" / "30-kpr-omprog.conf").read_text()
         for old, new in ((SHIPPED, f'binary="{wrapper} --omprog"'),
@@ -102,21 +106,21 @@ class Rsyslogd:
                 self.proc.wait()
             self.proc = None
 
-    def action_stats(self) -> dict[str, int]:
-        """The omprog action's latest impstats counters (``processed``, ``failed``...); needs stats=True."""
+    def stats(self, name: str = "kpr_omprog") -> dict[str, int]:
+        """Latest impstats counters of ``name`` (the action: ``processed``...; "kpr_omprog queue":
+        ``size``...); needs ``stats=True``."""
         import json
 
         latest: dict[str, int] = {}
         if self.stats_file.exists():
+            needle = f'"name": "{name}"'
             for line in self.stats_file.read_text().splitlines():
                 _, _, body = line.partition(": ")
-                if '"name": "kpr_omprog"' in body or '"name":"kpr_omprog"' in body:
+                if needle in body:
                     try:
-                        obj = json.loads(body)
+                        latest = json.loads(body)
                     except ValueError:
                         continue
-                    if obj.get("origin") == "core.action":
-                        latest = obj
         return latest
 
     def queued_files(self) -> list[str]:

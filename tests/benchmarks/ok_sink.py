@@ -17,7 +17,10 @@ def main() -> None:
     out.write(b"OK\n")
     n = 0
     first = last = 0.0
-    for _line in sys.stdin.buffer:
+    # readline, not iteration: iterating a buffered file waits for a full block, and
+    # rsyslog sends the next line only after our OK.
+    readline = sys.stdin.buffer.readline
+    while readline():
         n += 1
         if n == 1:
             first = time.time()
