@@ -52,7 +52,7 @@ class AssemblerConfig:
     #: close a report when its host has been silent this long (seconds)
     idle_timeout: float = 2.0
     #: lines that may follow ``---[ end trace`` / ``Kernel Offset:`` (seconds)
-    end_grace: float = 0.5
+    end_grace: float = 0.25
     #: close a report this long after its first line, whatever follows (seconds)
     max_age: float = 120.0
     #: close a report at this many lines
