@@ -92,6 +92,9 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
         ready(socks)
     refused = 0
     received = 0
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    recv_into = socket.socket.recvfrom_into
     try:
         while not stop["flag"]:
             deadline = intake.assembler.next_deadline()
@@ -102,9 +105,13 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
                 # Drain the socket: one select per burst, not per datagram.
                 for _ in range(4096):
                     try:
-                        data, src = sock.recvfrom(65535)
+                        n, src = recv_into(sock, buf)
                     except BlockingIOError:
                         break
+                    # An exact-size copy: recvfrom(65535) would allocate 64 KiB and shrink it,
+                    # and the lines kept per host would pin the leftovers (RSS grew 13 MB per
+                    # 25,000 senders in the memory benchmark; flat with this).
+                    data = bytes(view[:n])
                     received += 1
                     if not allowed(src[0]):
                         refused += 1

@@ -3,8 +3,9 @@
     python tests/benchmarks/bench_latency.py
 
 ``kpr-omprog udp`` with a DSN; 40 hosts each send the crash part of a real capture,
-0.25 s apart (after one warm-up report, not counted). With an end marker (the panic's ``Kernel Offset:``) the report closes after
-the end grace; without one (the capture cut before its last lines) after the idle
+0.25 s apart (after one warm-up report, not counted). With an end marker (the panic's
+``Kernel Offset:``) the report closes after the end grace; without one (the capture cut
+before its last lines) after the idle
 timeout. The delivery time is the receiver's ``report_delivered`` log line (same clock).
 """
 
@@ -20,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
-from common import Row, free_port, json_logs, kpr, wait_log  # noqa: E402
-from sender import crash_datagrams  # noqa: E402
+from common import Row, free_port, json_logs, kpr, wait_log
+from sender import crash_datagrams
 
-from tests.bugsink import Bugsink  # noqa: E402
+from tests.bugsink import Bugsink
 
 
 def measure(bugsink: Bugsink, cut: int, hosts: int = 40, idle: float = 2.0) -> list[float]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
-from common import HERE, PY, Row, json_logs, send  # noqa: E402
+from common import HERE, PY, Row, json_logs, send
 
-from tests.rsyslogd import Rsyslogd  # noqa: E402
+from tests.rsyslogd import Rsyslogd
 
 
 def trial(program: list[str], count: int, rate: float) -> tuple[int, int, int, float]:
