@@ -15,7 +15,7 @@ from kpr_omprog.assembler import Assembler, Report
 from kpr_omprog.config import Config, DeliveryConfig
 from kpr_omprog.delivery import Delivery
 from kpr_omprog.hooks import Parsers
-from kpr_omprog.receiver import Pipeline
+from kpr_omprog.receiver import Intake, Pipeline
 from kpr_omprog.sources.replay import read_captures, replay
 from kpr_omprog.store import Store
 from tests.bugsink import Bugsink
@@ -268,3 +268,20 @@ def test_disk_cap_refuses_loudly(tmp_path: Path) -> None:
     store._pending_bytes = (1 << 20) - 10
     pipe.handle(reports("sysrq-c_classic")[0], time.time())
     assert store.counts() == {} and len(pipe.overflow) == 1
+
+
+def test_full_disk_while_journaling_never_blocks_input_nor_loses_the_report(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.sqlite3"))
+    pipe = Pipeline(Config(), Parsers(), store, None)
+    intake = Intake(pipe, Assembler())
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    for d in read_captures([str(DATA / "lkdtm-BUG_ext_oopspanic.jsonl")]):
+        intake.feed(d.data, ("10.9.0.1", 6666), d.at, d.at)
+        intake.flush()  # what omprog does before each OK: must not raise
+    assert intake.journal_failures > 0
+    store._db.execute("PRAGMA max_page_count = 100000")
+    intake.shutdown(time.time() + 60)
+    pipe.retry_overflow(time.time())
+    [r] = store.reports()
+    assert r["title"] == "kernel BUG in lkdtm_BUG"
