@@ -41,6 +41,8 @@ BUGSINK = {{
     "KEEP_ENVELOPES": 100000,
     "MAX_EVENTS_PER_PROJECT_PER_5_MINUTES": {quota},
     "MAX_EVENTS_PER_PROJECT_PER_HOUR": {quota},
+    "MAX_EVENTS_PER_5_MINUTES": {quota},
+    "MAX_EVENTS_PER_HOUR": {quota},
 }}
 """
 
