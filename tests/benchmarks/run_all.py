@@ -1,6 +1,6 @@
 """Every benchmark, one table: each figure beside its ceiling measured in the same run.
 
-    python tests/benchmarks/run_all.py            # about 10 minutes on 2 cores
+    python tests/benchmarks/run_all.py            # several minutes on 2 cores
     python tests/benchmarks/run_all.py --only udp,latency
 
 Needs what tests/run.sh installs (rsyslogd, Bugsink). Absolute numbers depend on the
