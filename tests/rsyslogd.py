@@ -8,6 +8,7 @@ and a loopback-only listen address. Everything lives in the given work directory
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -109,8 +110,6 @@ class Rsyslogd:
     def stats(self, name: str = "kpr_omprog") -> dict[str, int]:
         """Latest impstats counters of ``name`` (the action: ``processed``...; "kpr_omprog queue":
         ``size``...); needs ``stats=True``."""
-        import json
-
         latest: dict[str, int] = {}
         if self.stats_file.exists():
             needle = f'"name": "{name}"'

@@ -25,11 +25,10 @@ from common import Row, free_port, json_logs, kpr, wait_log
 from sender import crash_datagrams
 
 from tests.bugsink import Bugsink
+from tests.senders import play
 
 
 def measure(bugsink: Bugsink, cut: int, hosts: int = 40, idle: float = 2.0) -> list[float]:
-    import socket
-
     crash = crash_datagrams("sysrq-c_classic")
     if cut:
         crash = crash[:-cut]
@@ -43,11 +42,8 @@ def measure(bugsink: Bugsink, cut: int, hosts: int = 40, idle: float = 2.0) -> l
         # host 0 warms up (Bugsink loads its code on the first event); it is not counted
         for h in range(hosts + 1):
             ip = f"127.0.9.{h + 2}"
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((ip, 0))
-                for d in crash:
-                    s.sendto(d, ("127.0.0.1", port))
-                last_sent[ip] = time.time()
+            play(("127.0.0.1", port), {ip: [(0.0, d) for d in crash]})
+            last_sent[ip] = time.time()
             time.sleep(0.25)
         deadline = time.monotonic() + 60
         delivered: dict[str, float] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,10 @@ from typing import Any
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.rsyslogd import free_udp_port  # noqa: E402
+
+free_port = free_udp_port  # one helper for the tests and the benchmarks
 PY = sys.executable
 # Two cores: the receiver on one, the load generator on the other.
 RECEIVER_CPU, SENDER_CPU = 0, (1 if (os.cpu_count() or 1) > 1 else 0)
@@ -32,12 +35,6 @@ class Row:
     @property
     def ratio(self) -> str:
         return f"{100 * self.ours / self.ceiling:.0f}%" if self.ceiling else "-"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def udp_queue(port: int) -> tuple[int, int]:
