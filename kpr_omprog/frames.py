@@ -1,0 +1,177 @@
+"""Stack frames as kernels print them, and the frames that are never to blame.
+
+    >>> parse_frame(" [<ffffffff81234567>] ? ext4_find_entry+0x12/0x340 [ext4]")
+    ('ext4_find_entry', 'ext4', False)
+    >>> canonical_function("__x64_sys_ioctl")
+    'sys_ioctl'
+    >>> is_skipped("_raw_spin_lock_irqsave")
+    True
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["Frame", "call_trace", "canonical_function", "is_skipped", "is_trace_start", "parse_frame", "pc_function"]
+
+_FRAME = re.compile(
+    r"^\s*(?:\[[<(]?[0-9a-fx]+[>)]?\]\s*)*(\?\s+)?\(?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+\)?"
+    r"(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?"
+)
+_INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[inline\]")
+# The faulting instruction's function: x86 RIP/IP/EIP, arm64 pc, arm "PC is at", ppc NIP, mips epc, s390 PSW.
+_PC = re.compile(
+    r"^(?:RIP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|pc : |PC is at |NIP:? *\[[0-9a-f]+\] |epc : |PSW: )"
+    r"\s*(?:\[<[0-9a-f]+>\]\s*)*([A-Za-z_$][\w.$]*)\+0x"
+)
+_CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|llvm|lto_priv|localalias)(?:\.\d+)*$|\.cold$")
+_SYSCALL_PREFIX = re.compile(
+    r"^(?:__x64_|__ia32_|__arm64_|__se_|__do_|__riscv_|__s390x_|__s390_|compat_)+(?=sys_)|^(?:compat_)?(?:SyS_|SYSC_)"
+)
+_TRACE_START = re.compile(r"^\s*(?:Call Trace|Call trace|Backtrace|backtrace|Stack)\s*:", re.IGNORECASE)
+_TRACE_NOISE = re.compile(r"^\s*(?:<(?:/?(?:IRQ|NMI|TASK|SOFTIRQ)|EOI|<EOE>)>|--- |-+\[ end|\? 0x|\(stack is not)")
+
+# Functions that report, lock, allocate, copy or dispatch, but never are the bug: a frame
+# whose name contains one of these is passed over when blaming. Substrings, not names,
+# as syzkaller matches them, so that titles agree with syzbot's across kernel versions.
+_SKIP_SUBSTRINGS = (
+    # sanitizers and reporting machinery
+    "__sanitizer", "__asan", "kasan", "hwasan", "__msan", "kmsan", "kcsan", "kfence", "ubsan",
+    "check_memory_region", "read_word_at_a_time", "print_address_description", "print_report", "panic",
+    "invalid_op", "report_bug", "fixup_bug", "handle_bug", "do_error", "_trap", "dump_stack", "show_stack",
+    "show_regs", "show_trace", "warn_slowpath", "warn_alloc", "warn_bogus", "__warn", "debug_object",
+    "timer_is_static_object", "work_is_static_object", "printk", "va_format", "dev_info", "dev_notice",
+    "dev_warn", "dev_err", "dev_alert", "dev_crit", "dev_emerg", "program_check_exception",
+    "program_check_common", "print_usage_bug", "print_unlock", "imbalance_bug", "nmi_cpu_backtrace",
+    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die", "oops_",
+    "page_fault_oops", "no_context", "bad_area", "do_user_addr_fault", "do_kern_addr_fault",
+    "handle_page_fault", "kernelmode_fixup_or_oops", "exc_", "asm_exc_", "fixup_exception",
+    "should_fail", "fail_dump",
+    # locking
+    "lockdep", "perf_trace", "lock_acquire", "lock_release", "lock_class", "mark_lock", "held_locks",
+    "spin_lock", "spin_trylock", "spin_unlock", "raw_read_lock", "raw_read_trylock", "raw_write_lock",
+    "raw_write_trylock", "read_unlock", "write_unlock", "queued_spin", "queued_read", "queued_write",
+    "down_read", "down_write", "down_trylock", "up_read", "up_write", "osq_lock", "osq_unlock",
+    "rwsem_", "__wake_up", "might_fault", "might_sleep", "might_resched",
+    # refcounts, atomics, bit ops
+    "refcount_add", "refcount_sub", "refcount_inc", "refcount_dec", "refcount_set", "refcount_read",
+    "refcount_warn", "kref_put", "kref_get",
+    # string and copy helpers
+    "memcpy", "memcmp", "memset", "memchr", "memmove", "memscan", "strcmp", "strncmp", "strcpy", "strlcpy",
+    "strncpy", "strscpy", "strlen", "strstr", "strnstr", "strnlen", "strchr", "copy_to_user",
+    "copy_from_user", "copy_to_iter", "copy_from_iter", "copy_page_to_iter", "copy_page_from_iter",
+    "put_user", "get_user", "string", "pointer", "snprintf", "scnprintf", "kasprintf", "kvasprintf",
+    "_indirect_thunk_", "check_object_size", "check_heap_object", "usercopy_abort",
+    # lists and trees
+    "list_add", "list_del", "list_replace", "list_move", "list_splice", "list_debug",
+    # workqueues, timers, completions
+    "del_timer", "flush_work", "__cancel_work", "cancel_work_sync", "cancel_delayed_work_sync",
+    "try_to_grab_pending", "flush_workqueue", "drain_workqueue", "destroy_workqueue", "__queue_work",
+    "queue_work_on", "finish_wait", "kthread_stop", "wait_for_completion",
+    # kobjects, devices, teardown
+    "kobject_", "add_uevent_var", "get_device_parent", "device_add", "device_del", "device_unregister",
+    "device_destroy", "device_release", "devres_release_all", "hwrng_unregister", "i2c_del_adapter",
+    "__unregister_client", "device_for_each_child", "rollback_registered", "unregister_netdev",
+    "sysfs_remove", "device_remove_file", "tty_unregister_device", "dummy_urb_enqueue", "usb_kill_urb",
+    "usb_kill_anchored_urbs", "usb_control_msg", "usb_hcd_submit_urb", "usb_submit_urb", "kfree_skb",
+    # stack and scheduler plumbing printed around every report
+    "__stack_chk_fail", "stackleak_", "__schedule_bug", "check_preemption_disabled",
+    "debug_smp_processor_id", "__this_cpu_preempt_check", "debug_check_no_", "__pfx_",
+)
+_SKIP_ANCHORED = (
+    r"^complete$", r"^kv?free$", r"^down$", r"^up$", r"^mutex_", r"^__mutex_", r"^rt_mutex_", r"^_raw_",
+    r"^do_raw_", r"^__raw_", r"^dput$", r"^iput$", r"^put_device$", r"^deactivate_super$", r"^kill_super$",
+    r"^(?:__)?(?:set|clear|change|test)_bit$", r"^(?:arch_)?atomic", r"^__atomic", r"^die$", r"^(?:__)?bug$",
+    r"^do_BUG", r"^__BUG", r"^BUG_", r"^(?:nmi_)?panic$", r"^vpanic$", r"^schedule$", r"^__schedule$",
+    r"^read[bwlq]$", r"^write[bwlq]$", r"^(?:__)?crc\d+", r"^el1_abort$", r"^el1h_64_sync", r"^do_mem_abort$",
+    r"^__do_kernel_fault$", r"^do_bad_area$", r"^do_translation_fault$", r"^do_page_fault$",
+    r"^__do_page_fault$", r"^page_fault$", r"^async_page_fault$", r"^lkdtm_do_action$", r"^direct_entry$",
+    r"^full_proxy_write$",
+)
+_SKIP = re.compile("|".join((*map(re.escape, _SKIP_SUBSTRINGS), *_SKIP_ANCHORED)))
+
+
+class Frame(tuple[str, str | None, bool]):
+    """(function, module or None, reliable) as printed in a call trace, innermost first."""
+
+    __slots__ = ()
+
+    @property
+    def function(self) -> str:
+        return self[0]
+
+    @property
+    def module(self) -> str | None:
+        return self[1]
+
+    @property
+    def reliable(self) -> bool:
+        return self[2]
+
+
+def parse_frame(line: str, inline: bool = True) -> Frame | None:
+    """Parse one call-trace line (x86, arm64, ppc, old ``[<addr>]`` forms; symbolised inline
+    frames unless ``inline`` is False). ``?`` frames come back with ``reliable`` False."""
+    m = _FRAME.match(line)
+    if m is not None:
+        return Frame((m.group(2), m.group(3), m.group(1) is None))
+    if inline:
+        m = _INLINE_FRAME.match(line)
+        if m is not None:
+            return Frame((m.group(1), None, True))
+    return None
+
+
+def pc_function(line: str) -> str | None:
+    """The function of a faulting-instruction line (``RIP: 0010:f+0x..``, ``pc : f+0x..``, ...)."""
+    m = _PC.match(line)
+    return m.group(1) if m is not None else None
+
+
+def is_trace_start(line: str) -> bool:
+    """A ``Call Trace:`` / ``backtrace:`` line."""
+    return _TRACE_START.match(line) is not None
+
+
+def canonical_function(name: str) -> str:
+    """A function name as every build spells it: no clone suffix, no syscall wrapper prefix."""
+    name = name.removeprefix("__pfx_")
+    while True:
+        stripped = _CLONE_SUFFIX.sub("", name)
+        if stripped == name:
+            break
+        name = stripped
+    return _SYSCALL_PREFIX.sub("", name)
+
+
+def is_skipped(name: str, extra: re.Pattern[str] | None = None) -> bool:
+    """True for a function that reports, locks, allocates or copies but is never the bug."""
+    return _SKIP.search(name) is not None or (extra is not None and extra.search(name) is not None)
+
+
+def call_trace(lines: list[str] | tuple[str, ...], start: int = 0) -> tuple[list[Frame], int]:
+    """The frames of the first call trace at or after ``start``, and the index after it."""
+    i = start
+    n = len(lines)
+    while i < n and not _TRACE_START.match(lines[i]):
+        i += 1
+    if i == n:
+        return [], n
+    frames: list[Frame] = []
+    i += 1
+    misses = 0
+    while i < n:
+        line = lines[i]
+        f = parse_frame(line)
+        if f is not None:
+            frames.append(f)
+            misses = 0
+        elif _TRACE_NOISE.match(line) or line.startswith((" ", "\t")):
+            misses = 0 if frames else misses
+        else:
+            misses += 1
+            # Register dumps of a user-mode frame sit inside x86 traces: tolerate a few.
+            if misses > 12 or _TRACE_START.match(line):
+                break
+        i += 1
+    return frames, i

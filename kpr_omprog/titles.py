@@ -1,0 +1,447 @@
+"""Which crash a report holds, and which function is to blame: the title's two halves.
+
+Titles follow syzbot's (``<kind> in <guilty function>``) so that a kernel engineer
+recognises them and so that they can be scored against syzkaller's titled corpus
+(``tests/benchmarks/title_eval.py``). Each :class:`Format` names the header line it
+recognises, the kind it gives, and where its guilty frame is found: a list of parts
+read top-down over the report (an anchor line, the faulting-instruction line, a call
+trace), whose frames are filtered by :func:`kpr_omprog.frames.is_skipped` plus the
+format's own list, then picked by an extractor (the first frame; for stalls the frame a
+dispatch point called; for hangs the first frame that is not waiting).
+
+    >>> t = blame(["BUG: kernel NULL pointer dereference, address: 0000000000000000",
+    ...            "RIP: 0010:lkdtm_ACCESS_NULL+0x5/0x20 [lkdtm]"])
+    >>> t.kind, t.frame
+    ('BUG: unable to handle kernel NULL pointer dereference', 'lkdtm_ACCESS_NULL')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .frames import canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
+
+__all__ = ["FORMATS", "Blame", "Format", "blame"]
+
+#: part: read the following lines as a call trace
+TRACE = "TRACE"
+#: part: the faulting-instruction line (RIP/IP/pc/PC is at/NIP)
+PC = "PC"
+
+_Part = str | re.Pattern[str]
+_Extractor = Callable[[list[str]], str | None]
+
+# A frame printed as "[<address>] function+0x.." or after "at: " (lockdep).
+_AT = re.compile(r"\bat: (?:\[<?(?:0x)?[0-9a-f]+>?\] +)?(?P<f>[A-Za-z_][\w.]*)\+0x")
+_PC_FUNC = re.compile(r"(?:\[<?(?:0x)?[0-9a-f]+>?\] +|\bat: )(?P<f>[A-Za-z_][\w.]*)\+0x")
+_CALL_TRACE = re.compile(r"Call Trace:|Call trace:")
+_BACKTRACE = re.compile(r"backtrace:|Backtrace:")
+# Other stacks inside a report: a trace part stops at them once it has read frames.
+_OTHER_STACK = re.compile(r"^\s*(?:Allocated by task|Freed by task|Uninit was (?:created|stored)|Last potentially)")
+_APIC_TIMER = re.compile(r"apic_timer_interrupt|arch_timer_handler|timer_interrupt\+")
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    """One kind of crash: how its header looks, what it is called, where its culprit is."""
+
+    header: re.Pattern[str]
+    #: the title before `` in <frame>``; ``{0}``.. are the header's groups, ``{rw}`` Read/Write
+    kind: str
+    #: parts read top-down: PC, TRACE, or an anchor regex (its group ``f``, if any, is a frame)
+    stack: tuple[_Part, ...] = ()
+    #: tried when ``stack`` finds no frame
+    alt: tuple[_Part, ...] = ()
+    skip: re.Pattern[str] | None = None
+    extractor: _Extractor | None = None
+    #: the ``crash_kind`` tag for kinds that embed a free-form message
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Blame:
+    """What :func:`blame` found: the kind, the guilty function, the header line."""
+
+    kind: str
+    category: str
+    frame: str | None
+    header_index: int
+    #: a frame was expected but none survived (torn or interleaved report)
+    corrupted: bool
+    #: the format wants no frame (its kind is the whole title)
+    frameless: bool
+
+
+# ------------------------------------------------------------------------------------------
+# Extractors
+# ------------------------------------------------------------------------------------------
+
+# Where work is dispatched: a stall's representative frame is the one such a frame called.
+_STALL_ANCHORS = re.compile(
+    r"process_one_work|do_syscall_|do_fast_syscall_|sysenter_dispatch|tracesys_phase2|netif_receive_skb"
+    r"|do_softirq|handle_softirqs|call_timer_fn|_run_timers|run_timer_softirq|run_ksoftirqd|smpboot_thread_fn"
+    r"|^kthread$|start_secondary|cpu_startup_entry|ret_from_fork|vfs_write|vfs_read|vfs_iter_read"
+    r"|vfs_iter_write|do_iter_read|do_iter_write|vfs_ioctl|ksys_ioctl|compat_ioctl|compat_sys_ioctl"
+    r"|blkdev_driver_ioctl|blkdev_ioctl|^call_read_iter|^call_write_iter|do_iter_readv_writev|^call_mmap"
+    r"|mmap_region|do_mmap|do_dentry_open|vfs_open|^sock_sendmsg|^sock_recvmsg|^sock_release|^__sock_release"
+    r"|__sys_setsockopt|kernel_setsockopt|sock_common_setsockopt|__sys_listen|kernel_listen|sk_common_release"
+    r"|^sock_mmap|__sys_accept|kernel_accept|^sock_do_ioctl|^sock_ioctl|^compat_sock_ioctl|^nfnetlink_rcv_msg"
+    r"|^rtnetlink_rcv_msg|^netlink_rcv_skb|^genl_rcv_msg|^genl_family_rcv_msg"
+    r"|^(?:compat_)?(?:SYSC|SyS|__sys|___sys|__do_sys|__se_sys|__x64_sys|__ia32_sys|__arm64_sys)_"
+    r"(?:socketpair|connect|ioctl)|__do_fault|handle_mm_fault|do_page_fault|^page_fault$|__fput|task_work_run"
+    r"|exit_to_usermode|exit_to_user_mode|smp_call_function|tasklet_action|__napi_poll|net_rx_action"
+    r"|^worker_thread$|^process_scheduled_works$"
+)
+_STALL_TRIM = re.compile(r"^(?:__x64_|__ia32_|compat_SYSC_|compat_SyS_|SYSC_|SyS_)")
+
+
+def _stall(frames: list[str]) -> str | None:
+    """Stalls are caught at a random point of the looping code: take the frame that the
+    first dispatch point (syscall entry, work item, timer, vfs/socket op) called."""
+    if not frames:
+        return None
+    prev = frames[0]
+    for f in frames:
+        if _STALL_ANCHORS.search(f):
+            if "smp_call_function" in f:
+                prev = "smp_call_function"
+            return _STALL_TRIM.sub("", prev)
+        prev = f
+    return frames[0]
+
+
+_HANG_BUCKETS = (("rtnl_lock", "rtnl_lock"), ("synchronize_rcu", "synchronize_rcu"),
+                 ("synchronize_srcu", "synchronize_rcu"), ("synchronize_net", "synchronize_rcu"),
+                 ("synchronize_sched", "synchronize_rcu"))
+_HANG_SKIP = re.compile(r"sched|_lock|_slowlock|down|rwsem|completion|kthread|wait|synchronize|context_switch"
+                        r"|__switch_to|cancel_delayed_work|rcu_barrier")
+
+
+def _hang(frames: list[str]) -> str | None:
+    """A hung task is a victim: group the common waits (rtnl_lock, synchronize_rcu), else the
+    first frame that is not scheduling, locking or waiting."""
+    for f in frames:
+        for anchor, bucket in _HANG_BUCKETS:
+            if anchor in f:
+                return bucket
+    for f in frames:
+        if not _HANG_SKIP.search(f):
+            return f
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# The table
+# ------------------------------------------------------------------------------------------
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _skip(*names: str) -> re.Pattern[str]:
+    return re.compile("|".join(names))
+
+
+_RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _CALL_TRACE, TRACE)
+_TRACE_ONLY: tuple[_Part, ...] = (_CALL_TRACE, TRACE)
+# WARNINGs: the RIP line names the function that warned; older kernels print only a trace.
+_WARNING: tuple[_Part, ...] = (PC, TRACE)
+
+
+def _warning(header: str, kind: str, *skip: str) -> Format:
+    return Format(_rx(header), kind, _WARNING, _TRACE_ONLY, _skip(*skip) if skip else None)
+
+
+_LOCKDEP_SKIP = _skip("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue")
+_ALLOC_SKIP = ("kmemleak", "kmalloc", "kcalloc", "kzalloc", "krealloc", "vmalloc", "vzalloc", "mmap", "kmem",
+               "slab", "alloc", "create_object", "idr_get", "list_lru_init", "kasprintf", "kvasprintf",
+               "pcpu_create", "strdup", "strndup", "memdup")
+
+FORMATS: tuple[Format, ...] = (
+    # --- sanitizers ---------------------------------------------------------------------
+    Format(_rx(r"BUG: KASAN: (?:double-free or invalid-free|invalid-free|double-free) in (?P<f>[\w.]+)"),
+           "KASAN: invalid-free", (_rx(r"BUG: KASAN: .* in (?P<f>[\w.]+)"), _CALL_TRACE, TRACE),
+           skip=_skip("kmem_", "slab_", "kfree", "vunmap", "vfree")),
+    Format(_rx(r"BUG: KASAN: ([a-z\-]+) in (?P<f>[\w.]+)"), "KASAN: {0} {rw}",
+           (_rx(r"BUG: KASAN: [a-z\-]+ in (?P<f>[\w.]+)"), _CALL_TRACE, TRACE)),
+    Format(_rx(r"BUG: KASAN: ([a-z\-]+) on address"), "KASAN: {0} {rw}"),
+    Format(_rx(r"BUG: KASAN: (.*)"), "KASAN: {0}", category="KASAN"),
+    Format(_rx(r"BUG: KMSAN: kernel-usb-infoleak"), "KMSAN: kernel-usb-infoleak", _TRACE_ONLY,
+           skip=_skip("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg",
+                      "usb_control_msg")),
+    Format(_rx(r"BUG: KMSAN: ([a-z\-]+)"), "KMSAN: {0}", _TRACE_ONLY,
+           skip=_skip("_copy_to_iter", "copyout", "copy_to_user", "instrument_", "_copy_to_user")),
+    Format(_rx(r"BUG: KCSAN: (.*)"), "KCSAN: {0}", category="KCSAN"),
+    Format(_rx(r"BUG: KFENCE: ([a-z\- ]+?) (read|write) in (?P<f>[\w.]+)"), "KFENCE: {0} {1}",
+           (_rx(r"BUG: KFENCE: .* in (?P<f>[\w.]+)"), TRACE)),
+    Format(_rx(r"BUG: KFENCE: ([a-z\- ]+?) in (?P<f>[\w.]+)"), "KFENCE: {0}",
+           (_rx(r"BUG: KFENCE: .* in (?P<f>[\w.]+)"), TRACE)),
+    Format(_rx(r"UBSAN: [Uu]ndefined[ -]behaviou?r in "), "UBSAN: undefined-behaviour", _TRACE_ONLY,
+           skip=_skip("ubsan", "overflow")),
+    Format(_rx(r"UBSAN: ([\w\- ]+?) in "), "UBSAN: {0}", _TRACE_ONLY, skip=_skip("ubsan", "overflow")),
+    # --- faults ---------------------------------------------------------------------------
+    Format(_rx(r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address"
+               r"|Unable to handle kernel data access)"),
+           "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE),
+    Format(_rx(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
+               r"|Kernel NULL pointer dereference)"),
+           "BUG: unable to handle kernel NULL pointer dereference", _RIP_THEN_TRACE),
+    Format(_rx(r"^Unable to handle kernel (NULL pointer dereference|paging request|access to user memory"
+               r"|execute from non-executable memory|write to read-only memory)"),
+           "BUG: unable to handle kernel {0}", _RIP_THEN_TRACE),
+    Format(_rx(r"BUG: (?:unable to handle kernel|Unable to handle kernel)"), "BUG: unable to handle kernel",
+           _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:Oops: )?general protection fault"), "general protection fault", _RIP_THEN_TRACE),
+    Format(_rx(r"^stack segment: "), "stack segment fault", _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:divide error|divide_error|Oops: divide error)[:,]"), "divide error", _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:Oops: )?invalid opcode:"), "invalid opcode", _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:Oops: )?int3[:,]"), "int3", _RIP_THEN_TRACE),
+    Format(_rx(r"^PANIC: double fault|^double fault:"), "PANIC: double fault", (PC,)),
+    Format(_rx(r"^Unhandled fault:"), "Unhandled fault", _RIP_THEN_TRACE),
+    Format(_rx(r"^Internal error: "), "Internal error", _RIP_THEN_TRACE),
+    # --- lockups, stalls, hangs -------------------------------------------------------------
+    Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
+    Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
+    Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"),
+           "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_APIC_TIMER, TRACE),
+           _skip("apic_timer_interrupt", "rcu"), _stall),
+    Format(_rx(r"INFO: task .* blocked for more than"), "INFO: task hung", _TRACE_ONLY, extractor=_hang),
+    Format(_rx(r"INFO: task .* can't die for more than"), "INFO: task can't die", _TRACE_ONLY,
+           skip=_skip("schedule")),
+    Format(_rx(r"BUG: workqueue lockup"), "BUG: workqueue lockup"),
+    # --- lockdep ---------------------------------------------------------------------------
+    Format(_rx(r"(?:WARNING|INFO): possible circular locking dependency"), "possible deadlock",
+           (_AT, _AT, TRACE), skip=_LOCKDEP_SKIP),
+    Format(_rx(r"(?:WARNING|INFO): possible irq lock inversion"), "possible deadlock",
+           (_rx("just changed the state of lock"), _AT)),
+    Format(_rx(r"(?:WARNING|INFO): \S+-safe -> \S+-unsafe lock order"), "possible deadlock",
+           (_rx("is trying to acquire"), _AT)),
+    Format(_rx(r"(?:WARNING|INFO): possible recursive locking"), "possible deadlock",
+           (_rx("is trying to acquire lock"), _AT)),
+    Format(_rx(r"(?:WARNING|INFO): inconsistent lock state"), "inconsistent lock state", (_rx("takes"), _AT)),
+    Format(_rx(r"(WARNING|INFO): suspicious RCU usage"), "{0}: suspicious RCU usage", _TRACE_ONLY,
+           skip=_skip("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
+    Format(_rx(r"INFO: trying to register non-static key"), "INFO: trying to register non-static key",
+           _TRACE_ONLY, skip=_skip("stack", "lock", "IRQ")),
+    Format(_rx(r"(BUG|WARNING): bad unlock balance detected"), "{0}: bad unlock balance",
+           (_rx("is trying to release lock"), _PC_FUNC)),
+    Format(_rx(r"(BUG|WARNING): held lock freed"), "{0}: held lock freed", (_PC_FUNC,)),
+    Format(_rx(r"(BUG|WARNING): .*still has locks held"), "{0}: still has locks held", (_PC_FUNC,)),
+    Format(_rx(r"(BUG|WARNING): lock held when returning to user space"), "{0}: lock held when returning to "
+           "user space", (_rx("leaving the kernel with locks still held"), _AT)),
+    Format(_rx(r"WARNING: nested lock was not taken"), "WARNING: nested lock was not taken",
+           (_rx("is trying to lock"), _AT), _TRACE_ONLY),
+    Format(_rx(r"(BUG|WARNING): lock held at task exit time"), "{0}: lock held at task exit time", (_PC_FUNC,)),
+    # --- other BUG: reports ---------------------------------------------------------------------
+    Format(_rx(r"BUG: spinlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)"),
+           "BUG: spinlock {0}", _TRACE_ONLY, skip=_skip("spin_")),
+    Format(_rx(r"BUG: sleeping function called from invalid context"),
+           "BUG: sleeping function called from invalid context", _TRACE_ONLY),
+    Format(_rx(r"BUG: scheduling while atomic"), "BUG: scheduling while atomic", _TRACE_ONLY,
+           skip=_skip("schedule")),
+    Format(_rx(r"BUG: using ([a-z_]+)\(\) in preemptible"), "BUG: using {0}() in preemptible code", _TRACE_ONLY,
+           skip=_skip("dump_stack", "preemption", "preempt", "debug_", "processor_id", "this_cpu")),
+    Format(_rx(r"BUG: workqueue leaked lock or atomic"), "BUG: workqueue leaked lock or atomic",
+           (_rx(r"last function: (?P<f>\w+)"),)),
+    Format(_rx(r"BUG: memory leak"), "memory leak", (_BACKTRACE, TRACE), skip=_skip(*_ALLOC_SKIP)),
+    Format(_rx(r"BUG: (?:TASK )?stack guard page was hit"), "BUG: stack guard page was hit", (PC,)),
+    Format(_rx(r"BUG: Bad rss-counter state"), "BUG: Bad rss-counter state"),
+    Format(_rx(r"BUG: non-zero (nr_ptes|nr_pmds|pgtables_bytes) on freeing mm"), "BUG: non-zero {0} on freeing mm"),
+    Format(_rx(r"BUG: Dentry .* still in use \(\d+\) \[unmount of ([^\]]+)\]"),
+           "BUG: Dentry still in use [unmount of {0}]"),
+    Format(_rx(r"BUG: Bad page (state|map|cache)"), "BUG: Bad page {0}", _TRACE_ONLY,
+           skip=_skip("bad_page", "free_page", "free_pages", "free_unref", "__folio_put", "folio_put",
+                      "put_page", "release_pages", "free_pcp", "free_one_page", "free_the_page", "dump_backtrace",
+                      "__free", "page_frag", "dump_page")),
+    Format(_rx(r"kernel BUG at mm/usercopy.c|^usercopy: Kernel memory"), "BUG: bad usercopy", _TRACE_ONLY,
+           skip=_skip("usercopy", "__check")),
+    Format(_rx(r"kernel BUG at lib/list_debug.c|^list_(?:add|del) corruption|^list_\w+ corruption"),
+           "BUG: corrupted list", _RIP_THEN_TRACE, skip=_skip("list_")),
+    Format(_rx(r"[Kk]ernel BUG at "), "kernel BUG", _RIP_THEN_TRACE,
+           skip=_skip("^skb_", "fortify", "assert", "_panic$", "__phys_addr", "folio_unlock", "unlock_page")),
+    Format(_rx(r"BUG kmalloc-.*: Object already free"), "BUG: Object already free"),
+    Format(_rx(r"^kernel stack overflow"), "kernel stack overflow", _RIP_THEN_TRACE, extractor=_stall),
+    # --- WARNINGs by file ------------------------------------------------------------------------
+    _warning(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug",
+             "debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "kmem_", "slab_", "kfree", "vunmap",
+             "vfree", "__free_", "debug_check", "kobject_"),
+    _warning(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy", "usercopy", "__check"),
+    _warning(r"WARNING: .*lib/kobject\.c.* kobject_", "WARNING: kobject bug", "kobject_"),
+    _warning(r"WARNING: .*fs/proc/generic\.c.* proc_register", "WARNING: proc registration bug", "proc_"),
+    _warning(r"WARNING: .*lib/refcount\.c.* refcount_", "WARNING: refcount bug", "refcount", "kobject_"),
+    _warning(r"WARNING: .*kernel/locking/lockdep\.c.*lock_", "WARNING: locking bug", "lock_sock",
+             "release_sock"),
+    _warning(r"WARNING: .*mm/vmalloc\.c.*__vmalloc_node_range", "WARNING: zero-size vmalloc", "vmalloc",
+             "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"),
+    _warning(r"WARNING: .*mm/.*\.c.* k?.?malloc", "WARNING: kmalloc bug", "kmalloc", "kcalloc", "kzalloc",
+             "krealloc", "vmalloc", "slab", "kmem"),
+    _warning(r"WARNING: .*lib/ref_tracker\.c", "WARNING: ref_tracker bug", "ref_tracker"),
+    Format(_rx(r"WARNING: kernel stack regs at [0-9a-f]+ in \S* has bad '([^']+)' value"),
+           "WARNING: kernel stack regs has bad '{0}' value"),
+    Format(_rx(r"WARNING: kernel stack frame pointer at [0-9a-f]+ in \S* has bad value"),
+           "WARNING: kernel stack frame pointer has bad value"),
+    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    Format(_rx(r"^WARNING: \S+:\d+ at (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    Format(_rx(r"^WARNING: at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    # --- the rest -----------------------------------------------------------------------------
+    Format(_rx(r"Machine Check Exception"), "Machine Check Exception"),
+    Format(_rx(r"^NETDEV WATCHDOG: \S+ \((?P<f>\S+)\): transmit queue \d+ timed out"),
+           "NETDEV WATCHDOG: transmit queue timed out", (_rx(r"^NETDEV WATCHDOG: \S+ \((?P<f>\S+)\)"),)),
+    Format(_rx(r"^irq \d+: nobody cared"), "irq: nobody cared", _TRACE_ONLY),
+    Format(_rx(r"unregister_netdevice: waiting for \S+ to become free"),
+           "unregister_netdevice: waiting for DEV to become free"),
+    Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: (?P<f>[\w.]+)\+"),
+           "kernel panic: stack is corrupted", (_rx(r"corrupted in: (?P<f>[\w.]+)\+"),)),
+    Format(_rx(r"^Kernel panic - not syncing: stack-protector"), "kernel panic: stack is corrupted",
+           _TRACE_ONLY, skip=_skip("stack_chk")),
+    Format(_rx(r"^Kernel panic - not syncing: corrupted stack end"), "kernel panic: corrupted stack end",
+           _TRACE_ONLY, skip=_skip("schedule", "retint_kernel"), extractor=_stall),
+    Format(_rx(r"^Kernel panic - not syncing: Attempted to kill init!"), "kernel panic: Attempted to kill init!"),
+    Format(_rx(r"^Kernel panic - not syncing: Couldn't open N_TTY ldisc"), "kernel panic: Couldn't open N_TTY ldisc"),
+    Format(_rx(r"(?<![A-Za-z])BUG: (.+)"), "BUG: {0}", category="BUG"),
+    Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic"),
+    Format(_rx(r"^(?:Oops|Internal error): "), "Oops", _RIP_THEN_TRACE),
+)
+
+# One search over every header first: most report lines match none, and trying ~90
+# formats on each would cost more than the rest of the analysis.
+_ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.pattern)})" for f in FORMATS))
+# Panics that only report an earlier crash: the earlier crash names the report.
+_CONSEQUENCE = re.compile(
+    r"^Kernel panic - not syncing: (?:Fatal exception|Fatal exception in interrupt|.*panic_on_warn set"
+    r"|hung_task: blocked tasks|softlockup: hung tasks|Hard LOCKUP|Fatal machine check|Fatal Machine check"
+    r"|Attempted to kill the idle task|Aiee, killing interrupt handler|rcu_sched stall|RCU Stall"
+    r"|.*Fatal exception)"
+)
+# Header-looking lines that belong inside a report rather than start another one.
+_INSIDE = re.compile(r"^(?:Oops|Internal error|invalid opcode: 0000|Kernel panic - not syncing|PANIC: double fault"
+                     r"|unregister_netdevice: waiting for|-+\[ cut here|general protection fault|Unhandled fault"
+                     r"|Unable to handle kernel|Modules linked in)")
+_INFO_WITH_STACK = re.compile(r"vmalloc: allocation failure:|FAULT_INJECTION: forcing a failure"
+                              r"|FAULT_FLAG_ALLOW_RETRY missing")
+# Syzkaller's cut-off: after this many lines, a panic (panic_on_warn's own stack) or an
+# oops-induced lockdep splat is noise.
+_SECOND_STACK_AFTER = 22
+
+
+def _find_header(lines: Sequence[str]) -> tuple[int, Format, re.Match[str]] | None:
+    first: tuple[int, Format, re.Match[str]] | None = None
+    for i, line in enumerate(lines):
+        if _ANY_HEADER.search(line) is None:
+            continue
+        if _CONSEQUENCE.match(line):
+            fatal = _FATAL.header.match(line)
+            if first is None and fatal is not None:
+                first = (i, _FATAL, fatal)
+            continue
+        for fmt in FORMATS:
+            m = fmt.header.search(line)
+            if m is None:
+                continue
+            if fmt.kind != "Oops":
+                return i, fmt, m
+            # A bare "Oops:"/"Internal error: Oops" line: the real header may come next.
+            if first is None:
+                first = (i, fmt, m)
+            break
+    return first
+
+
+_FATAL = Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic")
+
+
+def _region(lines: Sequence[str], start: int) -> Sequence[str]:
+    """The header's own report: up to the next crash header (another CPU's, or a crash the
+    first one caused), which would lend its frames to the wrong title."""
+    for j in range(start + 1, len(lines)):
+        line = lines[j]
+        if _INFO_WITH_STACK.search(line):
+            return lines[start:j]
+        if j - start > _SECOND_STACK_AFTER and line.startswith("Kernel panic - not syncing"):
+            return lines[start:j]
+        if _ANY_HEADER.search(line) is not None and not _INSIDE.match(line) and not _CONSEQUENCE.match(line):
+            return lines[start:j]
+    return lines[start:]
+
+
+def _match_part(part: _Part, line: str) -> tuple[bool, str | None]:
+    if part is PC:
+        f = pc_function(line)
+        return f is not None, f
+    assert isinstance(part, re.Pattern)
+    m = part.search(line)
+    if m is None:
+        return False, None
+    return True, m.groupdict().get("f")
+
+
+def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern[str] | None) -> list[str]:
+    out: list[str] = []
+
+    def add(name: str | None) -> None:
+        if name:
+            c = canonical_function(name)
+            if c and not is_skipped(name, skip) and not is_skipped(c, skip):
+                out.append(c)
+
+    i, n = 0, len(lines)
+    for k, part in enumerate(parts):
+        nxt = parts[k + 1] if k + 1 < len(parts) else None
+        if part is TRACE:
+            read = 0
+            while i < n:
+                line = lines[i]
+                if nxt is not None and _match_part(nxt, line)[0]:
+                    break
+                if is_trace_start(line) or _OTHER_STACK.match(line):
+                    if read:
+                        break
+                    i += 1
+                    continue
+                f = parse_frame(line, inline=False)
+                if f is not None:
+                    read += 1
+                    if f.reliable:
+                        add(f.function)
+                i += 1
+            continue
+        for j in range(i, n):
+            ok, name = _match_part(part, lines[j])
+            if ok:
+                add(name)
+                i = j + 1
+                break
+        # An anchor that never shows (no RIP line on this arch, say): read on from where we are.
+    return out
+
+
+def blame(lines: Sequence[str]) -> Blame:
+    """Find the report's header line, its kind and its guilty function."""
+    found = _find_header(lines)
+    if found is None:
+        header = next((x for x in lines if x.strip()), "")
+        return Blame(kind=header, category="kernel crash", frame=None, header_index=0, corrupted=True,
+                     frameless=True)
+    index, fmt, m = found
+    region = _region(lines, index)
+    groups = tuple(g or "" for g in m.groups())
+    kind = fmt.kind
+    if "{rw}" in kind:
+        rw = "Write" if any("Write of size" in x for x in region[:12]) else "Read"
+        kind = kind.replace("{rw}", rw)
+    if "{" in kind:
+        kind = kind.format(*groups)
+    category = fmt.category or kind
+    if not fmt.stack:
+        return Blame(kind, category, None, index, False, True)
+    frames = _candidates(region, fmt.stack, fmt.skip)
+    if not frames and fmt.alt:
+        frames = _candidates(region, fmt.alt, fmt.skip)
+    frame = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
+    if frame is None and frames:
+        frame = frames[0]
+    if frame is None and "f" in m.groupdict() and m.group("f"):
+        frame = canonical_function(m.group("f"))
+    return Blame(kind, category, frame, index, frame is None, False)
