@@ -47,16 +47,20 @@ _ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "LOCKUP", "Machine Check")
 # Markers that start a line: tried at position 0 only, which costs a fraction of a search.
 _START_OF_LINE = (
     r"BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
-    r"|WARNING: "
-    r"|\[ INFO: (?:possible|inconsistent)"  # old lockdep banners
+    # A kernel WARNING names where it fired (CPU/at/file:line) or is a lockdep/RCU splat; other
+    # "WARNING: " lines are messages (fbcon notices, a loader's complaint on the console).
+    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |possible |inconsistent |suspicious |bad unlock|held lock"
+    r"|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
+    r"|\[ INFO: (?:possible|inconsistent|suspicious)"  # old lockdep banners
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
-    r"|INFO: task \S.* blocked for more than"
+    r"|INFO: task \S.* (?:blocked|can't die) for more than"
     r"|(?:Oops|Internal error): "
     r"|(?:Oops: )?general protection fault"
     r"|Unable to handle kernel "
     r"|(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "
     r"|-+\[ cut here \]-+"
-    r"|(?:divide error|invalid opcode|stack segment|double fault|PANIC: double fault"
+    r"|PANIC: double fault"
+    r"|(?:divide error|divide_error|invalid opcode|stack segment|double fault"
     r"|alignment check|int3|bounds|coprocessor segment overrun|invalid TSS|segment not present"
     r"|iret exception|simd exception|fpu exception): "
     r"|list_(?:add|del) corruption"

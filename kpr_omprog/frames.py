@@ -18,6 +18,8 @@ _FRAME = re.compile(
     r"^\s*(?:\[[<(]?[0-9a-fx]+[>)]?\]\s*)*(\?\s+)?\(?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+\)?"
     r"(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?"
 )
+# arm32: "[<c0100000>] (callee) from [<c0200000>] (caller+0x10/0x20)": the line is the callee's frame.
+_ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from ")
 _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[inline\]")
 # The faulting instruction's function: x86 RIP/IP/EIP, arm64 pc, arm "PC is at", ppc NIP, mips epc, s390 PSW.
 _PC = re.compile(
@@ -27,6 +29,7 @@ _PC = re.compile(
 _CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|llvm|lto_priv|localalias)(?:\.\d+)*$|\.cold$")
 _SYSCALL_PREFIX = re.compile(
     r"^(?:__x64_|__ia32_|__arm64_|__se_|__do_|__riscv_|__s390x_|__s390_|compat_)+(?=sys_)|^(?:compat_)?(?:SyS_|SYSC_)"
+    r"|^ksys_"
 )
 _TRACE_START = re.compile(r"^\s*(?:Call Trace|Call trace|Backtrace|backtrace|Stack)\s*:", re.IGNORECASE)
 _TRACE_NOISE = re.compile(r"^\s*(?:<(?:/?(?:IRQ|NMI|TASK|SOFTIRQ)|EOI|<EOE>)>|--- |-+\[ end|\? 0x|\(stack is not)")
@@ -76,7 +79,8 @@ _SKIP_SUBSTRINGS = (
     "usb_kill_anchored_urbs", "usb_control_msg", "usb_hcd_submit_urb", "usb_submit_urb", "kfree_skb",
     # stack and scheduler plumbing printed around every report
     "__stack_chk_fail", "stackleak_", "__schedule_bug", "check_preemption_disabled",
-    "debug_smp_processor_id", "__this_cpu_preempt_check", "debug_check_no_", "__pfx_",
+    "debug_smp_processor_id", "__this_cpu_preempt_check", "debug_check_no_", "__pfx_", "hex_dump", "rhashtable",
+    "stack_trace", "stack_walk", "walk_stackframe", "read_once_word", "trace_hardirqs",
 )
 _SKIP_ANCHORED = (
     r"^complete$", r"^kv?free$", r"^down$", r"^up$", r"^mutex_", r"^__mutex_", r"^rt_mutex_", r"^_raw_",
@@ -86,7 +90,9 @@ _SKIP_ANCHORED = (
     r"^read[bwlq]$", r"^write[bwlq]$", r"^(?:__)?crc\d+", r"^el1_abort$", r"^el1h_64_sync", r"^do_mem_abort$",
     r"^__do_kernel_fault$", r"^do_bad_area$", r"^do_translation_fault$", r"^do_page_fault$",
     r"^__do_page_fault$", r"^page_fault$", r"^async_page_fault$", r"^lkdtm_do_action$", r"^direct_entry$",
-    r"^full_proxy_write$",
+    r"^full_proxy_write$", r"^_?atomic", r"^(?:__)?(?:test_and_)?(?:set|clear|change)_bit", r"^crc_", r"^xas_",
+    r"^__?kmem_cache", r"^kmem_cache", r"^__?kmalloc", r"^kzalloc", r"^kvmalloc", r"^kcalloc", r"^slab_alloc",
+    r"^__slab_alloc", r"^do_tag_check_fault", r"^rb_", r"^__rb_", r"^timerqueue_", r"^unwind_", r"^dump_backtrace",
 )
 _SKIP = re.compile("|".join((*map(re.escape, _SKIP_SUBSTRINGS), *_SKIP_ANCHORED)))
 
@@ -115,6 +121,9 @@ def parse_frame(line: str, inline: bool = True) -> Frame | None:
     m = _FRAME.match(line)
     if m is not None:
         return Frame((m.group(2), m.group(3), m.group(1) is None))
+    m = _ARM_FRAME.match(line)
+    if m is not None:
+        return Frame((m.group(1), None, True))
     if inline:
         m = _INLINE_FRAME.match(line)
         if m is not None:

@@ -58,6 +58,8 @@ class Format:
     extractor: _Extractor | None = None
     #: the ``crash_kind`` tag for kinds that embed a free-form message
     category: str | None = None
+    #: appended to the frame: the USB driver is the culprit, usb_submit_urb the place
+    frame_suffix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ _STALL_ANCHORS = re.compile(
     r"|^(?:compat_)?(?:SYSC|SyS|__sys|___sys|__do_sys|__se_sys|__x64_sys|__ia32_sys|__arm64_sys)_"
     r"(?:socketpair|connect|ioctl)|__do_fault|handle_mm_fault|do_page_fault|^page_fault$|__fput|task_work_run"
     r"|exit_to_usermode|exit_to_user_mode|smp_call_function|tasklet_action|__napi_poll|net_rx_action"
-    r"|^worker_thread$|^process_scheduled_works$"
+    r"|^worker_thread$|^process_scheduled_works$|^invoke_syscall|^el0_svc"
 )
 _STALL_TRIM = re.compile(r"^(?:__x64_|__ia32_|compat_SYSC_|compat_SyS_|SYSC_|SyS_)")
 
@@ -198,7 +200,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^(?:divide error|divide_error|Oops: divide error)[:,]"), "divide error", _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops: )?invalid opcode:"), "invalid opcode", _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops: )?int3[:,]"), "int3", _RIP_THEN_TRACE),
-    Format(_rx(r"^PANIC: double fault|^double fault:"), "PANIC: double fault", (PC,)),
+    Format(_rx(r"PANIC: double fault|^double fault:"), "PANIC: double fault", (PC,)),
     Format(_rx(r"^Unhandled fault:"), "Unhandled fault", _RIP_THEN_TRACE),
     Format(_rx(r"^Internal error: "), "Internal error", _RIP_THEN_TRACE),
     # --- lockups, stalls, hangs -------------------------------------------------------------
@@ -206,7 +208,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
     Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"),
            "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_APIC_TIMER, TRACE),
-           _skip("apic_timer_interrupt", "rcu"), _stall),
+           _skip("apic_timer_interrupt", "rcu", "arch_timer", "timer_interrupt"), _stall),
     Format(_rx(r"INFO: task .* blocked for more than"), "INFO: task hung", _TRACE_ONLY, extractor=_hang),
     Format(_rx(r"INFO: task .* can't die for more than"), "INFO: task can't die", _TRACE_ONLY,
            skip=_skip("schedule")),
@@ -235,8 +237,10 @@ FORMATS: tuple[Format, ...] = (
            (_rx("is trying to lock"), _AT), _TRACE_ONLY),
     Format(_rx(r"(BUG|WARNING): lock held at task exit time"), "{0}: lock held at task exit time", (_PC_FUNC,)),
     # --- other BUG: reports ---------------------------------------------------------------------
-    Format(_rx(r"BUG: spinlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)"),
-           "BUG: spinlock {0}", _TRACE_ONLY, skip=_skip("spin_")),
+    Format(_rx(r"BUG: (spinlock|rwlock) (lockup suspected|already unlocked|recursion|bad magic|wrong owner"
+               r"|wrong CPU)"), "BUG: {0} {1}", _TRACE_ONLY, skip=_skip("spin_", "_lock", "_unlock")),
+    Format(_rx(r"BUG: Invalid wait context"), "WARNING: locking bug", (_rx("is trying to lock"), _AT),
+           _TRACE_ONLY),
     Format(_rx(r"BUG: sleeping function called from invalid context"),
            "BUG: sleeping function called from invalid context", _TRACE_ONLY),
     Format(_rx(r"BUG: scheduling while atomic"), "BUG: scheduling while atomic", _TRACE_ONLY,
@@ -246,7 +250,8 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"BUG: workqueue leaked lock or atomic"), "BUG: workqueue leaked lock or atomic",
            (_rx(r"last function: (?P<f>\w+)"),)),
     Format(_rx(r"BUG: memory leak"), "memory leak", (_BACKTRACE, TRACE), skip=_skip(*_ALLOC_SKIP)),
-    Format(_rx(r"BUG: (?:TASK )?stack guard page was hit"), "BUG: stack guard page was hit", (PC,)),
+    Format(_rx(r"BUG: (?:TASK )?stack guard page was hit"), "BUG: stack guard page was hit", _RIP_THEN_TRACE,
+           extractor=_stall),
     Format(_rx(r"BUG: Bad rss-counter state"), "BUG: Bad rss-counter state"),
     Format(_rx(r"BUG: non-zero (nr_ptes|nr_pmds|pgtables_bytes) on freeing mm"), "BUG: non-zero {0} on freeing mm"),
     Format(_rx(r"BUG: Dentry .* still in use \(\d+\) \[unmount of ([^\]]+)\]"),
@@ -254,7 +259,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"BUG: Bad page (state|map|cache)"), "BUG: Bad page {0}", _TRACE_ONLY,
            skip=_skip("bad_page", "free_page", "free_pages", "free_unref", "__folio_put", "folio_put",
                       "put_page", "release_pages", "free_pcp", "free_one_page", "free_the_page", "dump_backtrace",
-                      "__free", "page_frag", "dump_page")),
+                      "__free", "page_frag", "dump_page", "skb_release", "skb_free", "folios_put", "page_pool")),
     Format(_rx(r"kernel BUG at mm/usercopy.c|^usercopy: Kernel memory"), "BUG: bad usercopy", _TRACE_ONLY,
            skip=_skip("usercopy", "__check")),
     Format(_rx(r"kernel BUG at lib/list_debug.c|^list_(?:add|del) corruption|^list_\w+ corruption"),
@@ -262,7 +267,8 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"[Kk]ernel BUG at "), "kernel BUG", _RIP_THEN_TRACE,
            skip=_skip("^skb_", "fortify", "assert", "_panic$", "__phys_addr", "folio_unlock", "unlock_page")),
     Format(_rx(r"BUG kmalloc-.*: Object already free"), "BUG: Object already free"),
-    Format(_rx(r"^kernel stack overflow"), "kernel stack overflow", _RIP_THEN_TRACE, extractor=_stall),
+    Format(_rx(r"^kernel stack overflow|^Kernel panic - not syncing: kernel stack overflow"), "kernel stack overflow",
+           _RIP_THEN_TRACE, extractor=_stall),
     # --- WARNINGs by file ------------------------------------------------------------------------
     _warning(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug",
              "debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "kmem_", "slab_", "kfree", "vunmap",
@@ -277,10 +283,13 @@ FORMATS: tuple[Format, ...] = (
              "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"),
     _warning(r"WARNING: .*mm/.*\.c.* k?.?malloc", "WARNING: kmalloc bug", "kmalloc", "kcalloc", "kzalloc",
              "krealloc", "vmalloc", "slab", "kmem"),
+    Format(_rx(r"WARNING: .* usb_submit_urb"), "WARNING", _WARNING, _TRACE_ONLY,
+           _skip("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg", "usb_control_msg"),
+           frame_suffix="/usb_submit_urb"),
     _warning(r"WARNING: .*lib/ref_tracker\.c", "WARNING: ref_tracker bug", "ref_tracker"),
-    Format(_rx(r"WARNING: kernel stack regs at [0-9a-f]+ in \S* has bad '([^']+)' value"),
+    Format(_rx(r"WARNING: kernel stack regs at \S+ in \S* has bad '([^']+)' value"),
            "WARNING: kernel stack regs has bad '{0}' value"),
-    Format(_rx(r"WARNING: kernel stack frame pointer at [0-9a-f]+ in \S* has bad value"),
+    Format(_rx(r"WARNING: kernel stack frame pointer at \S+ in \S* has bad value"),
            "WARNING: kernel stack frame pointer has bad value"),
     Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
     Format(_rx(r"^WARNING: \S+:\d+ at (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
@@ -297,7 +306,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Kernel panic - not syncing: stack-protector"), "kernel panic: stack is corrupted",
            _TRACE_ONLY, skip=_skip("stack_chk")),
     Format(_rx(r"^Kernel panic - not syncing: corrupted stack end"), "kernel panic: corrupted stack end",
-           _TRACE_ONLY, skip=_skip("schedule", "retint_kernel"), extractor=_stall),
+           _TRACE_ONLY, skip=_skip("schedule", "retint_kernel", "resched"), extractor=_stall),
     Format(_rx(r"^Kernel panic - not syncing: Attempted to kill init!"), "kernel panic: Attempted to kill init!"),
     Format(_rx(r"^Kernel panic - not syncing: Couldn't open N_TTY ldisc"), "kernel panic: Couldn't open N_TTY ldisc"),
     Format(_rx(r"(?<![A-Za-z])BUG: (.+)"), "BUG: {0}", category="BUG"),
@@ -324,6 +333,9 @@ _INFO_WITH_STACK = re.compile(r"vmalloc: allocation failure:|FAULT_INJECTION: fo
 # Syzkaller's cut-off: after this many lines, a panic (panic_on_warn's own stack) or an
 # oops-induced lockdep splat is noise.
 _SECOND_STACK_AFTER = 22
+# "list_del corruption" is followed by "kernel BUG at lib/list_debug.c", a refcount message by
+# its WARNING: a header this close to the first is the same report.
+_SAME_REPORT_LINES = 3
 
 
 def _find_header(lines: Sequence[str]) -> tuple[int, Format, re.Match[str]] | None:
@@ -361,7 +373,8 @@ def _region(lines: Sequence[str], start: int) -> Sequence[str]:
             return lines[start:j]
         if j - start > _SECOND_STACK_AFTER and line.startswith("Kernel panic - not syncing"):
             return lines[start:j]
-        if _ANY_HEADER.search(line) is not None and not _INSIDE.match(line) and not _CONSEQUENCE.match(line):
+        if j - start > _SAME_REPORT_LINES and _ANY_HEADER.search(line) is not None and not _INSIDE.match(line) \
+                and not _CONSEQUENCE.match(line):
             return lines[start:j]
     return lines[start:]
 
@@ -381,10 +394,9 @@ def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern
     out: list[str] = []
 
     def add(name: str | None) -> None:
-        if name:
-            c = canonical_function(name)
-            if c and not is_skipped(name, skip) and not is_skipped(c, skip):
-                out.append(c)
+        # Extractors see the names as printed (their anchors know the wrapper prefixes).
+        if name and not is_skipped(name, skip) and not is_skipped(canonical_function(name), skip):
+            out.append(name)
 
     i, n = 0, len(lines)
     for k, part in enumerate(parts):
@@ -439,9 +451,10 @@ def blame(lines: Sequence[str]) -> Blame:
     frames = _candidates(region, fmt.stack, fmt.skip)
     if not frames and fmt.alt:
         frames = _candidates(region, fmt.alt, fmt.skip)
-    frame = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
-    if frame is None and frames:
-        frame = frames[0]
-    if frame is None and "f" in m.groupdict() and m.group("f"):
-        frame = canonical_function(m.group("f"))
+    raw = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
+    if raw is None and frames:
+        raw = frames[0]
+    if raw is None and "f" in m.groupdict() and m.group("f"):
+        raw = m.group("f")
+    frame = canonical_function(raw) + fmt.frame_suffix if raw else None
     return Blame(kind, category, frame, index, frame is None, False)
