@@ -317,6 +317,22 @@ FORMATS: tuple[Format, ...] = (
 # One search over every header first: most report lines match none, and trying ~90
 # formats on each would cost more than the rest of the analysis.
 _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.pattern)})" for f in FORMATS))
+# Every header holds one of these: most lines are rejected by a few substring tests
+# instead of the alternation above, which is tried at every position of the line.
+_HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
+                    "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
+                    "nobody cared", "unregister_netdevice", "corruption", "usercopy")
+for _f in FORMATS:
+    assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
+
+
+def _maybe_header(line: str) -> bool:
+    for lit in _HEADER_LITERALS:
+        if lit in line:
+            return _ANY_HEADER.search(line) is not None
+    return False
+
+
 # Panics that only report an earlier crash: the earlier crash names the report.
 _CONSEQUENCE = re.compile(
     r"^Kernel panic - not syncing: (?:Fatal exception|Fatal exception in interrupt|.*panic_on_warn set"
@@ -341,7 +357,7 @@ _SAME_REPORT_LINES = 3
 def _find_header(lines: Sequence[str]) -> tuple[int, Format, re.Match[str]] | None:
     first: tuple[int, Format, re.Match[str]] | None = None
     for i, line in enumerate(lines):
-        if _ANY_HEADER.search(line) is None:
+        if not _maybe_header(line):
             continue
         if _CONSEQUENCE.match(line):
             fatal = _FATAL.header.match(line)
@@ -373,7 +389,7 @@ def _region(lines: Sequence[str], start: int) -> Sequence[str]:
             return lines[start:j]
         if j - start > _SECOND_STACK_AFTER and line.startswith("Kernel panic - not syncing"):
             return lines[start:j]
-        if j - start > _SAME_REPORT_LINES and _ANY_HEADER.search(line) is not None and not _INSIDE.match(line) \
+        if j - start > _SAME_REPORT_LINES and _maybe_header(line) and not _INSIDE.match(line) \
                 and not _CONSEQUENCE.match(line):
             return lines[start:j]
     return lines[start:]
