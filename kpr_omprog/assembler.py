@@ -231,10 +231,33 @@ class Assembler:
         Returns the reports this datagram closed (often none).
         """
         closed: list[Report] = []
-        host = self._host(source, at, closed)
+        key = source[0] if self._by_ip else (source[0], source[1])
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._host(source, at, closed)
+        else:
+            self._hosts.move_to_end(key)
         host.port = source[1]
+        decoder = host.decoder
+        if host.report is None and host.scheduled is None and decoder.idle:
+            # The common case under load: a host with nothing open and nothing pending
+            # sends a line that is not a crash. Same steps as _line, without the calls.
+            recent = host.recent
+            for line in decoder.feed(datagram, at):
+                text = line.text
+                if line.reboot or line.release or text.startswith("Linux version ") or host.report is not None:
+                    self._line(host, line, closed)
+                    continue
+                kind = crash.classify(text)
+                if kind == crash.START or kind == crash.PANIC:
+                    self._open(host, line)
+                else:
+                    recent.append(line)
+            if host.report is not None or not decoder.idle:
+                self._schedule(host)
+            return closed
         self._due(host, at, closed)
-        for line in host.decoder.feed(datagram, at):
+        for line in decoder.feed(datagram, at):
             self._line(host, line, closed)
         self._schedule(host)
         return closed

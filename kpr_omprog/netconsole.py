@@ -41,6 +41,7 @@ _CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10}\.\d{1,9})\])?
 _NEW_LINE_START = re.compile(rb"^(?:<\d{1,3}>|\[\s*\d{1,10}\.\d{1,9}\])")
 _EXT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _DIGITS = frozenset(b"0123456789")
+_PREFIX_FIRST = (b"[", b"<")
 
 
 @dataclass(slots=True)
@@ -163,6 +164,9 @@ class HostDecoder:
             ext = self._feed_extended(payload, at, out)
             if ext:
                 return out
+        if not self._partial and payload[-1:] == b"\n" and payload.count(b"\n") == 1:
+            self._emit_classic(payload[:-1], at, out)  # the usual datagram: one whole line
+            return out
         self._feed_classic(payload, at, out)
         return out
 
@@ -241,11 +245,12 @@ class HostDecoder:
                 self._partial_at = at
 
     def _emit_classic(self, raw: bytes, at: float, out: list[Line]) -> None:
-        if raw.endswith(b"\r"):
+        # Runs once per noise line: kept free of helper calls and keyword arguments.
+        if raw[-1:] == b"\r":
             raw = raw[:-1]
         level: int | None = None
         ts: float | None = None
-        if raw[:1] == b"[" or raw[:1] == b"<":
+        if raw[:1] in _PREFIX_FIRST:
             m = _CLASSIC_PREFIX.match(raw)
             if m is not None and m.end():
                 lv, stamp = m.groups()
@@ -257,8 +262,18 @@ class HostDecoder:
         if len(raw) > self.limits.max_line_bytes:
             self.stats.oversized += 1
             raw = raw[: self.limits.max_line_bytes]
-        text, bad = _to_text(raw, self.stats)
-        line = Line(text, at, ts, level, undecodable=bad)
+        try:
+            text = raw.decode()
+            bad = "\x00" in text
+            if bad:
+                text = text.replace("\x00", "\ufffd")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+            bad = True
+        line = Line(text, at, ts, level)
+        if bad:
+            self.stats.undecodable += 1
+            line.undecodable = True
         if ts is not None:
             last = self._last_ts
             # A kernel clock that runs backwards by more than a second is a new boot.
