@@ -3,10 +3,14 @@
 # unit for standalone UDP mode (--standalone). Idempotent; never overwrites a config.
 # RHEL family: same steps with dnf (rsyslog, python3); see README.
 #   ./install.sh [--standalone] [--port N] [--dry-run] [--uninstall]
+# KPR_INSTALL_ROOT=DIR stages every path under DIR, as the current user, without a system
+# user or service restart (the test suite installs that way and runs the result).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-PREFIX=/opt/kpr-omprog; CONF_DIR=/etc/kpr-omprog; STATE=/var/lib/kpr-omprog; LOGDIR=/var/log/kpr-omprog
-DROPIN=/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=/etc/systemd/system/kpr-omprog.service
+R=${KPR_INSTALL_ROOT:-}
+PREFIX=$R/opt/kpr-omprog; CONF_DIR=$R/etc/kpr-omprog; STATE=$R/var/lib/kpr-omprog; LOGDIR=$R/var/log/kpr-omprog
+DROPIN=$R/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=$R/etc/systemd/system/kpr-omprog.service
+RSYSLOG_CONF=$R/etc/rsyslog.conf
 MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -19,11 +23,13 @@ while [ $# -gt 0 ]; do
   esac; shift
 done
 run() { echo "+ $*"; [ "$DRY" = 1 ] || "$@"; }
-[ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || { echo "install.sh: run as root" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || [ -n "$R" ] || { echo "install.sh: run as root" >&2; exit 1; }
+# systemctl only on a real install with systemd running
+restart() { if [ -z "$R" ] && [ -d /run/systemd/system ]; then run systemctl "$@"; else echo "(skipped) systemctl $*"; fi; }
 
 if [ "$UNINSTALL" = 1 ]; then
-  [ -f "$UNIT" ] && { run systemctl disable --now kpr-omprog || true; run rm -f "$UNIT"; }
-  [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; command -v systemctl >/dev/null && run systemctl restart rsyslog || true; }
+  [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; }
+  [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; restart restart rsyslog || true; }
   run rm -rf "$PREFIX"
   echo "kept: $CONF_DIR and $STATE (stored reports); remove them by hand if wanted"; exit 0
 fi
@@ -34,9 +40,11 @@ if [ "$MODE" = rsyslog ] && ! command -v rsyslogd >/dev/null; then run apt-get u
 RUNAS=kpr-omprog
 if [ "$MODE" = rsyslog ]; then
   # omprog children run as rsyslogd's user (root on Debian, syslog on Ubuntu)
-  RUNAS=$(sed -n 's/^\$PrivDropToUser[[:space:]]*//p' /etc/rsyslog.conf 2>/dev/null | head -1); RUNAS=${RUNAS:-root}
+  RUNAS=$(sed -n 's/^\$PrivDropToUser[[:space:]]*//p' "$RSYSLOG_CONF" 2>/dev/null | head -1); RUNAS=${RUNAS:-root}
 fi
-id kpr-omprog >/dev/null 2>&1 || run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin kpr-omprog
+if [ -n "$R" ]; then RUNAS=$(id -un)
+else id kpr-omprog >/dev/null 2>&1 || run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin kpr-omprog
+fi
 [ -x "$PREFIX/bin/python" ] || run python3 -m venv "$PREFIX"
 run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
 run install -d -m 0755 "$CONF_DIR"
@@ -72,17 +80,21 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 UNITEOF
-  run systemctl daemon-reload; run systemctl enable --now kpr-omprog
+  restart daemon-reload; restart enable --now kpr-omprog
 else
   tmp=$(mktemp)
-  sed -e "s|port=\"514\"|port=\"$PORT\"|" "$HERE/rsyslog.d/30-kpr-omprog.conf" > "$tmp"
-  if grep -Eqs '^[[:space:]]*(module\(load="imudp"|\$ModLoad[[:space:]]+imudp)' /etc/rsyslog.conf /etc/rsyslog.d/*.conf 2>/dev/null \
-     && ! grep -qs 'kpr_omprog' /etc/rsyslog.d/*.conf; then
+  sed -e "s|port=\"514\"|port=\"$PORT\"|" \
+      -e "s|binary=\"/opt/kpr-omprog/bin/kpr-omprog omprog --omprog\"|binary=\"$PREFIX/bin/kpr-omprog omprog --omprog --config $CONF_DIR/config.toml\"|" \
+      -e "s|output=\"/var/log/kpr-omprog/|output=\"$LOGDIR/|" "$HERE/rsyslog.d/30-kpr-omprog.conf" > "$tmp"
+  if grep -Eqs '^[[:space:]]*(module\(load="imudp"|\$ModLoad[[:space:]]+imudp)' "$RSYSLOG_CONF" "$R"/etc/rsyslog.d/*.conf 2>/dev/null \
+     && ! grep -qs 'kpr_omprog' "$R"/etc/rsyslog.d/*.conf; then
     sed -i 's|^module(load="imudp")|# imudp is already loaded by the main config|' "$tmp"
   fi
-  run install -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
-  [ "$DRY" = 1 ] || rsyslogd -N1 >/dev/null || { echo "rsyslogd -N1 failed; $DROPIN left for you to inspect" >&2; exit 1; }
-  command -v systemctl >/dev/null && run systemctl restart rsyslog || echo "restart rsyslog to load $DROPIN"
+  run install -D -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
+  if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
+    rsyslogd -N1 -f "$RSYSLOG_CONF" >/dev/null || { echo "rsyslogd -N1 failed; $DROPIN left for you to inspect" >&2; exit 1; }
+  fi
+  restart restart rsyslog
 fi
 cat <<DONE
 kpr-omprog installed ($MODE mode, UDP port $PORT).

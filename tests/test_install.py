@@ -1,0 +1,87 @@
+"""install.sh, staged under a temporary root (KPR_INSTALL_ROOT): it installs the package into
+its own virtual environment, writes the config once, installs the drop-in pointing at that
+install, and the result runs: a real rsyslogd loading the installed drop-in hands a real
+crash capture to the installed program, which stores the report (no DSN: kept locally)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rsyslogd import RSYSLOGD, free_udp_port
+from tests.senders import capture, play
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def install(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KPR_INSTALL_ROOT=str(stage))
+    return subprocess.run(["bash", str(ROOT / "install.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> None:
+    stage = tmp_path / "root"
+    (stage / "etc").mkdir(parents=True)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    port = free_udp_port()
+    # the host's main rsyslog.conf: the drop-in is included the way Debian's includes rsyslog.d
+    (stage / "etc" / "rsyslog.conf").write_text(
+        f'global(workDirectory="{spool}")\nmodule(load="imuxsock" SysSock.Use="off")\n'
+        f'include(file="{stage}/etc/rsyslog.d/*.conf")\n')
+    r = install(stage, "--port", str(port))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kpr-omprog installed (rsyslog mode" in r.stdout
+    exe = stage / "opt" / "kpr-omprog" / "bin" / "kpr-omprog"
+    conf = stage / "etc" / "kpr-omprog" / "config.toml"
+    dropin = stage / "etc" / "rsyslog.d" / "30-kpr-omprog.conf"
+    text = dropin.read_text()
+    assert f'binary="{exe} omprog --omprog --config {conf}"' in text
+    assert f'port="{port}"' in text
+    check = subprocess.run([str(exe), "check-config", "--config", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # a second run keeps the operator's config
+    conf.write_text(conf.read_text() + "# edited by the operator\n")
+    r2 = install(stage, "--port", str(port))
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert conf.read_text().endswith("# edited by the operator\n")
+
+    # the installed drop-in, loopback only for the test
+    dropin.write_text(text.replace(f'port="{port}"', f'address="127.0.0.1" port="{port}"'))
+    main = stage / "etc" / "rsyslog.conf"
+    n1 = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True)
+    assert n1.returncode == 0, n1.stderr
+    proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(main), "-i", str(tmp_path / "pid")],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "rsyslogd.err", "wb"))  # noqa: SIM115
+    try:
+        time.sleep(1.5)
+        play(("127.0.0.1", port), {"127.0.0.1": capture("lkdtm-BUG_classic_oopspanic")}, speed=20, timeout=30)
+        deadline = time.monotonic() + 30
+        rows: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            out = subprocess.run([str(exe), "reports", "--json", "--config", str(conf)], capture_output=True,
+                                 text=True)
+            rows = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+            if rows:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert len(rows) == 1, rows
+    assert rows[0]["title"] == "kernel BUG in lkdtm_BUG"
+    assert rows[0]["host"] == "127.0.0.1"
+
+    r3 = install(stage, "--uninstall")
+    assert r3.returncode == 0, r3.stdout + r3.stderr
+    assert not dropin.exists() and not exe.exists()
+    assert conf.exists()  # stored reports and config stay
