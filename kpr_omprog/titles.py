@@ -96,7 +96,6 @@ _STALL_ANCHORS = re.compile(
     r"|exit_to_usermode|exit_to_user_mode|smp_call_function|tasklet_action|__napi_poll|net_rx_action"
     r"|^worker_thread$|^process_scheduled_works$|^invoke_syscall|^el0_svc"
 )
-_STALL_TRIM = re.compile(r"^(?:__x64_|__ia32_|compat_SYSC_|compat_SyS_|SYSC_|SyS_)")
 
 
 def _stall(frames: list[str]) -> str | None:
@@ -109,7 +108,7 @@ def _stall(frames: list[str]) -> str | None:
         if _STALL_ANCHORS.search(f):
             if "smp_call_function" in f:
                 prev = "smp_call_function"
-            return _STALL_TRIM.sub("", prev)
+            return prev  # blame() strips the syscall wrapper prefix
         prev = f
     return frames[0]
 

@@ -8,13 +8,17 @@ import pytest
 from tests.bugsink import Bugsink
 
 
-@pytest.fixture(scope="module")
-def bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
+def _running_bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
     server = Bugsink(tmp_path_factory.mktemp("bugsink"))
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
+    yield from _running_bugsink(tmp_path_factory)
 
 
 @pytest.fixture
@@ -25,8 +29,4 @@ def data_dir() -> Path:
 @pytest.fixture
 def fresh_bugsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
     """A Bugsink of the test's own, for tests that count every event."""
-    server = Bugsink(tmp_path_factory.mktemp("bugsink"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_bugsink(tmp_path_factory)
