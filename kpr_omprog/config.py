@@ -84,6 +84,9 @@ class HooksConfig:
 class Config:
     dsn: str | None = None
     state_dir: str = "/var/lib/kpr-omprog"
+    #: the journal of open reports may grow to this many bytes; beyond it, lines of open
+    #: reports are still assembled and reported but would not survive a restart (logged)
+    journal_cap_bytes: int = 256 << 20
     environment: str | None = None
     #: "json", "console" or "auto" (console on a terminal)
     log_format: str = "auto"
@@ -162,6 +165,8 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             cfg = replace(cfg, **{key: _section(value, sections[key], key, getattr(cfg, key))})
         elif key in ("dsn", "state_dir", "environment", "log_format", "log_level"):
             top[key] = _check_type(key, value, str)
+        elif key == "journal_cap_bytes":
+            top[key] = _check_type(key, value, int)
         else:
             raise ConfigError(f"{key}: unknown key")
     cfg = replace(cfg, **top)
@@ -195,6 +200,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("delivery: timeout, backoff_max and max_age must be > 0")
     if d.concurrency < 1 or d.concurrency > 64:
         raise ConfigError("delivery.concurrency: must be between 1 and 64")
+    if cfg.journal_cap_bytes < 1 << 20:
+        raise ConfigError("journal_cap_bytes: must be at least 1048576 (1 MiB)")
     if d.disk_cap_bytes < 1 << 20:
         raise ConfigError("delivery.disk_cap_bytes: must be at least 1048576 (1 MiB)")
     h = cfg.hooks

@@ -32,10 +32,11 @@ from .hooks import (
     default_user,
     load_hook,
 )
+from .journal import Journal, JournalFull
 from .logs import configure, get_logger
 from .store import Store, StoreFull
 
-__all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe"]
+__all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe", "open_journal", "open_runtime"]
 
 log = get_logger()
 
@@ -119,20 +120,20 @@ class Intake:
     """Datagrams in, reports out, with crash datagrams journaled so a restart loses none.
 
     A host's recent datagrams are kept in memory; once the host has an open crash
-    report they, and every datagram after them, are written to the store's journal
-    before the caller acknowledges the datagram. On start the journal is replayed
-    through a fresh assembler, which rebuilds the open reports exactly.
+    report they, and every datagram after them, are written to the journal (see
+    :mod:`kpr_omprog.journal`) before the caller acknowledges the datagram. On start
+    the journal is replayed through a fresh assembler, which rebuilds the open
+    reports exactly. Without a journal (``None``) nothing survives a restart.
     """
 
-    def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: bool = True) -> None:
+    def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: Journal | None = None) -> None:
         self.pipeline = pipeline
         self.assembler = assembler
-        self.store = pipeline.store
         self.journal = journal
         self._recent: dict[str, deque[tuple[float, str, int, bytes]]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
-        # Journal rows not yet written: flush() writes them in one transaction. The omprog
+        # Journal rows not yet written: flush() writes them with one write. The omprog
         # front end flushes before every OK, the UDP one once per burst read off the socket.
         self._batch: list[tuple[str, float, str, int, bytes]] = []
         self.journal_failures = 0
@@ -145,7 +146,14 @@ class Intake:
 
     def recover(self, now: float) -> int:
         """Rebuild open reports from the journal; returns how many datagrams were replayed."""
-        rows = self.store.journal_all()
+        if self.journal is None:
+            return 0
+        rows = self.journal.load()
+        legacy = self.pipeline.store.legacy_journal_take()
+        if legacy:
+            # Rows an older version journaled in SQLite: moved, so an upgrade loses no open report.
+            self.journal.add_many(legacy)
+            rows += legacy
         for key, at, ip, port, data in rows:
             self.last_at = max(self.last_at or at, at)
             self._journaled.add(key)
@@ -164,7 +172,7 @@ class Intake:
         self._closed(self.assembler.expire(at), now)
         closed = self.assembler.feed(data, source, at)
         self._closed(closed, now)
-        if not self.journal:
+        if self.journal is None:
             return
         entry = (at, source[0], source[1], data)
         if self.assembler.is_open(source):
@@ -183,11 +191,11 @@ class Intake:
 
     def flush(self) -> None:
         """Write the journal rows fed so far (call before acknowledging them)."""
-        if self._batch:
+        if self._batch and self.journal is not None:
             batch, self._batch = self._batch, []
             try:
-                self.store.journal_add_many(batch)
-            except StoreFull as e:
+                self.journal.add_many(batch)
+            except JournalFull as e:
                 # The lines stay in the assembler's memory and their reports still go out;
                 # only a restart before they close would lose them. Never block the input.
                 self.journal_failures += 1
@@ -209,9 +217,14 @@ class Intake:
         for report in reports:
             self.pipeline.handle(report, now)
             key = self.key((report.host, report.port))
-            if key in self._journaled:
+            if key in self._journaled and self.journal is not None:
                 self.flush()  # rows of this report still in the batch must not outlive the drop
-                self.store.journal_drop(key)
+                try:
+                    self.journal.drop(key)
+                except JournalFull as e:
+                    log.error("journal_write_failed", error=str(e), host=key,
+                              why="the closed report's rows stay journaled; a restart rebuilds it under the "
+                                  "same event id, which the outbox ignores")
                 self._journaled.discard(key)
                 self._last.pop(key, None)
 
@@ -321,3 +334,8 @@ def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
         log.warning("no_dsn", why="reports are kept in the local store only", state_dir=cfg.state_dir,
                     fix="set dsn in the config file; stored reports are sent then")
     return store, delivery, Pipeline(cfg, parsers, store, delivery)
+
+
+def open_journal(cfg: Config) -> Journal:
+    """The journal of open reports in the state directory."""
+    return Journal(os.path.join(cfg.state_dir, "journal.bin"), cfg.journal_cap_bytes)

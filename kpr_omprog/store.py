@@ -4,8 +4,9 @@
   anything is sent, and its row leaves the ``pending`` state only when Sentry
   answered 2xx (``delivered``) or refused it for good (``dead``). Without a DSN
   reports stay ``local``. ``kpr-omprog reports`` lists this table.
-* ``journal``: datagrams of crash reports still being assembled, so that a
-  receiver killed mid-report loses nothing (omprog mode; see sources/omprog.py).
+* ``journal``: where versions up to 0.3 journaled the datagrams of open reports;
+  now only read once, at start, to move them to the journal file
+  (:mod:`kpr_omprog.journal`).
 
 Every method is safe to call from several threads.
 """
@@ -200,24 +201,13 @@ class Store:
     def pending_bytes(self) -> int:
         return int(self._pending_bytes)
 
-    # -- journal ------------------------------------------------------------------------
+    # -- legacy journal -----------------------------------------------------------------
 
-    def journal_add(self, key: str, at: float, ip: str, port: int, data: bytes) -> None:
-        self.journal_add_many([(key, at, ip, port, data)])
-
-    def journal_add_many(self, rows: list[tuple[str, float, str, int, bytes]]) -> None:
-        """Append datagrams to the journal in one transaction (one commit for a whole batch)."""
-        try:
-            with self._tx() as db:
-                db.executemany("INSERT INTO journal (key, at, ip, port, data) VALUES (?,?,?,?,?)", rows)
-        except sqlite3.OperationalError as e:
-            raise StoreFull(f"cannot write {self.path}: {e}") from None
-
-    def journal_drop(self, key: str) -> None:
+    def legacy_journal_take(self) -> list[tuple[str, float, str, int, bytes]]:
+        """Rows journaled here by versions before the journal file; they are removed."""
         with self._tx() as db:
-            db.execute("DELETE FROM journal WHERE key = ?", (key,))
-
-    def journal_all(self) -> list[tuple[str, float, str, int, bytes]]:
-        with self._lock:
-            return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in
-                    self._db.execute("SELECT key, at, ip, port, data FROM journal ORDER BY id")]
+            rows = [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in
+                    db.execute("SELECT key, at, ip, port, data FROM journal ORDER BY id")]
+            if rows:
+                db.execute("DELETE FROM journal")
+        return rows

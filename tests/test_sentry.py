@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.server
+import resource
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from kpr_omprog.assembler import Assembler, Report
 from kpr_omprog.config import Config, DeliveryConfig
 from kpr_omprog.delivery import Delivery
 from kpr_omprog.hooks import Parsers
+from kpr_omprog.journal import Journal
 from kpr_omprog.receiver import Intake, Pipeline
 from kpr_omprog.sources.replay import read_captures, replay
 from kpr_omprog.store import Store
@@ -273,14 +276,23 @@ def test_disk_cap_refuses_loudly(tmp_path: Path) -> None:
 def test_full_disk_while_journaling_never_blocks_input_nor_loses_the_report(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s.sqlite3"))
     pipe = Pipeline(Config(), Parsers(), store, None)
-    intake = Intake(pipe, Assembler())
-    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-    store._db.execute(f"PRAGMA max_page_count = {pages}")
-    for d in read_captures([str(DATA / "lkdtm-BUG_ext_oopspanic.jsonl")]):
-        intake.feed(d.data, ("10.9.0.1", 6666), d.at, d.at)
-        intake.flush()  # what omprog does before each OK: must not raise
+    journal = Journal(str(tmp_path / "journal.bin"))
+    intake = Intake(pipe, Assembler(), journal)
+    # The kernel's own refusal stands in for a full disk: past RLIMIT_FSIZE a write() is cut
+    # short, then fails (EFBIG), as on a disk that fills mid-write.
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (700, limit[1]))
+    try:
+        for d in read_captures([str(DATA / "lkdtm-BUG_ext_oopspanic.jsonl")]):
+            intake.feed(d.data, ("10.9.0.1", 6666), d.at, d.at)
+            intake.flush()  # what omprog does before each OK: must not raise
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, xfsz)
     assert intake.journal_failures > 0
-    store._db.execute("PRAGMA max_page_count = 100000")
+    kept = Journal(str(tmp_path / "journal.bin")).load()
+    assert len(kept) > 0 and all(row[0] == "10.9.0.1" for row in kept)  # whole records only, no torn one
     intake.shutdown(time.time() + 60)
     pipe.retry_overflow(time.time())
     [r] = store.reports()

@@ -24,7 +24,7 @@ from ..assembler import Assembler
 from ..config import Config, ConfigError, load
 from ..hooks import Parsers
 from ..logs import configure, get_logger
-from ..receiver import Intake, open_runtime
+from ..receiver import Intake, open_journal, open_runtime
 
 __all__ = ["parse_omprog_line", "run_omprog"]
 
@@ -71,7 +71,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGINT, on_term)
     store, delivery, pipeline = open_runtime(cfg, parsers)
-    intake = Intake(pipeline, Assembler(cfg.assembler))
+    journal = open_journal(cfg)
+    intake = Intake(pipeline, Assembler(cfg.assembler), journal)
     intake.recover(time.time())
     ack.write(b"OK\n")
     log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
@@ -133,6 +134,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         if delivery is not None:
             delivery.stop(2.0)
         store.close()
+        journal.close()
         # busy_seconds: first line in to last OK out, so a burst gives the rate lines were taken at
         log.info("omprog_stopped", lines=lines, malformed=malformed, open_reports=intake.assembler.open_reports,
                  duplicates=intake.duplicates, busy_seconds=round(max(0.0, last_line_at - first_line_at), 6))

@@ -67,7 +67,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
 
     from ..assembler import Assembler
     from ..config import parse_listen
-    from ..receiver import Intake, open_runtime
+    from ..receiver import Intake, open_journal, open_runtime
 
     socks = [bind(*parse_listen(item), cfg.udp.rcvbuf) for item in cfg.udp.listen]
     for s in socks:
@@ -82,7 +82,8 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     store, delivery, pipeline = open_runtime(cfg, parsers)
-    intake = Intake(pipeline, Assembler(cfg.assembler))
+    journal = open_journal(cfg)
+    intake = Intake(pipeline, Assembler(cfg.assembler), journal)
     intake.recover(time.time())
     sel = selectors.DefaultSelector()
     for s in socks:
@@ -121,7 +122,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
                         continue
                     now = time.time()
                     intake.feed(data, (src[0], src[1]), now, now)
-            # One journal transaction per burst: UDP has no acknowledgement, and a burst
+            # One journal write per burst: UDP has no acknowledgement, and a burst
             # in memory is no more at risk than the datagrams still in the socket buffer.
             intake.flush()
             intake.expire(time.time())
@@ -131,6 +132,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
         if delivery is not None:
             delivery.stop(2.0)
         store.close()
+        journal.close()
         for s in socks:
             s.close()
         log.info("udp_stopped", datagrams=received, refused=refused, open_reports=intake.assembler.open_reports,

@@ -16,11 +16,13 @@ import base64
 import json
 import os
 import random
+import re
 import socket
 import time
 from pathlib import Path
 
 DATA = Path(__file__).parent.parent / "data"
+_STAMP = re.compile(rb"^\[\s*(\d+\.\d+)\]")
 NOISE = (
     b"[%5d.%06d] IN=eth0 OUT= MAC=52:54:00:12:34:56 SRC=203.0.113.%d DST=198.51.100.2 LEN=60 PROTO=TCP "
     b"SPT=51234 DPT=22 WINDOW=64240 SYN\n",
@@ -40,17 +42,32 @@ def host_addr(h: int) -> str:
     return f"127.{1 + h // 62500}.{(h // 250) % 250}.{2 + h % 250}"
 
 
+def kernel_time(datagram: bytes) -> float | None:
+    m = _STAMP.search(datagram)
+    return float(m.group(1)) if m else None
+
+
 def schedule(hosts: int, count: int, noise: float, seed: int = 1) -> list[tuple[int, bytes]]:
+    """Each host: the crash datagrams in order, noise lines between them.
+
+    A noise line carries its host's own kernel clock (the last crash line's stamp), as a
+    real host's would: a stamp going back by more than a second is a reboot to the receiver.
+    """
     rnd = random.Random(seed)
     crash = crash_datagrams()
+    first = next(t for t in map(kernel_time, crash) if t is not None)
     pos = [0] * hosts
+    clock = [first] * hosts
     out: list[tuple[int, bytes]] = []
     for i in range(count):
         h = rnd.randrange(hosts)
         if rnd.random() < noise or pos[h] >= len(crash):
-            out.append((h, NOISE[i % 3] % (i // 1000, i % 1000000, i % 250)))
+            ts = clock[h]
+            out.append((h, NOISE[i % 3] % (int(ts), int(ts * 1e6) % 1000000, i % 250)))
         else:
-            out.append((h, crash[pos[h]]))
+            d = crash[pos[h]]
+            clock[h] = kernel_time(d) or clock[h]
+            out.append((h, d))
             pos[h] += 1
     return out
 

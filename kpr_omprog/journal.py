@@ -1,0 +1,200 @@
+"""The journal: datagrams of crash reports still being assembled, in an append-only file.
+
+A receiver killed in the middle of a report must lose none of it, so every datagram
+of an open report is written here before it is acknowledged (omprog) or at the end of
+the burst it came in (UDP), and replayed through a fresh assembler on the next start.
+
+One ``write()`` per batch, no transaction: a process killed at any moment leaves what
+it wrote in the page cache, the same guarantee SQLite's ``synchronous=NORMAL`` gave
+per commit at a fraction of the cost (a commit per line was most of omprog mode's
+time). A power cut may lose the tail, as before. Records are framed and checksummed,
+so a torn tail (a full disk, a power cut) is found, logged and cut off on load::
+
+    j = Journal("/var/lib/kpr-omprog/journal.bin")
+    j.add_many([("10.0.0.7", 1700000000.0, "10.0.0.7", 6666, b"BUG: ...\\n")])
+    j.drop("10.0.0.7")           # its report closed: the rows are dead
+    rows = j.load()              # on start: the rows of reports still open, in order
+
+Dead rows are reclaimed by truncating the file when no report is open (the usual
+case between crashes) or by rewriting the live rows when the file is mostly dead.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+from .logs import get_logger
+
+__all__ = ["Journal", "JournalFull", "Row"]
+
+log = get_logger()
+
+#: (host key, receive time, sender ip, sender port, datagram)
+Row = tuple[str, float, str, int, bytes]
+
+# frame: body length, crc32 of body; body: kind, then fields
+_FRAME = struct.Struct("<II")
+_ADD = struct.Struct("<BdHHHI")  # kind, at, port, len(key), len(ip), len(data)
+_DROP = struct.Struct("<BH")  # kind, len(key)
+_KIND_ADD, _KIND_DROP = 1, 2
+#: rewriting the live rows is worth it past this size, when they are under a quarter of the file
+_COMPACT_MIN_BYTES = 8 << 20
+
+
+class JournalFull(Exception):
+    """The journal reached its cap, or the disk refused a write."""
+
+
+class Journal:
+    """Append-only journal of open reports' datagrams. Not thread-safe: one owner."""
+
+    def __init__(self, path: str, cap_bytes: int = 256 << 20) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        self.path = path
+        self.cap_bytes = cap_bytes
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        #: bytes of live rows per key (what compaction would keep)
+        self._live: dict[str, int] = {}
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def live_bytes(self) -> int:
+        return sum(self._live.values())
+
+    def add_many(self, rows: list[Row]) -> None:
+        """Append ``rows`` with one write; raises :class:`JournalFull` and writes nothing on failure."""
+        blob, sizes = _encode(rows)
+        self._append(blob)
+        live = self._live
+        for key, n in sizes.items():
+            live[key] = live.get(key, 0) + n
+
+    def drop(self, key: str) -> None:
+        """The report of ``key`` closed: its rows are dead."""
+        if self._live.pop(key, None) is None:
+            return
+        if not self._live:
+            self._truncate(0)  # nothing open: the whole file is dead
+            return
+        k = key.encode("utf-8", "surrogateescape")
+        body = _DROP.pack(_KIND_DROP, len(k)) + k
+        # Past the cap too: a tombstone is tiny and is what lets the file shrink.
+        self._append(_FRAME.pack(len(body), zlib.crc32(body)) + body, capped=False)
+        if self._size > _COMPACT_MIN_BYTES and self.live_bytes * 4 < self._size:
+            self._compact()
+
+    def load(self) -> list[Row]:
+        """The live rows in the order they were written (call once, at start)."""
+        rows, end = self._read()
+        if end < self._size:
+            log.warning("journal_torn_tail", path=self.path, kept_bytes=end, cut_bytes=self._size - end,
+                        why="the last write was cut short (full disk or power loss); rows before it are kept")
+            self._truncate(end)
+        self._live = _encode(rows)[1]
+        return rows
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _append(self, blob: bytes, capped: bool = True) -> None:
+        if capped and self._size + len(blob) > self.cap_bytes:
+            raise JournalFull(f"{self.path}: {self._size} + {len(blob)} bytes would pass the cap of "
+                              f"{self.cap_bytes} (journal_cap_bytes)")
+        try:
+            written = os.write(self._fd, blob)
+            while written < len(blob):
+                written += os.write(self._fd, blob[written:])
+        except OSError as e:
+            # A half-written record would hide every later one from load(): cut it off.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise JournalFull(f"cannot write {self.path}: {e.strerror or e}") from None
+        self._size += len(blob)
+
+    def _truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as e:
+            log.error("journal_truncate_failed", path=self.path, error=e.strerror or str(e))
+            return
+        self._size = size
+
+    def _read(self) -> tuple[list[Row], int]:
+        with open(self.path, "rb") as f:
+            buf = f.read()
+        adds: list[tuple[int, Row]] = []
+        dropped_at: dict[str, int] = {}
+        pos = n = 0
+        while pos + _FRAME.size <= len(buf):
+            length, crc = _FRAME.unpack_from(buf, pos)
+            body = buf[pos + _FRAME.size:pos + _FRAME.size + length]
+            if len(body) < length or zlib.crc32(body) != crc or not body:
+                break
+            if body[0] == _KIND_ADD and len(body) >= _ADD.size:
+                _, at, port, lk, li, ld = _ADD.unpack_from(body)
+                o = _ADD.size
+                if o + lk + li + ld != len(body):
+                    break
+                key = body[o:o + lk].decode("utf-8", "surrogateescape")
+                ip = body[o + lk:o + lk + li].decode("utf-8", "surrogateescape")
+                adds.append((n, (key, at, ip, port, body[o + lk + li:])))
+            elif body[0] == _KIND_DROP and len(body) >= _DROP.size:
+                key = body[_DROP.size:].decode("utf-8", "surrogateescape")
+                dropped_at[key] = n
+            else:
+                break
+            n += 1
+            pos += _FRAME.size + length
+        # A row is live unless its key was dropped after it was written.
+        rows = [row for i, row in adds if dropped_at.get(row[0], -1) < i]
+        return rows, pos
+
+    def _compact(self) -> None:
+        rows, _ = self._read()
+        blob, live = _encode(rows)
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("journal_compact_failed", path=self.path, error=e.strerror or str(e), size=self._size,
+                        why="dead rows stay in the file until the next try")
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        log.info("journal_compacted", path=self.path, bytes_before=self._size, bytes_after=len(blob),
+                 rows=len(rows))
+        self._size = len(blob)
+        self._live = live
+
+
+def _encode(rows: list[Row]) -> tuple[bytes, dict[str, int]]:
+    """The framed records of ``rows``, and how many bytes each key got."""
+    parts: list[bytes] = []
+    sizes: dict[str, int] = {}
+    for key, at, ip, port, data in rows:
+        k, i = key.encode("utf-8", "surrogateescape"), ip.encode("utf-8", "surrogateescape")
+        body = b"".join((_ADD.pack(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data))
+        parts.append(_FRAME.pack(len(body), zlib.crc32(body)))
+        parts.append(body)
+        sizes[key] = sizes.get(key, 0) + _FRAME.size + len(body)
+    return b"".join(parts), sizes

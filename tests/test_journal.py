@@ -1,0 +1,107 @@
+"""The journal file: what survives a restart, torn tails, reclaiming dead rows, the cap."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kpr_omprog import journal as journal_mod
+from kpr_omprog.assembler import Assembler
+from kpr_omprog.config import Config
+from kpr_omprog.hooks import Parsers
+from kpr_omprog.journal import Journal, JournalFull
+from kpr_omprog.receiver import Intake, Pipeline
+from kpr_omprog.store import Store
+
+
+def row(key: str, i: int, data: bytes = b"") -> tuple[str, float, str, int, bytes]:
+    return (key, 1000.0 + i, key.split(":")[0], 6666, data or f"line {i} of {key}\n".encode())
+
+
+def test_rows_survive_reopen_in_order_and_dropped_keys_do_not(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.bin")
+    j = Journal(path)
+    j.add_many([row("10.0.0.1", 0), row("10.0.0.2", 1)])
+    j.add_many([row("10.0.0.1", 2, b"\xff\xfe not utf-8\n")])
+    j.drop("10.0.0.2")
+    j.add_many([row("10.0.0.2", 3)])  # a new report of the same host after the drop: live
+    j.close()  # what kill -9 leaves is the same bytes: nothing is buffered in the process
+    rows = Journal(path).load()
+    assert rows == [row("10.0.0.1", 0), row("10.0.0.1", 2, b"\xff\xfe not utf-8\n"), row("10.0.0.2", 3)]
+
+
+def test_the_file_is_emptied_when_no_report_is_open(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.bin"))
+    j.add_many([row("a", i) for i in range(100)] + [row("b", 0)])
+    j.drop("a")
+    assert j.size > 0
+    j.drop("b")
+    assert j.size == 0 == os.path.getsize(tmp_path / "j.bin")
+    j.add_many([row("c", 0)])  # appends at the new end
+    assert Journal(str(tmp_path / "j.bin")).load() == [row("c", 0)]
+
+
+@pytest.mark.parametrize("damage", ["half a record", "bit flip", "garbage"])
+def test_a_torn_tail_is_cut_and_logged_and_the_rows_before_it_kept(tmp_path: Path, damage: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "j.bin"
+    j = Journal(str(path))
+    j.add_many([row("h", 0), row("h", 1)])
+    whole = path.stat().st_size
+    j.add_many([row("h", 2)])
+    j.close()
+    raw = path.read_bytes()
+    if damage == "half a record":
+        path.write_bytes(raw[: whole + (len(raw) - whole) // 2])
+    elif damage == "bit flip":
+        path.write_bytes(raw[:-3] + bytes([raw[-3] ^ 1]) + raw[-2:])
+    else:
+        path.write_bytes(raw[:whole] + b"\x00\x10\x00\x00garbage")
+    j2 = Journal(str(path))
+    assert j2.load() == [row("h", 0), row("h", 1)]
+    assert path.stat().st_size == whole  # cut, so later appends are readable
+    captured = capsys.readouterr()
+    assert "journal_torn_tail" in captured.out + captured.err
+    j2.add_many([row("h", 3)])
+    assert Journal(str(path)).load() == [row("h", 0), row("h", 1), row("h", 3)]
+
+
+def test_a_mostly_dead_file_is_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_mod, "_COMPACT_MIN_BYTES", 4096)
+    path = tmp_path / "j.bin"
+    j = Journal(str(path))
+    j.add_many([row("long-lived", 0)])
+    for h in range(200):
+        j.add_many([row(f"10.1.0.{h}", i) for i in range(5)])
+        j.drop(f"10.1.0.{h}")
+    assert path.stat().st_size < 4 * 4096  # compacted along the way, never grew to 200 reports' worth
+    j.add_many([row("long-lived", 1)])
+    assert Journal(str(path)).load() == [row("long-lived", 0), row("long-lived", 1)]
+
+
+def test_the_cap_refuses_a_batch_whole_and_says_which_setting(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.bin"), cap_bytes=2000)
+    j.add_many([row("a", 0)])
+    size = j.size
+    with pytest.raises(JournalFull, match="journal_cap_bytes"):
+        j.add_many([row("a", i, b"x" * 500) for i in range(1, 5)])
+    assert j.size == size == os.path.getsize(tmp_path / "j.bin")
+    j.drop("b")  # unknown key: nothing to do
+    assert Journal(str(tmp_path / "j.bin")).load() == [row("a", 0)]
+
+
+def test_rows_journaled_in_sqlite_by_an_older_version_are_moved_and_rebuilt(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "kpr-omprog.sqlite3"))
+    with store._tx() as db:  # what 0.3 wrote for an open report
+        db.executemany("INSERT INTO journal (key, at, ip, port, data) VALUES (?,?,?,?,?)",
+                       [("10.9.0.1", 5.0, "10.9.0.1", 6666, b"BUG: kernel NULL pointer dereference\n"),
+                        ("10.9.0.1", 5.1, "10.9.0.1", 6666, b"Oops: 0000 [#1] SMP\n")])
+    journal = Journal(str(tmp_path / "journal.bin"))
+    intake = Intake(Pipeline(Config(), Parsers(), store, None), Assembler(), journal)
+    assert intake.recover(6.0) == 2
+    assert intake.assembler.open_reports == 1
+    assert store.legacy_journal_take() == []  # moved, not copied
+    assert [r[4] for r in Journal(str(tmp_path / "journal.bin")).load()] == [
+        b"BUG: kernel NULL pointer dereference\n", b"Oops: 0000 [#1] SMP\n"]
