@@ -91,6 +91,32 @@ def test_kill_9_mid_report_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert c["event_id"] == r["event_id"]
 
 
+def test_a_line_answered_but_not_processed_is_processed_at_the_next_start(tmp_path: Path) -> None:
+    # OK goes out before processing (the rate is bound by the time to OK), so a kill can fall
+    # between the two: rsyslog will not resend that line, and the in-flight file must hold it.
+    lines = omprog_lines("lkdtm-BUG_ext_oopspanic")
+    cut = next(i for i, x in enumerate(lines) if b"cut here" in x) + 10
+    p = start(tmp_path)
+    send(p, lines[:cut])
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    # What the file holds when the kill lands between the OK for lines[cut] and its processing.
+    (tmp_path / "omprog-inflight").write_bytes(b"P" + lines[cut])
+    p = start(tmp_path)
+    send(p, lines[cut + 1:])
+    assert p.stdin is not None
+    p.stdin.close()
+    assert p.wait(15) == 0
+    clean = tmp_path / "clean"
+    p = start(clean)
+    send(p, lines)
+    p.stdin.close()  # type: ignore[union-attr]
+    p.wait(15)
+    [r], [c] = stored(tmp_path), stored(clean)
+    assert r["title"] == "kernel BUG in lkdtm_BUG" and r["event_id"] == c["event_id"]
+    assert (tmp_path / "omprog-inflight").read_bytes()[:1] == b"D"
+
+
 def test_real_rsyslogd_with_shipped_dropin(tmp_path: Path) -> None:
     state = tmp_path / "state"
     rs = Rsyslogd(tmp_path / "rs", [sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(state)])

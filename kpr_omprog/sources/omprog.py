@@ -4,9 +4,15 @@ The drop-in's template sends ``{"ip": fromhost-ip, "received": timegenerated, "r
 rsyslog passes bytes >= 0x80 unescaped, so lines are read as bytes and decoded with
 surrogateescape, which gives back the datagram byte for byte.
 
-``OK`` is written only once a line is safe: datagrams of open crash reports are
-journaled first (see :class:`kpr_omprog.receiver.Intake`). stdout carries the
-protocol only; anything else printing there (a hook) is sent to stderr.
+``OK`` is written only once a line is safe, and as early as that: rsyslog sends the
+next line only after it (one line in flight, no batching), so the time between a
+line and its ``OK`` is what limits the rate. Each line is first written to a small
+in-flight file (one ``pwrite``), answered, then processed, and the file is marked
+done; a receiver killed in between processes the line from that file on its next
+start. Processing journals the datagrams of open crash reports (see
+:class:`kpr_omprog.receiver.Intake`), so every acknowledged line survives a
+``kill -9``. stdout carries the protocol only; anything else printing there (a hook)
+is sent to stderr.
 """
 
 from __future__ import annotations
@@ -33,6 +39,40 @@ log = get_logger()
 
 class MalformedLine(ValueError):
     pass
+
+
+class InFlight:
+    """The one line answered but not yet processed, in a file: ``P`` + line, or ``D`` once done.
+
+    >>> import tempfile, os
+    >>> f = InFlight(os.path.join(tempfile.mkdtemp(), "inflight"))
+    >>> f.hold(b'{"ip": "10.0.0.1", "raw": "x"}'); f.take()
+    b'{"ip": "10.0.0.1", "raw": "x"}'
+    >>> f.done(); f.take() is None
+    True
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def hold(self, line: bytes) -> None:
+        # One syscall, at offset 0: what a killed process wrote is in the page cache.
+        # A longer line left behind is cut by the newline on reading.
+        os.pwrite(self._fd, b"P" + line + b"\n", 0)
+
+    def done(self) -> None:
+        os.pwrite(self._fd, b"D", 0)
+
+    def take(self) -> bytes | None:
+        """The line a killed receiver answered but did not process, if any."""
+        data = os.pread(self._fd, 1 << 20, 0)
+        if data[:1] != b"P" or b"\n" not in data:
+            return None
+        return data[1:data.index(b"\n")]
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def parse_omprog_line(line: bytes) -> tuple[bytes, str, float]:
@@ -74,20 +114,43 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     journal = open_journal(cfg)
     intake = Intake(pipeline, Assembler(cfg.assembler), journal)
     intake.recover(time.time())
-    ack.write(b"OK\n")
-    log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
-    fd = stdin.fileno()
-    buf = b""
+    inflight = InFlight(os.path.join(cfg.state_dir, "omprog-inflight"))
     # The assembler runs on the datagrams' receive times. While stdin is idle that clock
     # moves on with real time from the last line, so a backlog rsyslog replays after a
     # restart (old receive times) is cut by its own timing, not closed line by line.
     last_at: float | None = intake.last_at
     last_mono = time.monotonic()
+    malformed = 0
 
     def clock() -> float:
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
 
-    lines = malformed = 0
+    def process(line: bytes) -> None:
+        nonlocal last_at, last_mono, malformed
+        try:
+            data, ip, at = parse_omprog_line(line)
+        except MalformedLine as e:
+            malformed += 1
+            log.error("omprog_malformed_line", reason=str(e), first_bytes=line[:80].decode("utf-8", "replace"),
+                      count=malformed)
+            return
+        intake.feed(data, (ip, 0), at, time.time())
+        intake.flush()
+        last_at = at if last_at is None or at < last_at - 3600 else max(at, last_at)
+        last_mono = time.monotonic()
+
+    pending = inflight.take()
+    if pending is not None:
+        # Answered by a receiver killed before it processed the line: rsyslog will not resend it.
+        log.info("omprog_inflight_recovered", first_bytes=pending[:80].decode("utf-8", "replace"))
+        process(pending)
+        inflight.done()
+    ack.write(b"OK\n")
+    log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
+    fd = stdin.fileno()
+    os.set_blocking(fd, False)
+    buf = b""
+    lines = 0
     first_line_at = last_line_at = 0.0
     try:
         while not state["stop"]:
@@ -95,16 +158,20 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                 state["hup"] = False
                 _reload(config_path)
             if b"\n" not in buf:
-                deadline = intake.assembler.next_deadline()
-                timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - clock()))
                 try:
-                    ready, _, _ = select.select([fd], [], [], timeout)
-                except InterruptedError:
+                    # Under load the next line is already waiting (it came while the last one
+                    # was processed): read it without a select() first.
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    deadline = intake.assembler.next_deadline()
+                    timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - clock()))
+                    try:
+                        ready, _, _ = select.select([fd], [], [], timeout)
+                    except InterruptedError:
+                        continue
+                    if not ready:
+                        intake.expire(clock())
                     continue
-                if not ready:
-                    intake.expire(clock())
-                    continue
-                chunk = os.read(fd, 65536)
                 if not chunk:
                     break
                 buf += chunk
@@ -114,19 +181,10 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
             lines += 1
             if lines == 1:
                 first_line_at = time.time()
-            try:
-                data, ip, at = parse_omprog_line(line)
-            except MalformedLine as e:
-                malformed += 1
-                log.error("omprog_malformed_line", reason=str(e), first_bytes=line[:80].decode("utf-8", "replace"),
-                          count=malformed)
-                ack.write(b"OK\n")
-                continue
-            intake.feed(data, (ip, 0), at, time.time())
-            intake.flush()
-            last_at = at if last_at is None or at < last_at - 3600 else max(at, last_at)
-            last_mono = time.monotonic()
+            inflight.hold(line)
             ack.write(b"OK\n")
+            process(line)
+            inflight.done()
             last_line_at = time.time()
         intake.shutdown(clock())
     finally:
@@ -135,7 +193,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
             delivery.stop(2.0)
         store.close()
         journal.close()
-        # busy_seconds: first line in to last OK out, so a burst gives the rate lines were taken at
+        inflight.close()
+        # busy_seconds: first line in to last line processed, so a burst gives the rate lines were taken at
         log.info("omprog_stopped", lines=lines, malformed=malformed, open_reports=intake.assembler.open_reports,
                  duplicates=intake.duplicates, busy_seconds=round(max(0.0, last_line_at - first_line_at), 6))
     return 0
