@@ -191,10 +191,11 @@ def _encode(rows: list[Row]) -> tuple[bytes, dict[str, int]]:
     """The framed records of ``rows``, and how many bytes each key got."""
     parts: list[bytes] = []
     sizes: dict[str, int] = {}
+    add, frame, crc32 = _ADD.pack, _FRAME.pack, zlib.crc32
     for key, at, ip, port, data in rows:
-        k, i = key.encode("utf-8", "surrogateescape"), ip.encode("utf-8", "surrogateescape")
-        body = b"".join((_ADD.pack(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data))
-        parts.append(_FRAME.pack(len(body), zlib.crc32(body)))
-        parts.append(body)
+        k = key.encode("utf-8", "surrogateescape")
+        i = k if ip == key else ip.encode("utf-8", "surrogateescape")  # grouped by ip: the key is the ip
+        body = b"".join((add(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data))
+        parts += (frame(len(body), crc32(body)), body)
         sizes[key] = sizes.get(key, 0) + _FRAME.size + len(body)
     return b"".join(parts), sizes

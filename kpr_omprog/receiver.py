@@ -32,7 +32,7 @@ from .hooks import (
     default_user,
     load_hook,
 )
-from .journal import Journal, JournalFull
+from .journal import Journal, JournalFull, Row
 from .logs import configure, get_logger
 from .store import Store, StoreFull
 
@@ -130,19 +130,20 @@ class Intake:
         self.pipeline = pipeline
         self.assembler = assembler
         self.journal = journal
-        self._recent: dict[str, deque[tuple[float, str, int, bytes]]] = {}
+        self._by_ip = assembler.config.group_by == "ip"
+        self._recent: dict[str, deque[Row]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
         # Journal rows not yet written: flush() writes them with one write. The omprog
         # front end flushes before every OK, the UDP one once per burst read off the socket.
-        self._batch: list[tuple[str, float, str, int, bytes]] = []
+        self._batch: list[Row] = []
         self.journal_failures = 0
         self.duplicates = 0
         #: the newest receive time replayed from the journal
         self.last_at: float | None = None
 
     def key(self, source: tuple[str, int]) -> str:
-        return source[0] if self.assembler.config.group_by == "ip" else f"{source[0]}:{source[1]}"
+        return source[0] if self._by_ip else f"{source[0]}:{source[1]}"
 
     def recover(self, now: float) -> int:
         """Rebuild open reports from the journal; returns how many datagrams were replayed."""
@@ -164,30 +165,37 @@ class Intake:
         return len(rows)
 
     def feed(self, data: bytes, source: tuple[str, int], at: float, now: float) -> None:
-        key = self.key(source)
-        if self._last.get(key) == (at, data):
+        # Runs once per datagram: the calls that usually have nothing to do are guarded.
+        ip = source[0]
+        key = ip if self._by_ip else f"{ip}:{source[1]}"
+        journaled = self._journaled
+        if key in journaled and self._last.get(key) == (at, data):
             # rsyslog re-sends the line in flight when the receiver died before "OK".
             self.duplicates += 1
             return
-        self._closed(self.assembler.expire(at), now)
-        closed = self.assembler.feed(data, source, at)
-        self._closed(closed, now)
+        asm = self.assembler
+        deadline = asm.next_deadline()
+        if deadline is not None and deadline <= at:
+            self._closed(asm.expire(at), now)
+        closed = asm.feed(data, source, at)
+        if closed:
+            self._closed(closed, now)
         if self.journal is None:
             return
-        entry = (at, source[0], source[1], data)
-        if self.assembler.is_open(source):
-            if key not in self._journaled:
-                self._batch.extend((key, *old) for old in self._recent.pop(key, ()))
-                self._journaled.add(key)
-            self._batch.append((key, *entry))
+        row = (key, at, ip, source[1], data)
+        if asm.is_open(source):
+            if key not in journaled:
+                self._batch.extend(self._recent.pop(key, ()))
+                journaled.add(key)
+            self._batch.append(row)
             self._last[key] = (at, data)
         else:
             q = self._recent.get(key)
             if q is None:
-                if len(self._recent) >= self.assembler.config.max_hosts:
+                if len(self._recent) >= asm.config.max_hosts:
                     self._recent.pop(next(iter(self._recent)))
-                q = self._recent[key] = deque(maxlen=self.assembler.config.context_lines + 1)
-            q.append(entry)
+                q = self._recent[key] = deque(maxlen=asm.config.context_lines + 1)
+            q.append(row)
 
     def flush(self) -> None:
         """Write the journal rows fed so far (call before acknowledging them)."""
