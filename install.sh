@@ -10,6 +10,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 R=${KPR_INSTALL_ROOT:-}
 PREFIX=$R/opt/kpr-omprog; CONF_DIR=$R/etc/kpr-omprog; STATE=$R/var/lib/kpr-omprog; LOGDIR=$R/var/log/kpr-omprog
 DROPIN=$R/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=$R/etc/systemd/system/kpr-omprog.service
+SYSCTL=$R/etc/sysctl.d/60-kpr-omprog.conf; RCVBUF=8388608
 RSYSLOG_CONF=$R/etc/rsyslog.conf
 MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0
 while [ $# -gt 0 ]; do
@@ -29,6 +30,7 @@ restart() { if [ -z "$R" ] && [ -d /run/systemd/system ]; then run systemctl "$@
 
 if [ "$UNINSTALL" = 1 ]; then
   [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; }
+  [ -f "$SYSCTL" ] && run rm -f "$SYSCTL"  # the running value stays until reboot
   [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; restart restart rsyslog || true; }
   run rm -rf "$PREFIX"
   echo "kept: $CONF_DIR and $STATE (stored reports); remove them by hand if wanted"; exit 0
@@ -49,6 +51,8 @@ fi
 run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
 run install -d -m 0755 "$CONF_DIR"
 run install -d -m 0750 -o "$RUNAS" "$STATE" "$LOGDIR"
+# the state may come from the other mode (root under rsyslog, kpr-omprog standalone)
+[ -n "$R" ] || run chown -R "$RUNAS:" "$STATE" "$LOGDIR"
 if [ ! -f "$CONF_DIR/config.toml" ]; then
   echo "+ write $CONF_DIR/config.toml"
   [ "$DRY" = 1 ] || cat > "$CONF_DIR/config.toml" <<TOML
@@ -61,6 +65,14 @@ listen = ["0.0.0.0:$PORT", "[::]:$PORT"]
 TOML
 fi
 if [ "$MODE" = standalone ]; then
+  # The service is unprivileged, so the kernel refuses it SO_RCVBUFFORCE: raise the cap on
+  # receive buffers to udp.rcvbuf (never lower it), or bursts are dropped in the kernel.
+  cur=$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo "$RCVBUF")
+  if [ "$cur" -lt "$RCVBUF" ]; then
+    echo "+ write $SYSCTL (net.core.rmem_max = $RCVBUF, was $cur)"
+    [ "$DRY" = 1 ] || { mkdir -p "$(dirname "$SYSCTL")"; echo "net.core.rmem_max = $RCVBUF" > "$SYSCTL"; }
+    [ -n "$R" ] || run sysctl -q -w net.core.rmem_max=$RCVBUF
+  fi
   echo "+ write $UNIT"
   [ "$DRY" = 1 ] || cat > "$UNIT" <<UNITEOF
 [Unit]

@@ -50,10 +50,11 @@ def kernel_release() -> str:
     return (KERNEL_DIR / "RELEASE").read_text().strip()
 
 
-def _entry(out: BinaryIO, ino: int, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+def _entry(out: BinaryIO, ino: int, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+           owner: tuple[int, int] = (0, 0)) -> None:
     # newc cpio: no root and no cpio(1) needed; /dev/console is written as a device entry.
     name_b = name.encode() + b"\0"
-    fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0)
+    fields = (ino, mode, owner[0], owner[1], 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0)
     out.write(("070701" + "".join(f"{v:08X}" for v in fields)).encode() + name_b)
     out.write(b"\0" * ((4 - (110 + len(name_b)) % 4) % 4))
     out.write(data)
@@ -85,6 +86,42 @@ def build_initramfs(out_path: Path) -> Path:
             ino += 1
         _entry(out, 0, "TRAILER!!!", 0)
     return out_path
+
+
+def tree_cpio(out: BinaryIO, root: Path, under: str = "", ino: int = 1) -> int:
+    """Append ``root``'s tree to a newc archive as ``under/...`` (owners, modes, links and
+    device nodes kept; hard links become copies); returns the next free inode number.
+    ``under``'s parents must be in the archive already: the kernel does not create them."""
+    if under:
+        _entry(out, ino, under, stat.S_IFDIR | 0o755)
+        ino += 1
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [""] + sorted(dirnames) + sorted(filenames):
+            path = Path(dirpath, name) if name else Path(dirpath)
+            if name in dirnames and not path.is_symlink():
+                continue  # written when os.walk enters it
+            rel = str(Path(under, path.relative_to(root))).lstrip("/")
+            if rel in ("", "."):
+                continue
+            st = path.lstat()
+            kind = stat.S_IFMT(st.st_mode)
+            if kind == stat.S_IFLNK:
+                data = os.readlink(path).encode()
+            elif kind == stat.S_IFREG:
+                data = path.read_bytes()
+            elif kind in (stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK):
+                data = b""
+            else:
+                continue  # sockets and fifos: none in a fresh root
+            rdev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in (stat.S_IFCHR, stat.S_IFBLK) else (0, 0)
+            _entry(out, ino, rel, st.st_mode, data, rdev, (st.st_uid, st.st_gid))
+            ino += 1
+    return ino
+
+
+def trailer(out: BinaryIO) -> None:
+    _entry(out, 0, "TRAILER!!!", 0)
 
 
 def qemu_usable() -> str | None:

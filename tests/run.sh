@@ -8,7 +8,7 @@ ROOT=$PWD
 VENV=${KPR_TEST_VENV:-$ROOT/.venv}
 
 need_apt=()
-for pkg in rsyslog qemu-system-x86 busybox-static; do
+for pkg in rsyslog qemu-system-x86 busybox-static debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -36,6 +36,18 @@ if [ ! -f "$KERNEL_DIR/vmlinuz" ]; then
   rm -rf "$kt"
 fi
 export KPR_KERNEL_DIR="$KERNEL_DIR"
+
+# A Debian 12 root with systemd, rsyslog and python3 for tests/test_install_systemd.py,
+# which boots it in QEMU and runs install.sh there as root (about 300 MB, cached).
+DEBIAN_ROOT=${KPR_DEBIAN_ROOT:-$HOME/.cache/kpr-omprog-debian/rootfs}
+if [ ! -x "$DEBIAN_ROOT/lib/systemd/systemd" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  rm -rf "$DEBIAN_ROOT.tmp"; mkdir -p "$DEBIAN_ROOT.tmp"
+  $SUDO debootstrap --variant=minbase --include=systemd,systemd-sysv,rsyslog,python3,python3-venv,procps \
+    bookworm "$DEBIAN_ROOT.tmp" http://deb.debian.org/debian >/dev/null
+  mv "$DEBIAN_ROOT.tmp" "$DEBIAN_ROOT"
+fi
+export KPR_DEBIAN_ROOT="$DEBIAN_ROOT"
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,74 @@
+#!/bin/bash
+# Runs inside a Debian 12 guest booted with systemd (tests/test_install_systemd.py), as the
+# operator would: install.sh as root with systemd running, then checks what it left. Every
+# line for the host starts with "KPR-GUEST"; the last one is "KPR-GUEST-DONE <status>".
+exec >/dev/ttyS0 2>&1
+export PIP_NO_INDEX=1 PIP_FIND_LINKS=/root/kpr/wheels  # the guest has no network: wheels from the host
+SRC=/root/kpr/src CONF=/etc/kpr-omprog/config.toml EXE=/opt/kpr-omprog/bin/kpr-omprog
+ok() { echo "KPR-GUEST ok: $*"; }
+fail() {
+  echo "KPR-GUEST FAIL: $*"
+  journalctl -b --no-pager -n 60 -u rsyslog -u kpr-omprog 2>&1 | sed 's/^/KPR-GUEST journal: /'
+  echo "KPR-GUEST-DONE 1"; systemctl poweroff --force --force; exit 1
+}
+reports() { "$EXE" reports --json --config "$CONF" 2>/dev/null; }
+wait_reports() {  # until the store lists $1 reports
+  for _ in $(seq 1 90); do [ "$(reports | grep -c '"title"')" -ge "$1" ] && return 0; sleep 1; done; return 1
+}
+send() {  # a real lkdtm BUG capture to 127.0.0.1:$1 from source address $2
+  python3 -c "import sys; sys.path.insert(0, '/root/kpr'); from senders import capture, play; \
+play(('127.0.0.1', $1), {'$2': capture('lkdtm-BUG_classic_oopspanic')}, speed=20)"
+}
+main_pid_user() { awk '/^Uid:/ {print $2}' "/proc/$(systemctl show -p MainPID --value "$1")/status"; }
+
+# (not `is-system-running --wait`: this unit is part of the boot it would wait for)
+for _ in $(seq 1 60); do systemctl is-active --quiet rsyslog && break; sleep 1; done
+systemctl is-active --quiet rsyslog || fail "rsyslog is not running before the install"
+echo "KPR-GUEST booted: $(systemctl is-system-running)"
+
+# -- rsyslog mode (the default) -----------------------------------------------------------
+bash "$SRC/install.sh" || fail "install.sh exited $?"
+ok "install.sh (rsyslog mode)"
+id kpr-omprog >/dev/null || fail "no kpr-omprog system user"
+[ "$(getent passwd kpr-omprog | cut -d: -f7)" = /usr/sbin/nologin ] || fail "the system user has a login shell"
+ok "system user kpr-omprog"
+systemctl is-active --quiet rsyslog || fail "rsyslog is not running after the install"
+grep -q "omprog --omprog --config $CONF" /etc/rsyslog.d/30-kpr-omprog.conf || fail "drop-in binary= line"
+ok "rsyslog restarted by systemctl with the drop-in"
+cp "$CONF" /tmp/conf.before
+bash "$SRC/install.sh" >/dev/null || fail "a second install.sh run exited $?"
+cmp -s "$CONF" /tmp/conf.before || fail "the second run changed the config"
+ok "second run: idempotent"
+send 514 127.0.0.2
+wait_reports 1 || fail "no report stored after a crash sent to rsyslog on 514"
+reports | grep -q '"title": "kernel BUG in lkdtm_BUG"' || fail "wrong title: $(reports)"
+ok "crash via rsyslog -> kpr-omprog: $(reports | head -1)"
+logger -t kpr-guest "host logging still works"
+sleep 1
+grep -q "host logging still works" /var/log/syslog || fail "the host's own logging is disturbed"
+if grep -q "lkdtm" /var/log/syslog; then fail "netconsole lines leaked into /var/log/syslog"; fi
+ok "host logging undisturbed, netconsole lines kept out of /var/log/syslog"
+
+# -- standalone mode: a systemd unit of its own -------------------------------------------
+bash "$SRC/install.sh" --uninstall || fail "--uninstall exited $?"
+[ ! -e /etc/rsyslog.d/30-kpr-omprog.conf ] && [ ! -e /opt/kpr-omprog ] || fail "--uninstall left files"
+systemctl is-active --quiet rsyslog || fail "rsyslog not running after --uninstall"
+ok "--uninstall (rsyslog mode)"
+bash "$SRC/install.sh" --standalone || fail "install.sh --standalone exited $?"
+for _ in $(seq 1 60); do journalctl -u kpr-omprog --no-pager | grep -q udp_started && break; sleep 1; done
+systemctl is-active --quiet kpr-omprog || fail "kpr-omprog.service is not active"
+[ "$(main_pid_user kpr-omprog)" = "$(id -u kpr-omprog)" ] || fail "the service does not run as kpr-omprog"
+if journalctl -u kpr-omprog --no-pager | grep -q udp_rcvbuf_small; then fail "receive buffer refused (rmem_max)"; fi
+ok "kpr-omprog.service active as user kpr-omprog on port 514 (CAP_NET_BIND_SERVICE), full receive buffer"
+send 514 127.0.0.3
+wait_reports 2 || fail "no report from the standalone service: $(journalctl -u kpr-omprog --no-pager | tail -5)"
+ok "crash via standalone UDP: $(reports | head -1)"
+systemctl restart kpr-omprog || fail "restart"
+systemctl is-active --quiet kpr-omprog || fail "not active after a restart"
+ok "systemctl restart kpr-omprog"
+bash "$SRC/install.sh" --uninstall || fail "--uninstall (standalone) exited $?"
+if systemctl is-active --quiet kpr-omprog; then fail "the service still runs after --uninstall"; fi
+[ ! -e /etc/systemd/system/kpr-omprog.service ] && [ ! -e /etc/sysctl.d/60-kpr-omprog.conf ] || fail "files left behind"
+ok "--uninstall (standalone)"
+echo "KPR-GUEST-DONE 0"
+systemctl poweroff
