@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -92,15 +93,35 @@ def test_install_sh_as_root_on_a_systemd_debian_guest(tmp_path: Path) -> None:
         pytest.skip(f"SYSTEMD INSTALL TEST NOT RUN: {why}")
     initrd = initramfs(tmp_path)
     serial = tmp_path / "serial.txt"
-    cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "2048M", "-nodefaults",
+    cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "2048M", "-nodefaults",
            "-no-user-config", "-display", "none", "-kernel", str(KERNEL_DIR / "vmlinuz"), "-initrd", str(initrd),
            "-append", "console=ttyS0 rdinit=/lib/systemd/systemd panic=-1 systemd.show_status=0 "
-           # no login prompt on the console the guest reports on
+           # no login prompt on the console the guest reports on; systemd's messages there
            "systemd.mask=serial-getty@ttyS0.service systemd.journald.forward_to_console=1",
            "-serial", f"file:{serial}", "-no-reboot"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    text = serial.read_text(errors="replace")
+    text = ""
+    for attempt in (1, 2):
+        # Under TCG a boot very rarely stalls in early kernel init (seen once in CI, with two
+        # vCPUs): a guest that has not reached its check script in 5 minutes is booted again.
+        qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            started = time.monotonic()
+            while qemu.poll() is None and time.monotonic() - started < 900:
+                time.sleep(2)
+                text = serial.read_text(errors="replace") if serial.exists() else ""
+                if "KPR-GUEST" not in text and time.monotonic() - started > 300:
+                    break
+        finally:
+            if qemu.poll() is None:
+                qemu.kill()
+            qemu.wait()
+        text = serial.read_text(errors="replace") if serial.exists() else ""
+        if "KPR-GUEST" in text:
+            break
+        warnings.warn(f"systemd guest boot {attempt} stalled before the check script: {text[-300:]!r}",
+                      stacklevel=1)
+    stderr = qemu.stderr.read() if qemu.stderr else ""
     guest = [line.strip() for line in text.splitlines() if "KPR-GUEST" in line]
-    assert "KPR-GUEST-DONE 0" in guest, (run.stderr[-2000:], "\n".join(guest) or text[-4000:])
+    assert "KPR-GUEST-DONE 0" in guest, (stderr[-2000:], "\n".join(guest), text[-4000:])
     assert not [line for line in guest if "FAIL" in line]
     assert sum(line.startswith("KPR-GUEST ok:") for line in guest) == 11, "\n".join(guest)
