@@ -16,11 +16,12 @@ import random
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
-from common import PY, Row
+from common import PY, Row, json_logs
 from sender import crash_datagrams
 
 from tests.bugsink import Bugsink
@@ -36,10 +37,10 @@ def run(hosts: int = 2000, spread: float = 10.0) -> list[Row]:
         bugsink = Bugsink(Path(work) / "bugsink")
         state = Path(work) / "state"
         rs = Rsyslogd(Path(work) / "rs", [PY, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(state), "--dsn",
-                                          bugsink.dsn, "--log-format", "json"])
+                                          bugsink.dsn, "--log-format", "json"], program_stderr=True)
         rs.start()
         try:
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             # each host's datagrams back to back (1 us apart) from its random start
             play(("127.0.0.1", rs.port), {f"127.30.{h // 250}.{2 + h % 250}": [(at + i * 1e-6, d)
                                           for i, d in enumerate(kinds[h % 2])] for at, h in plan}, timeout=120)
@@ -60,11 +61,20 @@ def run(hosts: int = 2000, spread: float = 10.0) -> list[Row]:
         finally:
             rs.stop()
             bugsink.stop()
+        logs = json_logs(rs.program_log)
+        stored = [_ts(x) - wall0 for x in logs if x.get("event") == "report"]
+        answered = [_ts(x) - wall0 for x in logs if x.get("event") == "report_delivered"]
+    print(f"  receiver: last report stored {max(stored, default=0):.1f} s, last 2xx from Bugsink "
+          f"{max(answered, default=0):.1f} s after the storm began ({len(answered)} answered 2xx)")
     titles = sorted(f"{i.get('calculated_type')} {i.get('calculated_value')}".strip() for i in issues)
     print(f"  sent in {sent_in:.1f} s; {count} events in {len(issues)} issues after {took:.1f} s: {titles}")
     return [Row(f"6. storm: {hosts:,} hosts panic within {spread:.0f} s, rsyslog -> Bugsink: seconds to the last event",
                 took, None, "s", f"{hosts:,} events, 2 issues, none lost or duplicated",
                 count == hosts and len(issues) == 2, f"{count} events, {len(issues)} issues")]
+
+
+def _ts(record: dict[str, str]) -> float:
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 if __name__ == "__main__":
