@@ -117,6 +117,34 @@ def test_a_line_answered_but_not_processed_is_processed_at_the_next_start(tmp_pa
     assert (tmp_path / "omprog-inflight").read_bytes()[:1] == b"D"
 
 
+POISONED = """
+import sys
+from kpr_omprog import receiver
+feed = receiver.Intake.feed
+def poisoned(self, data, *args):  # a bug that kills the receiver on one datagram
+    if b"POISON" in data:
+        raise RuntimeError("poison")
+    return feed(self, data, *args)
+receiver.Intake.feed = poisoned
+from kpr_omprog.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_line_that_killed_the_receiver_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+    poison = json.dumps({"ip": "10.5.0.9", "received": "2026-11-24T10:00:00+00:00", "raw": "POISON\n"}).encode()
+    (tmp_path / "omprog-inflight").write_bytes(b"P" + poison + b"\n")
+    p = subprocess.Popen([sys.executable, "-c", POISONED, "omprog", "--state-dir", str(tmp_path), "--log-format",
+                          "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"OK\n"
+    send(p, omprog_lines("sysrq-c_classic"))
+    p.stdin.close()  # type: ignore[union-attr]
+    assert p.wait(15) == 0
+    assert b"omprog_inflight_failed" in p.stderr.read()  # type: ignore[union-attr]
+    assert [r["title"] for r in stored(tmp_path)] == ["kernel panic: sysrq triggered crash"]
+    assert (tmp_path / "omprog-inflight").read_bytes()[:1] == b"D"
+
+
 def test_real_rsyslogd_with_shipped_dropin(tmp_path: Path) -> None:
     state = tmp_path / "state"
     rs = Rsyslogd(tmp_path / "rs", [sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(state)])

@@ -143,7 +143,12 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     if pending is not None:
         # Answered by a receiver killed before it processed the line: rsyslog will not resend it.
         log.info("omprog_inflight_recovered", first_bytes=pending[:80].decode("utf-8", "replace"))
-        process(pending)
+        try:
+            process(pending)
+        except Exception as e:
+            # Whatever killed the last receiver on this line must not kill every next one.
+            log.exception("omprog_inflight_failed", error=repr(e), first_bytes=pending[:80].decode("utf-8", "replace"),
+                          why="the line is dropped so that rsyslog's queue moves on")
         inflight.done()
     ack.write(b"OK\n")
     log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
