@@ -9,7 +9,7 @@ The pieces users import:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .assembler import Assembler, AssemblerConfig, Report
 from .receiver import KernelPanicReceiver

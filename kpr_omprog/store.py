@@ -4,7 +4,7 @@
   anything is sent, and its row leaves the ``pending`` state only when Sentry
   answered 2xx (``delivered``) or refused it for good (``dead``). Without a DSN
   reports stay ``local``. ``kpr-omprog reports`` lists this table.
-* ``journal``: where versions up to 0.3 journaled the datagrams of open reports;
+* ``journal``: where version 0.1 journaled the datagrams of open reports;
   now only read once, at start, to move them to the journal file
   (:mod:`kpr_omprog.journal`).
 

@@ -94,7 +94,7 @@ def test_the_cap_refuses_a_batch_whole_and_says_which_setting(tmp_path: Path) ->
 
 def test_rows_journaled_in_sqlite_by_an_older_version_are_moved_and_rebuilt(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "kpr-omprog.sqlite3"))
-    with store._tx() as db:  # what 0.3 wrote for an open report
+    with store._tx() as db:  # what 0.1 wrote for an open report
         db.executemany("INSERT INTO journal (key, at, ip, port, data) VALUES (?,?,?,?,?)",
                        [("10.9.0.1", 5.0, "10.9.0.1", 6666, b"BUG: kernel NULL pointer dereference\n"),
                         ("10.9.0.1", 5.1, "10.9.0.1", 6666, b"Oops: 0000 [#1] SMP\n")])
