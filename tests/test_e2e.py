@@ -7,6 +7,7 @@ duplicating a report.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kpr_omprog.assembler import Assembler
+from kpr_omprog.capture import CapturedDatagram
+from kpr_omprog.sources.replay import replay
+from kpr_omprog.store import Store
 from tests.bugsink import Bugsink
 from tests.rsyslogd import Rsyslogd, free_udp_port
 from tests.senders import capture, play
@@ -155,3 +160,52 @@ def test_standalone_udp_ipv4_and_ipv6_to_bugsink(fresh_bugsink: Bugsink, tmp_pat
         "127.0.0.7": ["kernel BUG in lkdtm_BUG"],
         "::1": ["BUG: unable to handle kernel NULL pointer dereference in lkdtm_ACCESS_NULL"],
     }
+
+
+def test_a_flooding_host_does_not_starve_another_hosts_crash(tmp_path: Path) -> None:
+    """One host floods noise (60,000 datagrams in 3 s) while another crashes: the crash
+    report is stored whole, the same bytes as the capture gives through the assembler alone."""
+    port = free_udp_port()
+    state = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "udp", "--listen", f"127.0.0.1:{port}",
+                             "--state-dir", str(state), "--log-format", "json"],
+                            stderr=open(tmp_path / "udp.log", "wb"))  # noqa: SIM115
+    flood_sent = 0
+
+    def flood(count: int = 60_000, seconds: float = 3.0) -> None:
+        nonlocal flood_sent
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.9", 0))
+        start = time.monotonic()
+        while flood_sent < count and time.monotonic() - start < seconds + 5:
+            due = min(count, int((time.monotonic() - start) / seconds * count) + 1)
+            while flood_sent < due:
+                s.sendto(b"[ 5.%06d] IN=eth0 OUT= SRC=203.0.113.7 DST=198.51.100.2 PROTO=TCP DPT=22 SYN\n"
+                         % flood_sent, ("127.0.0.1", port))
+                flood_sent += 1
+            time.sleep(0.001)
+        s.close()
+
+    try:
+        time.sleep(1.5)
+        t = threading.Thread(target=flood)
+        t.start()
+        time.sleep(0.5)
+        play(("127.0.0.1", port), {"127.0.0.7": capture("lkdtm-BUG_classic_oopspanic")})
+        t.join()
+        time.sleep(3)  # the idle timeout closes what is open
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+    assert rc == 0, (tmp_path / "udp.log").read_text()[-2000:]
+    assert flood_sent == 60_000
+    store = Store(str(state / "kpr-omprog.sqlite3"))
+    try:
+        rows = store._db.execute("SELECT host, title, attachment FROM reports").fetchall()
+    finally:
+        store.close()
+    [(host, got_title, attachment)] = rows
+    expected = list(replay((CapturedDatagram(d, ("127.0.0.7", 6666), at) for at, d in
+                            capture("lkdtm-BUG_classic_oopspanic")), Assembler()))
+    assert (host, got_title) == ("127.0.0.7", "kernel BUG in lkdtm_BUG")
+    assert bytes(attachment).decode() == expected[0].render_log()
