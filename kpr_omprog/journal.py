@@ -7,8 +7,9 @@ the burst it came in (UDP), and replayed through a fresh assembler on the next s
 One ``write()`` per batch, no transaction: a process killed at any moment leaves what
 it wrote in the page cache, the same guarantee SQLite's ``synchronous=NORMAL`` gave
 per commit at a fraction of the cost (a commit per line was most of omprog mode's
-time). A power cut may lose the tail, as before. Records are framed and checksummed,
-so a torn tail (a full disk, a power cut) is found, logged and cut off on load::
+time). A power cut may lose the tail, as before. Each write is one frame with a
+checksum, so a torn tail (a full disk, a power cut) is found, logged and cut off on
+load, whole batches at a time::
 
     j = Journal("/var/lib/kpr-omprog/journal.bin")
     j.add_many([("10.0.0.7", 1700000000.0, "10.0.0.7", 6666, b"BUG: ...\\n")])
@@ -34,7 +35,8 @@ log = get_logger()
 #: (host key, receive time, sender ip, sender port, datagram)
 Row = tuple[str, float, str, int, bytes]
 
-# frame: body length, crc32 of body; body: kind, then fields
+# frame (one per write): body length, crc32 of body; body: records back to back, each a
+# kind and its fields (one checksum per batch: a torn write tears the batch, never a row)
 _FRAME = struct.Struct("<II")
 _ADD = struct.Struct("<BdHHHI")  # kind, at, port, len(key), len(ip), len(data)
 _DROP = struct.Struct("<BH")  # kind, len(key)
@@ -74,8 +76,10 @@ class Journal:
 
     def add_many(self, rows: list[Row]) -> None:
         """Append ``rows`` with one write; raises :class:`JournalFull` and writes nothing on failure."""
-        blob, sizes = _encode(rows)
-        self._append(blob)
+        if not rows:
+            return
+        body, sizes = _encode(rows)
+        self._append(body)
         live = self._live
         for key, n in sizes.items():
             live[key] = live.get(key, 0) + n
@@ -90,7 +94,7 @@ class Journal:
         k = key.encode("utf-8", "surrogateescape")
         body = _DROP.pack(_KIND_DROP, len(k)) + k
         # Past the cap too: a tombstone is tiny and is what lets the file shrink.
-        self._append(_FRAME.pack(len(body), zlib.crc32(body)) + body, capped=False)
+        self._append(body, capped=False)
         if self._size > _COMPACT_MIN_BYTES and self.live_bytes * 4 < self._size:
             self._compact()
 
@@ -106,22 +110,26 @@ class Journal:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _append(self, blob: bytes, capped: bool = True) -> None:
-        if capped and self._size + len(blob) > self.cap_bytes:
-            raise JournalFull(f"{self.path}: {self._size} + {len(blob)} bytes would pass the cap of "
+    def _append(self, body: bytes, capped: bool = True) -> None:
+        frame = _FRAME.pack(len(body), zlib.crc32(body))
+        size = len(frame) + len(body)
+        if capped and self._size + size > self.cap_bytes:
+            raise JournalFull(f"{self.path}: {self._size} + {size} bytes would pass the cap of "
                               f"{self.cap_bytes} (journal_cap_bytes)")
         try:
-            written = os.write(self._fd, blob)
-            while written < len(blob):
-                written += os.write(self._fd, blob[written:])
+            written = os.writev(self._fd, (frame, body))  # no copy of the body to prepend the frame
+            if written < size:
+                rest = (frame + body)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest):]
         except OSError as e:
-            # A half-written record would hide every later one from load(): cut it off.
+            # A half-written frame would hide every later one from load(): cut it off.
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError:
                 pass
             raise JournalFull(f"cannot write {self.path}: {e.strerror or e}") from None
-        self._size += len(blob)
+        self._size += size
 
     def _truncate(self, size: int) -> None:
         try:
@@ -140,22 +148,17 @@ class Journal:
         while pos + _FRAME.size <= len(buf):
             length, crc = _FRAME.unpack_from(buf, pos)
             body = buf[pos + _FRAME.size:pos + _FRAME.size + length]
-            if len(body) < length or zlib.crc32(body) != crc or not body:
+            if len(body) < length or not body or zlib.crc32(body) != crc:
                 break
-            if body[0] == _KIND_ADD and len(body) >= _ADD.size:
-                _, at, port, lk, li, ld = _ADD.unpack_from(body)
-                o = _ADD.size
-                if o + lk + li + ld != len(body):
-                    break
-                key = body[o:o + lk].decode("utf-8", "surrogateescape")
-                ip = body[o + lk:o + lk + li].decode("utf-8", "surrogateescape")
-                adds.append((n, (key, at, ip, port, body[o + lk + li:])))
-            elif body[0] == _KIND_DROP and len(body) >= _DROP.size:
-                key = body[_DROP.size:].decode("utf-8", "surrogateescape")
-                dropped_at[key] = n
-            else:
+            records = _records(body)
+            if records is None:
                 break
-            n += 1
+            for record in records:
+                if isinstance(record, str):
+                    dropped_at[record] = n
+                else:
+                    adds.append((n, record))
+                n += 1
             pos += _FRAME.size + length
         # A row is live unless its key was dropped after it was written.
         rows = [row for i, row in adds if dropped_at.get(row[0], -1) < i]
@@ -163,7 +166,8 @@ class Journal:
 
     def _compact(self) -> None:
         rows, _ = self._read()
-        blob, live = _encode(rows)
+        body, live = _encode(rows)
+        blob = _FRAME.pack(len(body), zlib.crc32(body)) + body if rows else b""
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "wb") as f:
@@ -188,14 +192,40 @@ class Journal:
 
 
 def _encode(rows: list[Row]) -> tuple[bytes, dict[str, int]]:
-    """The framed records of ``rows``, and how many bytes each key got."""
+    """The records of ``rows`` back to back, and how many bytes each key got."""
     parts: list[bytes] = []
     sizes: dict[str, int] = {}
-    add, frame, crc32 = _ADD.pack, _FRAME.pack, zlib.crc32
+    add = _ADD.pack
     for key, at, ip, port, data in rows:
         k = key.encode("utf-8", "surrogateescape")
         i = k if ip == key else ip.encode("utf-8", "surrogateescape")  # grouped by ip: the key is the ip
-        body = b"".join((add(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data))
-        parts += (frame(len(body), crc32(body)), body)
-        sizes[key] = sizes.get(key, 0) + _FRAME.size + len(body)
+        parts += (add(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data)
+        sizes[key] = sizes.get(key, 0) + _ADD.size + len(k) + len(i) + len(data)
     return b"".join(parts), sizes
+
+
+def _records(body: bytes) -> list[Row | str] | None:
+    """The rows (and dropped keys, as str) of one frame's body; None if it does not parse."""
+    out: list[Row | str] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        kind = body[pos]
+        if kind == _KIND_ADD and pos + _ADD.size <= end:
+            _, at, port, lk, li, ld = _ADD.unpack_from(body, pos)
+            o = pos + _ADD.size
+            pos = o + lk + li + ld
+            if pos > end:
+                return None
+            out.append((body[o:o + lk].decode("utf-8", "surrogateescape"),
+                        at, body[o + lk:o + lk + li].decode("utf-8", "surrogateescape"), port,
+                        body[o + lk + li:pos]))
+        elif kind == _KIND_DROP and pos + _DROP.size <= end:
+            _, lk = _DROP.unpack_from(body, pos)
+            o = pos + _DROP.size
+            pos = o + lk
+            if pos > end:
+                return None
+            out.append(body[o:pos].decode("utf-8", "surrogateescape"))
+        else:
+            return None
+    return out
