@@ -183,7 +183,7 @@ class Intake:
         if self.journal is None:
             return
         row = (key, at, ip, source[1], data)
-        if asm.is_open(source):
+        if asm.last_fed_open:
             if key not in journaled:
                 self._batch.extend(self._recent.pop(key, ()))
                 journaled.add(key)

@@ -73,6 +73,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     for s in socks:
         s.setblocking(False)
     allowed = is_allowed_factory(cfg.udp.allow)
+    check_allowed = bool(cfg.udp.allow)
     stop = {"flag": False}
 
     def on_term(signum: int, frame: object) -> None:
@@ -114,14 +115,15 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
                     # 25,000 senders in the memory benchmark; flat with this).
                     data = bytes(view[:n])
                     received += 1
-                    if not allowed(src[0]):
+                    if check_allowed and not allowed(src[0]):
                         refused += 1
                         if refused in (1, 10, 100, 1000) or refused % 10000 == 0:
                             log.warning("udp_sender_refused", sender=src[0], refused=refused,
                                         why="not in udp.allow")
                         continue
                     now = time.time()
-                    intake.feed(data, (src[0], src[1]), now, now)
+                    # IPv6 addresses come as (ip, port, flowinfo, scope): the source is (ip, port)
+                    intake.feed(data, src if len(src) == 2 else src[:2], now, now)
             # One journal write per burst: UDP has no acknowledgement, and a burst
             # in memory is no more at risk than the datagrams still in the socket buffer.
             intake.flush()

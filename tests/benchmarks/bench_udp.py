@@ -42,7 +42,8 @@ while True:
     n += 1
 """
 
-RATES = (25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 175_000, 200_000)
+# 12,500 apart above 100k, where the receiver's limit lies: 25,000 steps could not tell 130k from 145k
+RATES = (25_000, 50_000, 75_000, 100_000, 112_500, 125_000, 137_500, 150_000, 162_500, 175_000, 187_500, 200_000)
 
 
 def trial_bare(rate: float, seconds: float) -> tuple[int, int]:
@@ -77,7 +78,7 @@ def highest_lossless(trial, seconds: float) -> tuple[float, list[str]]:  # type:
     notes = []
     for rate in RATES:
         sent, got = trial(rate, seconds)
-        notes.append(f"{rate // 1000}k: {sent - got} lost of {sent}")
+        notes.append(f"{rate / 1000:g}k: {sent - got} lost of {sent}")
         if got < sent:
             break
         best = rate
