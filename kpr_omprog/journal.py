@@ -139,33 +139,37 @@ class Journal:
             return
         self._size = size
 
-    def _read(self) -> tuple[list[Row], int]:
-        with open(self.path, "rb") as f:
-            buf = f.read()
-        adds: list[tuple[int, Row]] = []
-        dropped_at: dict[str, int] = {}
+    def _read(self, keep: set[str] | None = None) -> tuple[list[Row], int]:
+        """The live rows (of ``keep``'s keys only, if given) and where the last whole frame ends.
+
+        Reads frame by frame and forgets a key's rows at its drop, so memory holds the live
+        rows, not the file (compaction runs while thousands of reports close)."""
+        by_key: dict[str, list[tuple[int, Row]]] = {}
         pos = n = 0
-        while pos + _FRAME.size <= len(buf):
-            length, crc = _FRAME.unpack_from(buf, pos)
-            body = buf[pos + _FRAME.size:pos + _FRAME.size + length]
-            if len(body) < length or not body or zlib.crc32(body) != crc:
-                break
-            records = _records(body)
-            if records is None:
-                break
-            for record in records:
-                if isinstance(record, str):
-                    dropped_at[record] = n
-                else:
-                    adds.append((n, record))
-                n += 1
-            pos += _FRAME.size + length
-        # A row is live unless its key was dropped after it was written.
-        rows = [row for i, row in adds if dropped_at.get(row[0], -1) < i]
-        return rows, pos
+        with open(self.path, "rb") as f:
+            while True:
+                head = f.read(_FRAME.size)
+                if len(head) < _FRAME.size:
+                    break
+                length, crc = _FRAME.unpack(head)
+                body = f.read(length)
+                if len(body) < length or not body or zlib.crc32(body) != crc:
+                    break
+                records = _records(body)
+                if records is None:
+                    break
+                for record in records:
+                    if isinstance(record, str):
+                        by_key.pop(record, None)
+                    elif keep is None or record[0] in keep:
+                        by_key.setdefault(record[0], []).append((n, record))
+                    n += 1
+                pos += _FRAME.size + length
+        rows = sorted((x for xs in by_key.values() for x in xs), key=lambda x: x[0])
+        return [row for _, row in rows], pos
 
     def _compact(self) -> None:
-        rows, _ = self._read()
+        rows, _ = self._read(keep=set(self._live))
         body, live = _encode(rows)
         blob = _FRAME.pack(len(body), zlib.crc32(body)) + body if rows else b""
         tmp = self.path + ".tmp"
