@@ -58,8 +58,9 @@ class Journal:
         self.cap_bytes = cap_bytes
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = os.fstat(self._fd).st_size
-        #: bytes of live rows per key (what compaction would keep)
+        #: bytes of live rows per key (what compaction would keep), and their sum
         self._live: dict[str, int] = {}
+        self._live_total = 0
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -72,7 +73,7 @@ class Journal:
 
     @property
     def live_bytes(self) -> int:
-        return sum(self._live.values())
+        return self._live_total
 
     def add_many(self, rows: list[Row]) -> None:
         """Append ``rows`` with one write; raises :class:`JournalFull` and writes nothing on failure."""
@@ -83,11 +84,14 @@ class Journal:
         live = self._live
         for key, n in sizes.items():
             live[key] = live.get(key, 0) + n
+            self._live_total += n
 
     def drop(self, key: str) -> None:
         """The report of ``key`` closed: its rows are dead."""
-        if self._live.pop(key, None) is None:
+        dead = self._live.pop(key, None)
+        if dead is None:
             return
+        self._live_total -= dead
         if not self._live:
             self._truncate(0)  # nothing open: the whole file is dead
             return
@@ -106,6 +110,7 @@ class Journal:
                         why="the last write was cut short (full disk or power loss); rows before it are kept")
             self._truncate(end)
         self._live = _encode(rows)[1]
+        self._live_total = sum(self._live.values())
         return rows
 
     # -- internals ----------------------------------------------------------------------
@@ -193,6 +198,7 @@ class Journal:
                  rows=len(rows))
         self._size = len(blob)
         self._live = live
+        self._live_total = sum(live.values())
 
 
 def _encode(rows: list[Row]) -> tuple[bytes, dict[str, int]]:
