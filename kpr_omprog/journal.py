@@ -109,7 +109,7 @@ class Journal:
             log.warning("journal_torn_tail", path=self.path, kept_bytes=end, cut_bytes=self._size - end,
                         why="the last write was cut short (full disk or power loss); rows before it are kept")
             self._truncate(end)
-        self._live = _encode(rows)[1]
+        self._live = _sizes(rows)
         self._live_total = sum(self._live.values())
         return rows
 
@@ -212,6 +212,15 @@ def _encode(rows: list[Row]) -> tuple[bytes, dict[str, int]]:
         parts += (add(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data)
         sizes[key] = sizes.get(key, 0) + _ADD.size + len(k) + len(i) + len(data)
     return b"".join(parts), sizes
+
+
+def _sizes(rows: list[Row]) -> dict[str, int]:
+    """What :func:`_encode` would give each key, without building the bytes (for load)."""
+    sizes: dict[str, int] = {}
+    for key, _, ip, _, data in rows:
+        k, i = len(key.encode("utf-8", "surrogateescape")), len(ip.encode("utf-8", "surrogateescape"))
+        sizes[key] = sizes.get(key, 0) + _ADD.size + k + i + len(data)
+    return sizes
 
 
 def _records(body: bytes) -> list[Row | str] | None:
