@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -28,6 +29,19 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def udp_bound(port: int) -> bool:
+    """True when some socket is bound to UDP ``port`` (IPv4 or IPv6)."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                if any(line.split()[1].endswith(suffix) for line in list(f)[1:]):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 class Rsyslogd:
@@ -48,7 +62,9 @@ class Rsyslogd:
         # after rsyslog has closed its pipes (its last words at shutdown) is kept too.
         self.program_log = work / "program.stderr"
         redirect = f" 2>>'{self.program_log}'" if program_stderr else ""
-        wrapper.write_text("#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in args) + ' "$@"' + redirect + "\n")
+        self.wrapper = wrapper
+        self._wrapper_text = "#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in args) + ' "$@"' + redirect + "\n"
+        wrapper.write_text(self._wrapper_text)
         wrapper.chmod(0o755)
         dropin = (ROOT / "rsyslog.d" / "30-kpr-omprog.conf").read_text()
         for old, new in ((SHIPPED, f'binary="{wrapper} --omprog"'),
@@ -76,11 +92,41 @@ class Rsyslogd:
         errlog = open(self.work / "rsyslogd.stderr", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.work / "pid")],
                                      env=self.env, stdout=errlog, stderr=errlog)
-        # The omprog program answers its first OK once its store is open.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not self.program_pids():
-            time.sleep(0.05)
-        time.sleep(0.3)
+        # Ready once its UDP input is bound: rsyslog starts the omprog program only at the
+        # first message, and queues whatever arrives before the program answers OK.
+        self._wait(lambda: udp_bound(self.port), 20, f"rsyslogd to bind UDP port {self.port}")
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"rsyslogd exited ({self.proc.returncode}) while waiting for {what}: "
+                                     + (self.work / "rsyslogd.stderr").read_text()[-2000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.02)
+
+    def wait_program(self, timeout: float = 20, not_pid: int | None = None) -> int:
+        """Wait until rsyslog runs an omprog program (other than ``not_pid``) that has
+        answered its start ``OK`` (it logged ``omprog_started``); its pid."""
+        found: list[int] = []
+
+        def ready() -> bool:
+            pids = [p for p in self.program_pids() if p != not_pid]
+            if pids and self.started_pid(pids[0]):
+                found.append(pids[0])
+                return True
+            return False
+
+        self._wait(ready, timeout, "the omprog program to start")
+        return found[0]
+
+    def started_pid(self, pid: int) -> bool:
+        """True once program ``pid`` logged ``omprog_started`` (the line after its first OK)."""
+        for path in (self.log, self.program_log):
+            if path.exists() and f'"pid": {pid},' in path.read_text(errors="replace"):
+                return True
+        return False
 
     def program_pids(self) -> list[int]:
         if self.proc is None:
@@ -96,6 +142,14 @@ class Rsyslogd:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         return pids[0]
+
+    def hold_program(self) -> None:
+        """From now on the program fails to start (rsyslog keeps what arrives queued)."""
+        self.wrapper.write_text("#!/bin/sh\nexit 1\n")
+
+    def release_program(self) -> None:
+        """The program starts again (see :meth:`hold_program`)."""
+        self.wrapper.write_text(self._wrapper_text)
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc is not None:

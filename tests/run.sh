@@ -78,4 +78,4 @@ export KPR_BUGSINK_VENV="$BUGSINK_VENV"
 
 echo "== ruff"; "$VENV/bin/ruff" check kpr_omprog tests
 echo "== mypy"; "$VENV/bin/mypy"
-echo "== pytest"; "$VENV/bin/pytest" -q "$@"
+echo "== pytest"; "$VENV/bin/pytest" -q --durations=15 "$@"

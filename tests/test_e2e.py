@@ -20,7 +20,7 @@ from kpr_omprog.capture import CapturedDatagram
 from kpr_omprog.sources.replay import replay
 from kpr_omprog.store import Store
 from tests.bugsink import Bugsink
-from tests.rsyslogd import Rsyslogd, free_udp_port
+from tests.rsyslogd import Rsyslogd, free_udp_port, udp_bound
 from tests.senders import capture, play
 from tests.test_omprog import stored
 
@@ -70,64 +70,68 @@ def test_rsyslog_to_bugsink_three_hosts_at_once(fresh_bugsink: Bugsink, tmp_path
     assert "lkdtm: Performing direct entry BUG" in log and "Kernel panic - not syncing: Fatal exception" in log
 
 
-def _restarted(rs: Rsyslogd, old: int) -> bool:
-    # one snapshot: the killed program can vanish between two looks
-    pids = rs.program_pids()
-    return bool(pids) and old not in pids
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
+def _wait(predicate: Any, timeout: float, what: str, show: Any = None) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {show()}" if show else ""))
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_kill_receiver_and_restart_rsyslog_with_lines_queued(fresh_bugsink: Bugsink, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    rs = Rsyslogd(tmp_path / "rs", omprog_cmd(state, fresh_bugsink.dsn))
-    rs.start()
-    target = ("127.0.0.1", rs.port)
-    # Host A: an oops streams at a steady pace (a slow serial-speed console: 80 ms a line)
-    # while the receiver is SIGKILLed three times; rsyslog queues what arrives meanwhile.
-    a = capture("lkdtm-BUG_ext_oopspanic")
-    start = next(i for i, (_, d) in enumerate(a) if b"cut here" in d)
-    stream = [(i * 0.08, d) for i, (_, d) in enumerate(a[start - 3:])]
-    sender = threading.Thread(target=play, args=(target, {"127.0.0.5": a[:start - 3]}))
-    sender.start()
-    sender.join()
-    sender = threading.Thread(target=play, args=(target, {"127.0.0.5": stream}))
-    sender.start()
-    kills = 0
-    time.sleep(0.3)
-    while sender.is_alive() and kills < 3:
-        old = rs.kill_program()
-        kills += 1
-        _wait(lambda old=old: _restarted(rs, old), 10, "rsyslog to restart it")
-        time.sleep(0.2)
-    sender.join()
-    assert kills == 3, "the stream ended before three kills: slow it down"
-    fresh_bugsink.wait_events(1, timeout=20)
-    # Host B: half a panic, then the receiver dies and the rest arrives while rsyslog has
-    # no program to give it to; rsyslog is stopped with those lines queued, then started.
-    b = capture("sysrq-c_classic")
-    half = next(i for i, (_, d) in enumerate(b) if b"Kernel panic" in d) + 3
-    play(target, {"127.0.0.6": [(i * 0.002, d) for i, (_, d) in enumerate(b[:half])]})
-    time.sleep(0.3)
-    rs.kill_program()
-    play(target, {"127.0.0.6": [(i * 0.001, d) for i, (_, d) in enumerate(b[half:])]})
-    rs.stop()
-    queued = rs.queued_files()
+    # The kills below leave gaps of a restart or more between lines that a kernel sent
+    # back to back: a long idle timeout keeps them from closing the report early.
+    conf = tmp_path / "config.toml"
+    conf.write_text("[assembler]\nidle_timeout = 120.0\nmax_age = 300.0\n")
+    rs = Rsyslogd(tmp_path / "rs", [*omprog_cmd(state, fresh_bugsink.dsn), "--config", str(conf)], stats=True)
     rs.start()
     try:
+        target = ("127.0.0.1", rs.port)
+        # Host A: an oops arrives in four parts; after each of the first three the running
+        # receiver is SIGKILLed, and the next part arrives while rsyslog has no program
+        # (it queues it, and restarts the program about a second later). The kills all
+        # fall before the oops's end marker, whose short grace a gap would cut.
+        a = capture("lkdtm-BUG_ext_oopspanic")
+        start = next(i for i, (_, d) in enumerate(a) if b"cut here" in d)
+        end = next(i for i, (_, d) in enumerate(a) if b"---[ end trace" in d)
+        play(target, {"127.0.0.5": a[:start - 3]})
+        body = [d for _, d in a[start - 3:end]]
+        parts = [body[i * len(body) // 3:(i + 1) * len(body) // 3] for i in range(3)] + [[d for _, d in a[end:]]]
+        killed: int | None = None
+        for n, part in enumerate(parts):
+            play(target, {"127.0.0.5": [(i * 0.002, d) for i, d in enumerate(part)]})
+            if n < 3:
+                # only a receiver that has started: one killed while starting suspends the
+                # action for action.resumeInterval, which is not what this test is about
+                rs.wait_program(not_pid=killed)
+                killed = rs.kill_program()
+        assert fresh_bugsink.wait_events(1, timeout=30), "host A's report never reached Bugsink"
+        # Host B: half a panic is taken and journaled; the receiver dies, the rest arrives
+        # while no program can start, and rsyslog is stopped with those lines queued.
+        b = capture("sysrq-c_classic")
+        half = next(i for i, (_, d) in enumerate(b) if b"Kernel panic" in d) + 3
+        rs.wait_program(not_pid=killed)
+        play(target, {"127.0.0.6": [(i * 0.002, d) for i, (_, d) in enumerate(b[:half])]})
+        _wait(lambda: b"127.0.0.6" in (state / "journal.bin").read_bytes(), 20, "host B's lines in the journal")
+        rs.hold_program()
+        killed = rs.kill_program()
+        play(target, {"127.0.0.6": [(i * 0.001, d) for i, (_, d) in enumerate(b[half:])]})
+        _wait(lambda: rs.stats("kpr_omprog queue").get("size", 0) >= len(b) - half, 20,
+              "rsyslog to queue the rest of host B's panic")
+        rs.stop()
+        queued = rs.queued_files()
+        assert queued, "rsyslog saved no queue: the restart did not happen with lines queued"
+        rs.release_program()
+        rs.start()
+        # Whole once rsyslog's queue is empty and both reports are delivered; a duplicate
+        # would be a third row in the outbox.
+        _wait(lambda: rs.stats("kpr_omprog queue").get("size", 1) == 0, 30, "rsyslog's queue to drain")
+        _wait(lambda: [r["state"] for r in stored(state)] == ["delivered", "delivered"], 30,
+              "both reports delivered", lambda: (stored(state), rs.log.read_text()[-3000:]))
         events = fresh_bugsink.wait_events(2, timeout=30)
-        time.sleep(3)  # anything duplicated would arrive now
-        events = fresh_bugsink.events()
     finally:
         rs.stop()
-    assert queued, "rsyslog saved no queue: the restart did not happen with lines queued"
     assert by_ip(events) == {"127.0.0.5": ["kernel BUG in lkdtm_BUG"],
                              "127.0.0.6": ["kernel panic: sysrq triggered crash"]}
     reports = stored(state)
@@ -146,7 +150,7 @@ def test_standalone_udp_ipv4_and_ipv6_to_bugsink(fresh_bugsink: Bugsink, tmp_pat
                              "--dsn", fresh_bugsink.dsn, "--log-format", "json"],
                             stderr=open(tmp_path / "udp.log", "wb"))  # noqa: SIM115
     try:
-        time.sleep(1.5)
+        _wait(lambda: udp_bound(p4) and udp_bound(p6), 20, "kpr-omprog udp to bind its ports")
         t4 = threading.Thread(target=play, args=(("127.0.0.1", p4), {"127.0.0.7": capture("lkdtm-BUG_ext_oopspanic")}))
         t4.start()
         play(("::1", p6), {"::1": capture("lkdtm-ACCESS_NULL_ext_oopspanic")})
@@ -187,13 +191,14 @@ def test_a_flooding_host_does_not_starve_another_hosts_crash(tmp_path: Path) -> 
         s.close()
 
     try:
-        time.sleep(1.5)
+        _wait(lambda: udp_bound(port), 20, "kpr-omprog udp to bind its port")
         t = threading.Thread(target=flood)
         t.start()
-        time.sleep(0.5)
+        _wait(lambda: flood_sent >= 10_000, 20, "the flood to be under way")
         play(("127.0.0.1", port), {"127.0.0.7": capture("lkdtm-BUG_classic_oopspanic")})
         t.join()
-        time.sleep(3)  # the idle timeout closes what is open
+        # the crash's report is stored once its end marker's grace is over
+        _wait(lambda: (state / "kpr-omprog.sqlite3").exists() and len(stored(state)) >= 1, 30, "the report")
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(15)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rsyslogd import RSYSLOGD, free_udp_port
+from tests.rsyslogd import RSYSLOGD, free_udp_port, udp_bound
 from tests.senders import capture, play
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,10 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
     proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(main), "-i", str(tmp_path / "pid")],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "rsyslogd.err", "wb"))  # noqa: SIM115
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 20
+        while not udp_bound(port):
+            assert time.monotonic() < deadline and proc.poll() is None, "rsyslogd never bound its UDP port"
+            time.sleep(0.02)
         play(("127.0.0.1", port), {"127.0.0.1": capture("lkdtm-BUG_classic_oopspanic")}, speed=20, timeout=30)
         deadline = time.monotonic() + 30
         rows: list[dict[str, object]] = []

@@ -91,30 +91,90 @@ def test_kill_9_mid_report_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert c["event_id"] == r["event_id"]
 
 
+STALLED = """
+import os, sys, time
+from kpr_omprog import receiver
+feed = receiver.Intake.feed
+target = os.environb[b"KPR_TEST_STALL_ON"]
+def stalled(self, data, *args):  # stands still on one line, after its OK, before processing it
+    if data == target:
+        open(os.environ["KPR_TEST_STALLED"], "w").close()
+        time.sleep(600)
+    return feed(self, data, *args)
+receiver.Intake.feed = stalled
+from kpr_omprog.cli import main
+sys.exit(main())
+"""
+
+
+def clean_event_id(lines: list[bytes], state: Path) -> str:
+    p = start(state)
+    send(p, lines)
+    assert p.stdin is not None
+    p.stdin.close()
+    assert p.wait(15) == 0
+    [c] = stored(state)
+    return str(c["event_id"])
+
+
 def test_a_line_answered_but_not_processed_is_processed_at_the_next_start(tmp_path: Path) -> None:
     # OK goes out before processing (the rate is bound by the time to OK), so a kill can fall
     # between the two: rsyslog will not resend that line, and the in-flight file must hold it.
+    # The receiver is held still inside that window (a real process, its real in-flight file).
     lines = omprog_lines("lkdtm-BUG_ext_oopspanic")
     cut = next(i for i, x in enumerate(lines) if b"cut here" in x) + 10
-    p = start(tmp_path)
-    send(p, lines[:cut])
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    # What the file holds when the kill lands between the OK for lines[cut] and its processing.
-    (tmp_path / "omprog-inflight").write_bytes(b"P" + lines[cut])
+    target = json.loads(lines[cut])["raw"].encode("utf-8", "surrogateescape")
+    stalled = tmp_path / "stalled"
+    p = subprocess.Popen([sys.executable, "-c", STALLED, "omprog", "--state-dir", str(tmp_path), "--log-format",
+                          "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, KPR_TEST_STALL_ON=target, KPR_TEST_STALLED=str(stalled)))
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"OK\n"
+        send(p, lines[:cut + 1])  # the last OK is the stalled line's
+        deadline = time.monotonic() + 15
+        while not stalled.exists():
+            assert time.monotonic() < deadline and p.poll() is None, "the receiver never reached the stalled line"
+            time.sleep(0.01)
+        assert (tmp_path / "omprog-inflight").read_bytes().startswith(b"P" + lines[cut])
+    finally:
+        p.kill()
+        p.wait()
     p = start(tmp_path)
     send(p, lines[cut + 1:])
     assert p.stdin is not None
     p.stdin.close()
     assert p.wait(15) == 0
-    clean = tmp_path / "clean"
-    p = start(clean)
-    send(p, lines)
-    p.stdin.close()  # type: ignore[union-attr]
-    p.wait(15)
-    [r], [c] = stored(tmp_path), stored(clean)
-    assert r["title"] == "kernel BUG in lkdtm_BUG" and r["event_id"] == c["event_id"]
+    [r] = stored(tmp_path)
+    assert r["title"] == "kernel BUG in lkdtm_BUG"
+    assert r["event_id"] == clean_event_id(lines, tmp_path / "clean")
     assert (tmp_path / "omprog-inflight").read_bytes()[:1] == b"D"
+
+
+def test_a_kill_after_any_ok_changes_no_event_id(tmp_path: Path) -> None:
+    # A receiver is SIGKILLed right after each OK in turn, from the line before the crash to
+    # its last line: wherever the kill lands (before, during or after processing the line,
+    # before or after its journal write), the next start must give the same single report.
+    lines = omprog_lines("lkdtm-BUG_ext_oopspanic")
+    first = next(i for i, x in enumerate(lines) if b"cut here" in x) - 1
+    clean = clean_event_id(lines, tmp_path / "clean")
+    state = tmp_path / "killed"
+    p = start(state)
+    try:
+        send(p, lines[:first])
+        for i in range(first, len(lines)):
+            send(p, [lines[i]])
+            p.kill()
+            p.wait()
+            p = start(state)
+        assert p.stdin is not None
+        p.stdin.close()
+        assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    reports = stored(state)
+    assert [(r["title"], r["event_id"]) for r in reports] == [("kernel BUG in lkdtm_BUG", clean)]
 
 
 POISONED = """
@@ -151,17 +211,17 @@ def test_real_rsyslogd_with_shipped_dropin(tmp_path: Path) -> None:
     rs.check()
     rs.start()
     try:
-        for name in ("lkdtm-BUG_classic_oopspanic", "sysrq-c_ext"):
-            play(("127.0.0.1", rs.port), {"127.0.0.1": capture(name)}, speed=20)
-            time.sleep(3)
-        deadline = time.monotonic() + 30
         titles: list[object] = []
-        while time.monotonic() < deadline:
-            if (state / "kpr-omprog.sqlite3").exists():
-                titles = sorted(r["title"] for r in stored(state))
-                if len(titles) >= 2:
-                    break
-            time.sleep(0.5)
+        for n, name in enumerate(("lkdtm-BUG_classic_oopspanic", "sysrq-c_ext"), 1):
+            play(("127.0.0.1", rs.port), {"127.0.0.1": capture(name)}, speed=20)
+            # one report stored before the next capture: from one host, they would be one
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if (state / "kpr-omprog.sqlite3").exists():
+                    titles = sorted(r["title"] for r in stored(state))
+                    if len(titles) >= n:
+                        break
+                time.sleep(0.1)
         assert titles == ["kernel BUG in lkdtm_BUG", "kernel panic: sysrq triggered crash"]
     finally:
         rs.stop()
