@@ -61,8 +61,18 @@ class AssemblerConfig:
     max_bytes: int = 1 << 20
     #: lines kept per host before a crash starts; the last few become context
     context_lines: int = 10
-    #: hosts tracked at once; the least recently heard is evicted beyond this
+    #: hosts tracked at once; beyond this the least recently heard host *without* an
+    #: open report is forgotten (a flood of spoofed sources cannot cut a real report)
     max_hosts: int = 10000
+    #: reports being collected at once; beyond this the oldest is closed whole (flag "evicted")
+    max_open_reports: int = 1000
+    #: bytes of text all open reports may hold together; beyond it the largest is closed
+    #: (flag "truncated"). 1,000 reports of 64 KiB, or 64 of the 1 MiB max_bytes
+    open_bytes_budget: int = 64 << 20
+    #: a datagram longer than this is cut to it (the kernel sends at most 1000 bytes a
+    #: datagram, MAX_PRINT_CHUNK in drivers/net/netconsole.c), so any datagram costs
+    #: a bounded amount of work
+    max_datagram_bytes: int = 4096
     decoder: DecoderLimits = field(default_factory=DecoderLimits)
 
     def __post_init__(self) -> None:
@@ -71,7 +81,8 @@ class AssemblerConfig:
         for name in ("idle_timeout", "end_grace", "max_age"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("max_lines", "max_bytes", "max_hosts"):
+        for name in ("max_lines", "max_bytes", "max_hosts", "max_open_reports", "open_bytes_budget",
+                     "max_datagram_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.context_lines < 0:
@@ -92,7 +103,8 @@ class Report:
     #: the host's lines just before the start line (``sysrq: Trigger a crash``, ...)
     context: tuple[str, ...]
     start_line: str
-    #: why it closed: end_marker, idle, max_age, max_lines, max_bytes, reboot, evicted, end_of_input
+    #: why it closed: end_marker, idle, max_age, max_lines, max_bytes, reboot, evicted,
+    #: max_open_reports, open_bytes_budget, end_of_input
     closed_by: str
     #: truncated, seq_gaps, fragments_lost, reboot_seen, undecodable, evicted
     flags: tuple[str, ...]
@@ -137,12 +149,18 @@ class AssemblerStats:
     hosts_evicted: int = 0
     reports_evicted: int = 0
     reports_truncated: int = 0
+    #: datagrams longer than max_datagram_bytes, cut
+    datagrams_cut: int = 0
+    #: reports closed because max_open_reports or open_bytes_budget was reached
+    open_reports_limited: int = 0
+    open_bytes_limited: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
 
     def as_dict(self) -> dict[str, Any]:
         return {"reports": self.reports, "hosts": self.hosts, "hosts_evicted": self.hosts_evicted,
                 "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
-                **self.decode.as_dict()}
+                "datagrams_cut": self.datagrams_cut, "open_reports_limited": self.open_reports_limited,
+                "open_bytes_limited": self.open_bytes_limited, **self.decode.as_dict()}
 
 
 class _Open:
@@ -223,6 +241,9 @@ class Assembler:
         self._serial = 0
         self._by_ip = self.config.group_by == "ip"
         self._last_host: _Host | None = None
+        # Hosts with an open report, oldest report first, and the text they hold together.
+        self._opened: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
+        self._open_bytes = 0
 
     # -- public -------------------------------------------------------------------------
 
@@ -232,6 +253,10 @@ class Assembler:
         Returns the reports this datagram closed (often none).
         """
         closed: list[Report] = []
+        if len(datagram) > self.config.max_datagram_bytes:
+            # Worst case per datagram: O(max_datagram_bytes) of decoding, whatever was sent.
+            datagram = datagram[:self.config.max_datagram_bytes]
+            self.stats.datagrams_cut += 1
         key = source[0] if self._by_ip else (source[0], source[1])
         host = self._last_host = self._hosts.get(key)
         if host is None:
@@ -251,16 +276,20 @@ class Assembler:
                     continue
                 kind = crash.classify(text)
                 if kind == crash.START or kind == crash.PANIC:
-                    self._open(host, line)
+                    self._open(host, line, closed)
                 else:
                     recent.append(line)
             if host.report is not None or not decoder.idle:
                 self._schedule(host)
+            if self._open_bytes > self.config.open_bytes_budget:
+                self._over_budget(closed)
             return closed
         self._due(host, at, closed)
         for line in decoder.feed(datagram, at):
             self._line(host, line, closed)
         self._schedule(host)
+        if self._open_bytes > self.config.open_bytes_budget:
+            self._over_budget(closed)
         return closed
 
     def expire(self, now: float) -> list[Report]:
@@ -316,7 +345,12 @@ class Assembler:
 
     @property
     def open_reports(self) -> int:
-        return sum(1 for h in self._hosts.values() if h.report is not None)
+        return len(self._opened)
+
+    @property
+    def open_bytes(self) -> int:
+        """Bytes of text the open reports hold together (bounded by ``open_bytes_budget``)."""
+        return self._open_bytes
 
     @property
     def hosts(self) -> int:
@@ -332,7 +366,16 @@ class Assembler:
             hosts.move_to_end(key)
             return host
         if len(hosts) >= self.config.max_hosts:
-            _, old = hosts.popitem(last=False)
+            # Forget the least recently heard host that has no open report. Hosts with one
+            # are moved to the back as they are passed, so each is passed at most once per
+            # eviction wave: O(1) amortised per new source, however many reports are open.
+            # Only when every tracked host has an open report is one of them closed.
+            for _ in range(len(self._opened) + 1):
+                k, old = next(iter(hosts.items()))
+                if old.report is None:
+                    break
+                hosts.move_to_end(k)
+            del hosts[old.key]
             self.stats.hosts_evicted += 1
             for line in old.decoder.flush():
                 self._line(old, line, closed)
@@ -409,18 +452,19 @@ class Assembler:
         rep = host.report
         if rep is None:
             if kind == crash.START or kind == crash.PANIC:
-                self._open(host, line)
+                self._open(host, line, closed)
             else:
                 host.recent.append(line)
             return
         if rep.grace_until is not None and kind == crash.START:
             # A new crash after the previous one's end: two reports.
             self._close(host, "end_marker", closed)
-            self._open(host, line)
+            self._open(host, line, closed)
             return
         if kind == crash.PANIC:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         rep.add(line)
+        self._open_bytes += len(text) + 1
         if kind == crash.END_NOW:
             self._close(host, "end_marker", closed)
             return
@@ -438,7 +482,14 @@ class Assembler:
         elif rep.nbytes >= cfg.max_bytes:
             self._truncate(host, "max_bytes", closed)
 
-    def _open(self, host: _Host, line: Line) -> None:
+    def _open(self, host: _Host, line: Line, closed: list[Report]) -> None:
+        if len(self._opened) >= self.config.max_open_reports:
+            # The oldest open report closes whole, flagged, to make room.
+            oldest = next(iter(self._opened.values()))
+            assert oldest.report is not None
+            oldest.report.flags.add("evicted")
+            self.stats.open_reports_limited += 1
+            self._close(oldest, "max_open_reports", closed)
         self._serial += 1
         context = tuple(x.text for x in host.recent)
         rep = _Open(self._serial, line, context, host.release)
@@ -448,6 +499,19 @@ class Assembler:
         host.recent.clear()
         host.report = rep
         rep.add(line)
+        self._opened[host.key] = host
+        self._open_bytes += rep.nbytes
+
+    def _over_budget(self, closed: list[Report]) -> None:
+        """The open reports hold more than open_bytes_budget: close the largest until they
+        fit. O(open reports) per closing, which only a flood of huge reports triggers."""
+        while self._open_bytes > self.config.open_bytes_budget and self._opened:
+            largest = max(self._opened.values(), key=lambda h: h.report.nbytes if h.report else 0)
+            assert largest.report is not None
+            largest.report.flags.add("truncated")
+            self.stats.open_bytes_limited += 1
+            self.stats.reports_truncated += 1
+            self._close(largest, "open_bytes_budget", closed)
 
     def _truncate(self, host: _Host, reason: str, closed: list[Report]) -> None:
         assert host.report is not None
@@ -459,6 +523,8 @@ class Assembler:
         rep = host.report
         assert rep is not None
         host.report = None
+        del self._opened[host.key]
+        self._open_bytes -= rep.nbytes
         release = rep.release
         if release is None:
             for text in rep.lines[:40]:

@@ -33,8 +33,8 @@ from typing import Any
 
 from .assembler import AssemblerConfig
 
-__all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "UdpConfig",
-           "load", "parse_listen"]
+__all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "OmprogConfig",
+           "UdpConfig", "load", "parse_listen"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/kpr-omprog/config.toml")
 
@@ -50,6 +50,16 @@ class UdpConfig:
     rcvbuf: int = 8 << 20
     #: sender networks allowed; empty means every sender
     allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OmprogConfig:
+    #: a stdin line longer than this is dropped whole (logged, counted, answered OK):
+    #: rsyslog's 64 KiB datagram, JSON-escaped at worst 6 bytes a byte, fits
+    max_line_bytes: int = 1 << 20
+    #: a ``received`` time further ahead of our clock than this is replaced by our clock
+    #: (a forged line or rsyslog's clock jumping must not keep a report open forever)
+    max_clock_skew: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,7 @@ class Config:
     log_level: str = "info"
     assembler: AssemblerConfig = field(default_factory=AssemblerConfig)
     udp: UdpConfig = field(default_factory=UdpConfig)
+    omprog: OmprogConfig = field(default_factory=OmprogConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
 
@@ -155,7 +166,8 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML, validating every key."""
     cfg = base or Config()
     top: dict[str, Any] = {}
-    sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "delivery": DeliveryConfig, "hooks": HooksConfig}
+    sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "omprog": OmprogConfig, "delivery": DeliveryConfig,
+                "hooks": HooksConfig}
     for key, value in data.items():
         if key in sections:
             if not isinstance(value, dict):
@@ -193,6 +205,10 @@ def validate(cfg: Config) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"udp.allow: {net!r} is not a network (e.g. 10.0.0.0/8)") from None
+    if cfg.omprog.max_line_bytes < 65536:
+        raise ConfigError("omprog.max_line_bytes: must be at least 65536")
+    if cfg.omprog.max_clock_skew <= 0:
+        raise ConfigError("omprog.max_clock_skew: must be > 0")
     if cfg.udp.rcvbuf < 65536:
         raise ConfigError("udp.rcvbuf: must be at least 65536 bytes")
     d = cfg.delivery

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure", "get_logger"]
+__all__ = ["configure", "get_logger", "worth_logging"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -36,3 +36,13 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
 
 def get_logger(name: str = "kpr-omprog") -> Any:
     return structlog.get_logger(name)
+
+
+def worth_logging(count: int) -> bool:
+    """Throttle for a bound that bites again and again: log its 1st, 10th, 100th,
+    1000th time, then every 10,000th, so a flood costs a handful of log lines.
+
+    >>> [n for n in range(1, 30001) if worth_logging(n)]
+    [1, 10, 100, 1000, 10000, 20000, 30000]
+    """
+    return count in (1, 10, 100, 1000) or count % 10000 == 0

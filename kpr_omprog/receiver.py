@@ -33,7 +33,7 @@ from .hooks import (
     load_hook,
 )
 from .journal import Journal, JournalFull, Row
-from .logs import configure, get_logger
+from .logs import configure, get_logger, worth_logging
 from .store import Store, StoreFull
 
 __all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe", "open_journal", "open_runtime"]
@@ -116,6 +116,12 @@ class Pipeline:
                 return  # still full
 
 
+#: closing reasons that mean a bound bit, and the setting behind each
+_BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_open_reports",
+           "open_bytes_budget": "assembler.open_bytes_budget", "max_lines": "assembler.max_lines",
+           "max_bytes": "assembler.max_bytes", "max_age": "assembler.max_age"}
+
+
 class Intake:
     """Datagrams in, reports out, with crash datagrams journaled so a restart loses none.
 
@@ -131,6 +137,10 @@ class Intake:
         self.assembler = assembler
         self.journal = journal
         self._by_ip = assembler.config.group_by == "ip"
+        self._max_datagram = assembler.config.max_datagram_bytes
+        self._cut = 0
+        #: reports closed early by a bound, by reason (evicted, max_open_reports, ...)
+        self.limited: dict[str, int] = {}
         self._recent: dict[str, deque[Row]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
@@ -168,6 +178,11 @@ class Intake:
         # Runs once per datagram: the calls that usually have nothing to do are guarded.
         ip = source[0]
         key = ip if self._by_ip else f"{ip}:{source[1]}"
+        if len(data) > self._max_datagram:
+            self._cut += 1
+            if worth_logging(self._cut):
+                log.warning("datagram_cut", host=ip, length=len(data), kept=self._max_datagram, count=self._cut,
+                            bound="assembler.max_datagram_bytes", why="longer than any kernel sends")
         journaled = self._journaled
         if key in journaled and self._last.get(key) == (at, data):
             # rsyslog re-sends the line in flight when the receiver died before "OK".
@@ -207,7 +222,7 @@ class Intake:
                 # The lines stay in the assembler's memory and their reports still go out;
                 # only a restart before they close would lose them. Never block the input.
                 self.journal_failures += 1
-                if self.journal_failures in (1, 10, 100) or self.journal_failures % 1000 == 0:
+                if worth_logging(self.journal_failures):
                     log.error("journal_write_failed", error=str(e), rows=len(batch), failures=self.journal_failures,
                               why="the disk is full or unwritable: open reports would not survive a restart")
 
@@ -223,6 +238,12 @@ class Intake:
 
     def _closed(self, reports: list[Report], now: float) -> None:
         for report in reports:
+            if report.closed_by in _BOUNDS:
+                n = self.limited[report.closed_by] = self.limited.get(report.closed_by, 0) + 1
+                if worth_logging(n):
+                    log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
+                                bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
+                                what_happens="the report is sent as it is, flagged")
             self.pipeline.handle(report, now)
             key = self.key((report.host, report.port))
             if key in self._journaled and self.journal is not None:

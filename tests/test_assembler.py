@@ -175,13 +175,62 @@ def test_hosts_are_kept_apart_and_grouping_by_port_works() -> None:
     assert len(run(Assembler(AssemblerConfig(group_by="ip-port")), same_ip)) == 2
 
 
-def test_host_eviction_closes_open_report_instead_of_dropping_it() -> None:
+def test_host_eviction_forgets_idle_hosts_before_any_open_report() -> None:
     asm = Assembler(AssemblerConfig(max_hosts=2))
     out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0)])
     out += run_no_close(asm, [(b"noise\n", B, 1.1), (b"noise\n", ("10.0.0.3", 1), 1.2)])
+    assert out == [] and asm.is_open(A) and not asm.is_open(B)
+    assert asm.hosts == 2 and asm.stats.hosts_evicted == 1 and asm.stats.reports_evicted == 0
+
+
+def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
+    # A host streams an oops while 12,000 sources each send one noise line: the report
+    # closes whole, at its end marker, exactly as without the flood.
+    lines = [(d, 1.0 + i * 0.05) for i, d in enumerate(classic(OOPS))]
+    solo = Assembler()
+    alone = run_no_close(solo, [(d, A, at) for d, at in lines]) + solo.close_all()
+    asm = Assembler(AssemblerConfig(max_hosts=1000))
+    out: list[Report] = []
+    for i, (d, at) in enumerate(lines):
+        out += asm.feed(d, A, at)
+        if i == 3:
+            for n in range(12_000):
+                out += asm.feed(b"noise\n", (f"10.9.{n // 250}.{n % 250}", 6666), at + n * 1e-6)
+    out += asm.close_all()
+    assert _reports_key(out) == _reports_key(alone) and len(out) >= 1
+    assert asm.stats.hosts_evicted >= 11_000 and asm.stats.reports_evicted == 0
+
+
+def test_when_every_tracked_host_has_an_open_report_the_least_recent_closes_whole() -> None:
+    asm = Assembler(AssemblerConfig(max_hosts=2))
+    out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0), (classic([OOPS[1]])[0], B, 1.1),
+                             (b"noise\n", ("10.0.0.3", 1), 1.2)])
     [r] = out
     assert r.host == "10.0.0.1" and r.closed_by == "evicted" and "evicted" in r.flags
-    assert asm.hosts == 2 and asm.stats.hosts_evicted == 1
+
+
+def test_max_open_reports_closes_the_oldest_report_whole() -> None:
+    asm = Assembler(AssemblerConfig(max_open_reports=2))
+    out = run_no_close(asm, [(classic([OOPS[1]])[0], (f"10.0.1.{i}", 1), 1.0 + i / 10) for i in range(3)])
+    [r] = out
+    assert (r.host, r.closed_by, r.flags) == ("10.0.1.0", "max_open_reports", ("evicted",))
+    assert asm.open_reports == 2 and asm.stats.open_reports_limited == 1
+
+
+def test_open_bytes_budget_closes_the_largest_report() -> None:
+    asm = Assembler(AssemblerConfig(open_bytes_budget=10_000, max_bytes=1 << 20))
+    big = b"".join(b"[    1.%06d] filler line %d %s\n" % (i, i, b"x" * 60) for i in range(200))
+    out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0), (classic([OOPS[1]])[0], B, 1.0)])
+    out += asm.feed(big[:4000], A, 1.1) + asm.feed(big[4000:8000], A, 1.2) + asm.feed(big[8000:12000], A, 1.3)
+    [r] = out
+    assert r.host == A[0] and r.closed_by == "open_bytes_budget" and "truncated" in r.flags
+    assert asm.is_open(B) and asm.open_bytes <= 10_000
+
+
+def test_a_datagram_longer_than_the_bound_is_cut_and_counted() -> None:
+    asm = Assembler(AssemblerConfig(max_datagram_bytes=1024))
+    asm.feed(b"\n" * 65_000, A, 1.0)
+    assert asm.stats.datagrams_cut == 1 and asm.stats.decode.lines <= 1024
 
 
 def test_invalid_config_is_refused() -> None:

@@ -18,6 +18,7 @@ is sent to stderr.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO
 from ..assembler import Assembler
 from ..config import Config, ConfigError, load
 from ..hooks import Parsers
-from ..logs import configure, get_logger
+from ..logs import configure, get_logger, worth_logging
 from ..receiver import Intake, open_journal, open_runtime
 
 __all__ = ["parse_omprog_line", "run_omprog"]
@@ -52,8 +53,9 @@ class InFlight:
     True
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_line_bytes: int = 1 << 20) -> None:
         self.path = path
+        self.max_line_bytes = max_line_bytes
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def hold(self, line: bytes) -> None:
@@ -66,7 +68,7 @@ class InFlight:
 
     def take(self) -> bytes | None:
         """The line a killed receiver answered but did not process, if any."""
-        data = os.pread(self._fd, 1 << 20, 0)
+        data = os.pread(self._fd, self.max_line_bytes + 2, 0)  # "P" + the longest line held + "\n"
         if data[:1] != b"P" or b"\n" not in data:
             return None
         return data[1:data.index(b"\n")]
@@ -75,22 +77,51 @@ class InFlight:
         os.close(self._fd)
 
 
-def parse_omprog_line(line: bytes) -> tuple[bytes, str, float]:
-    """(datagram, sender ip, receive time) from one omprog line; raises MalformedLine."""
+#: the longest sender address rsyslog writes (an IPv6 address with a zone is shorter)
+MAX_IP_CHARS = 64
+
+
+def parse_omprog_line(line: bytes) -> tuple[bytes, str, float | None]:
+    r"""(datagram, sender ip, receive time or None) from one omprog line; raises MalformedLine.
+
+    Never raises anything else, whatever the bytes (a hostile sender cannot reach this
+    parser except through rsyslog's template, but a broken relay or a wrong template can):
+
+    >>> parse_omprog_line(b'{"ip": "10.0.0.1", "received": "2026-01-01T00:00:00+00:00", "raw": "x\\\\n"}')
+    (b'x\\n', '10.0.0.1', 1767225600.0)
+    >>> parse_omprog_line(b"[" * 100000)
+    Traceback (most recent call last):
+    ...
+    kpr_omprog.sources.omprog.MalformedLine: not JSON: nested too deeply
+    """
     try:
         obj = json.loads(line.decode("utf-8", "surrogateescape"))
     except ValueError as e:
         raise MalformedLine(f"not JSON: {e}") from None
+    except RecursionError:
+        raise MalformedLine("not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise MalformedLine("not a JSON object")
     raw, ip, received = obj.get("raw"), obj.get("ip"), obj.get("received")
     if not isinstance(raw, str) or not isinstance(ip, str) or not ip:
         raise MalformedLine("missing 'raw' or 'ip' (is the drop-in's template in use?)")
+    if len(ip) > MAX_IP_CHARS or not ip.isascii() or not ip.isprintable():
+        raise MalformedLine(f"'ip' is not an address ({len(ip)} characters)")
     try:
-        at = datetime.fromisoformat(received).timestamp() if isinstance(received, str) else time.time()
-    except ValueError:
-        at = time.time()
-    return raw.encode("utf-8", "surrogateescape"), ip, at
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # A \uD800-style escape: never from rsyslog's jsonf, but the datagram is kept
+        # (its bytes become invalid UTF-8, which the decoder replaces and flags).
+        data = raw.encode("utf-8", "surrogatepass")
+    at: float | None = None
+    if isinstance(received, str):
+        try:
+            at = datetime.fromisoformat(received).timestamp()
+        except (ValueError, OverflowError, OSError):
+            at = None
+        if at is not None and not math.isfinite(at):
+            at = None
+    return data, ip, at
 
 
 def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, config_path: str | None = None) -> int:
@@ -114,27 +145,43 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     journal = open_journal(cfg)
     intake = Intake(pipeline, Assembler(cfg.assembler), journal)
     intake.recover(time.time())
-    inflight = InFlight(os.path.join(cfg.state_dir, "omprog-inflight"))
+    max_line, skew = cfg.omprog.max_line_bytes, cfg.omprog.max_clock_skew
+    inflight = InFlight(os.path.join(cfg.state_dir, "omprog-inflight"), max_line)
     # The assembler runs on the datagrams' receive times. While stdin is idle that clock
     # moves on with real time from the last line, so a backlog rsyslog replays after a
     # restart (old receive times) is cut by its own timing, not closed line by line.
     last_at: float | None = intake.last_at
     last_mono = time.monotonic()
-    malformed = 0
+    malformed = clock_ahead = 0
 
     def clock() -> float:
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
 
+    def skipped(reason: str, line: bytes, length: int) -> None:
+        nonlocal malformed
+        malformed += 1
+        if worth_logging(malformed):
+            log.error("omprog_malformed_line", reason=reason, first_bytes=line[:80].decode("utf-8", "replace"),
+                      length=length, count=malformed, what_happens="the line is answered OK and skipped")
+
     def process(line: bytes) -> None:
-        nonlocal last_at, last_mono, malformed
+        nonlocal last_at, last_mono, clock_ahead
         try:
             data, ip, at = parse_omprog_line(line)
         except MalformedLine as e:
-            malformed += 1
-            log.error("omprog_malformed_line", reason=str(e), first_bytes=line[:80].decode("utf-8", "replace"),
-                      count=malformed)
+            skipped(str(e), line, len(line))
             return
-        intake.feed(data, (ip, 0), at, time.time())
+        now = time.time()
+        if at is None:
+            at = now
+        elif at > now + skew:
+            # A forged time, or rsyslog's clock ahead of ours: a report would wait for it forever.
+            clock_ahead += 1
+            if worth_logging(clock_ahead):
+                log.warning("omprog_time_ahead", received=at, now=now, ahead_seconds=round(at - now, 3),
+                            count=clock_ahead, bound="omprog.max_clock_skew", what_happens="our clock is used")
+            at = now
+        intake.feed(data, (ip, 0), at, now)
         intake.flush()
         last_at = at if last_at is None or at < last_at - 3600 else max(at, last_at)
         last_mono = time.monotonic()
@@ -155,6 +202,9 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     fd = stdin.fileno()
     os.set_blocking(fd, False)
     buf = b""
+    # A line over max_line_bytes is dropped as it arrives: memory stays O(max_line_bytes)
+    # whatever stdin holds; dropping > 0 while its rest is being skipped.
+    dropping, dropped_head = 0, b""
     lines = 0
     first_line_at = last_line_at = 0.0
     try:
@@ -179,10 +229,24 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                     continue
                 if not chunk:
                     break
+                if dropping:
+                    nl = chunk.find(b"\n")
+                    if nl < 0:
+                        dropping += len(chunk)
+                        continue
+                    skipped(f"longer than omprog.max_line_bytes ({max_line})", dropped_head, dropping + nl)
+                    ack.write(b"OK\n")
+                    dropping, chunk = 0, chunk[nl + 1:]
                 buf += chunk
                 if b"\n" not in buf:
+                    if len(buf) > max_line:
+                        dropping, dropped_head, buf = len(buf), buf[:80], b""
                     continue
             line, _, buf = buf.partition(b"\n")
+            if len(line) > max_line:
+                skipped(f"longer than omprog.max_line_bytes ({max_line})", line, len(line))
+                ack.write(b"OK\n")
+                continue
             lines += 1
             if lines == 1:
                 first_line_at = time.time()
@@ -200,8 +264,9 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         journal.close()
         inflight.close()
         # busy_seconds: first line in to last line processed, so a burst gives the rate lines were taken at
-        log.info("omprog_stopped", lines=lines, malformed=malformed, open_reports=intake.assembler.open_reports,
-                 duplicates=intake.duplicates, busy_seconds=round(max(0.0, last_line_at - first_line_at), 6))
+        log.info("omprog_stopped", lines=lines, malformed=malformed, clock_ahead=clock_ahead,
+                 open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
+                 busy_seconds=round(max(0.0, last_line_at - first_line_at), 6))
     return 0
 
 
