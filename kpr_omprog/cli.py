@@ -15,6 +15,7 @@ from . import __version__, logs
 from .assembler import Assembler
 from .capture import CaptureError, format_line
 from .config import Config, ConfigError, load, parse_listen, validate
+from .ratelimit import ReportGate
 
 __all__ = ["main"]
 
@@ -128,9 +129,15 @@ def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
 
     logs.configure("json", "warning")
     parsers = parsers_from_config(cfg)
+    gate: ReportGate[Any] = ReportGate(cfg.rate_limit)
     out = sys.stdout
     for report in replay(read_captures(args.files), Assembler(cfg.assembler)):
-        out.write(json.dumps(describe(report, parsers), ensure_ascii=False) + "\n")
+        d = describe(report, parsers)
+        # Every report is printed; the receiver would fold the ones marked (see rate_limit).
+        t = report.last_seen
+        d["rate_limited"] = not (gate.admit_host(report.host, t)
+                                 and gate.admit_crash(report.host, tuple(d["fingerprint"]), t))
+        out.write(json.dumps(d, ensure_ascii=False) + "\n")
     out.flush()
     return 0
 

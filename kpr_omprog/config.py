@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .assembler import AssemblerConfig
+from .ratelimit import RateLimitConfig
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "OmprogConfig",
            "UdpConfig", "load", "parse_listen"]
@@ -104,6 +105,7 @@ class Config:
     assembler: AssemblerConfig = field(default_factory=AssemblerConfig)
     udp: UdpConfig = field(default_factory=UdpConfig)
     omprog: OmprogConfig = field(default_factory=OmprogConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
 
@@ -166,8 +168,8 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML, validating every key."""
     cfg = base or Config()
     top: dict[str, Any] = {}
-    sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "omprog": OmprogConfig, "delivery": DeliveryConfig,
-                "hooks": HooksConfig}
+    sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "omprog": OmprogConfig,
+                "rate_limit": RateLimitConfig, "delivery": DeliveryConfig, "hooks": HooksConfig}
     for key, value in data.items():
         if key in sections:
             if not isinstance(value, dict):

@@ -34,6 +34,7 @@ from .hooks import (
 )
 from .journal import Journal, JournalFull, Row
 from .logs import configure, get_logger, worth_logging
+from .ratelimit import ReportGate
 from .store import Store, StoreFull
 
 __all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe", "open_journal", "open_runtime"]
@@ -69,24 +70,62 @@ def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
 
 
 class Pipeline:
-    """A closed report -> parsers -> Sentry event -> outbox row (-> delivery wakes up)."""
+    """A closed report -> rate limit -> parsers -> Sentry event -> outbox row (-> delivery wakes up)."""
 
     def __init__(self, config: Config, parsers: Parsers, store: Store, delivery: Any = None) -> None:
         self.config = config
         self.parsers = parsers
         self.store = store
         self.delivery = delivery
+        self.gate: ReportGate[Report] = ReportGate(config.rate_limit)
+        self._next_summary_check = 0.0
         self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque(maxlen=1000)
 
-    def handle(self, report: Report, now: float) -> None:
+    def handle(self, report: Report, now: float, folded: int = 0) -> None:
+        """``folded``: the report is a summary of that many folded reports (itself included)."""
+        gate = self.gate
+        if not folded and not gate.admit_host(report.host, now):
+            # Refused before parsing: a packed datagram or a crash loop costs a count, not a parse.
+            gate.fold(("host", report.host), report)
+            self._log_folded(report, "rate_limit.host_burst / host_interval")
+            return
         addr = [report.host, report.port]
         klogs = report.text
         if not self.parsers.keep(addr, klogs):
             log.info("report_discarded_by_check_hook", host=report.host, lines=len(report.lines))
             return
         parsed = self.parsers.run(addr, klogs)
+        key = ("crash", report.host, tuple(parsed.fingerprint))
+        if not gate.admit_crash(report.host, key[2], now):
+            gate.fold(key, report, parsed, max(1, folded))
+            self._log_folded(report, "rate_limit.crash_burst / crash_interval", parsed.title)
+            return
+        self._send(report, parsed, max(0, folded - 1) + gate.take_folded(key), now)
+
+    def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> None:
         event, attachment = build_event(report, parsed, self.config.environment)
+        if suppressed:
+            event["extra"]["suppressed_reports"] = suppressed
+            event["tags"]["rate_limited"] = "yes"
         self._put(event, attachment, report, parsed.title, event["level"], now)
+
+    def _log_folded(self, report: Report, bound: str, title: str | None = None) -> None:
+        n = self.gate.stats.folded_by_host + self.gate.stats.folded_by_crash
+        if worth_logging(n):
+            log.warning("report_rate_limited", host=report.host, title=title, bound=bound, count=n,
+                        what_happens="counted; the latest goes out as a summary with suppressed_reports "
+                                     "when the limit allows")
+
+    def send_summaries(self, now: float) -> None:
+        """Folded reports whose limit allows one again go out, each with its count."""
+        if now < self._next_summary_check or not self.gate.held:
+            return
+        self._next_summary_check = now + 1.0  # O(held reports) a pass: at most once a second
+        for key, held in self.gate.due(now):
+            if key[0] == "host":
+                self.handle(held.report, now, folded=held.folded)
+            else:
+                self._send(held.report, held.parsed, held.folded - 1, now)
 
     def _put(self, event: dict[str, Any], attachment: bytes, report: Report, title: str, level: str,
              now: float) -> None:
@@ -228,6 +267,7 @@ class Intake:
 
     def expire(self, now: float) -> None:
         self._closed(self.assembler.expire(now), now)
+        self.pipeline.send_summaries(now)
         self.pipeline.retry_overflow(now)
 
     def shutdown(self, now: float) -> None:

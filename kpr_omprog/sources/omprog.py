@@ -205,6 +205,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     # A line over max_line_bytes is dropped as it arrives: memory stays O(max_line_bytes)
     # whatever stdin holds; dropping > 0 while its rest is being skipped.
     dropping, dropped_head = 0, b""
+    next_tick = 0.0
     lines = 0
     first_line_at = last_line_at = 0.0
     try:
@@ -255,6 +256,11 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
             process(line)
             inflight.done()
             last_line_at = time.time()
+            if last_mono >= next_tick:
+                # Under steady input select() never times out: summaries of rate-limited
+                # reports and outbox retries run here, once a second.
+                next_tick = last_mono + 1.0
+                intake.expire(clock())
         intake.shutdown(clock())
     finally:
         # Open reports stay in the journal: the next start rebuilds them.
