@@ -16,6 +16,7 @@ on the server's answer:
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import re
 import threading
@@ -136,7 +137,16 @@ class Delivery:
             try:
                 self.send_one(row)
             except Exception as e:
+                # A bug of ours or a store error: the row waits like any failed attempt, so
+                # a row that always fails costs one attempt per backoff, not a busy loop.
                 log.error("delivery_error", event_id=row.event_id, error=f"{type(e).__name__}: {e}")
+                try:
+                    delay = min(self.config.backoff_max, 2.0 ** min(row.attempts, 16))
+                    self.store.retry(row.event_id, self.clock() + delay, f"{type(e).__name__}: {e}", self.clock())
+                except Exception as e2:
+                    log.error("delivery_error", event_id=row.event_id, error=f"{type(e2).__name__}: {e2}")
+                    with self._cond:
+                        self._cond.wait(1.0)
             finally:
                 with self._cond:
                     self._claimed.discard(row.event_id)
@@ -166,9 +176,11 @@ class Delivery:
         except urllib.error.HTTPError as e:
             detail = e.read(300).decode("utf-8", "replace") if e.fp else ""
             return e.code, e.headers, detail
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as e:
+            # Every failed exchange (refused, reset, TLS, an answer that is not HTTP, cut
+            # headers) is one thing to the outbox: a retry with backoff, never a busy loop.
             reason = getattr(e, "reason", e)
-            return 0, None, f"{type(reason).__name__}: {reason}"
+            return 0, None, f"{type(reason).__name__}: {reason}"[:300]
 
     def send_one(self, row: Outgoing) -> int:
         now = self.clock()

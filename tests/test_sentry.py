@@ -297,3 +297,41 @@ def test_full_disk_while_journaling_never_blocks_input_nor_loses_the_report(tmp_
     pipe.retry_overflow(time.time())
     [r] = store.reports()
     assert r["title"] == "kernel BUG in lkdtm_BUG"
+
+
+@pytest.mark.parametrize("answer", [b"SSH-2.0-OpenSSH_9.2\r\n", b"", b"HTTP/1.1 20",
+                                    b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n"],
+                         ids=["not-http", "closed", "cut-status-line", "header-too-long"])
+def test_an_answer_that_is_not_http_is_retried_with_backoff(tmp_path: Path, answer: bytes) -> None:
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+    served = 0
+
+    def serve() -> None:
+        nonlocal served
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+            served += 1
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        pipe, delivery = pipeline(tmp_path, f"http://k@127.0.0.1:{srv.getsockname()[1]}/1", timeout=5)
+        [r] = reports("sysrq-c_classic")
+        pipe.handle(r, time.time())
+        assert delivery.send_due() == 1
+        [row] = pipe.store.reports()
+        assert row["state"] == "pending" and row["attempts"] == 1 and row["last_error"]
+        nxt = pipe.store.next_due()
+        assert nxt is not None and nxt >= time.time() + 0.5  # backed off: no busy loop
+        assert delivery.send_due() == 0 and served == 1
+    finally:
+        srv.close()
