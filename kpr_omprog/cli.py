@@ -16,6 +16,7 @@ from .assembler import Assembler
 from .capture import CaptureError, format_line
 from .config import Config, ConfigError, load, parse_listen, validate
 from .ratelimit import ReportGate
+from .store import StoreError
 
 __all__ = ["main"]
 
@@ -247,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CaptureError, ConfigError) as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
         return 2
+    except StoreError as e:
+        sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
+        return 1
     except OSError as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
         return 1

@@ -35,7 +35,7 @@ from .assembler import AssemblerConfig
 from .ratelimit import RateLimitConfig
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "OmprogConfig",
-           "UdpConfig", "load", "parse_listen"]
+           "UdpConfig", "load", "parse_listen", "redact_dsn"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/kpr-omprog/config.toml")
 
@@ -76,6 +76,9 @@ class DeliveryConfig:
     #: a report still undelivered after this many seconds is dead-lettered (30 days:
     #: Sentry drops older timestamps anyway)
     max_age: float = 30 * 86400.0
+    #: dead-lettered reports (refused by Sentry for good) are kept this long for
+    #: `kpr-omprog reports`, counting toward disk_cap_bytes, then pruned oldest first
+    dead_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,21 @@ class Config:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit to print: its key (and anything that could be one) hidden.
+
+    >>> redact_dsn("https://0123abcd@sentry.example/1")
+    'https://***@sentry.example/1'
+    >>> redact_dsn("0123abcd-not-a-url")
+    '***'
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return "***"
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}" if at else f"{scheme}://{rest}"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -193,9 +211,14 @@ def validate(cfg: Config) -> None:
     if cfg.dsn:
         from urllib.parse import urlsplit
 
-        u = urlsplit(cfg.dsn)
-        if u.scheme not in ("http", "https") or not u.username or not u.hostname or not u.path.strip("/"):
-            raise ConfigError(f"dsn: {cfg.dsn!r} is not a Sentry DSN (expected https://KEY@HOST/PROJECT_ID)")
+        try:
+            u = urlsplit(cfg.dsn)
+            ok = u.scheme in ("http", "https") and bool(u.username) and bool(u.hostname) and bool(u.path.strip("/"))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"dsn: {redact_dsn(cfg.dsn)!r} is not a Sentry DSN (expected "
+                              "https://KEY@HOST/PROJECT_ID)")
     if cfg.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format: {cfg.log_format!r} must be auto, json or console")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
@@ -214,8 +237,8 @@ def validate(cfg: Config) -> None:
     if cfg.udp.rcvbuf < 65536:
         raise ConfigError("udp.rcvbuf: must be at least 65536 bytes")
     d = cfg.delivery
-    if d.timeout <= 0 or d.backoff_max <= 0 or d.max_age <= 0:
-        raise ConfigError("delivery: timeout, backoff_max and max_age must be > 0")
+    if d.timeout <= 0 or d.backoff_max <= 0 or d.max_age <= 0 or d.dead_retention <= 0:
+        raise ConfigError("delivery: timeout, backoff_max, max_age and dead_retention must be > 0")
     if d.concurrency < 1 or d.concurrency > 64:
         raise ConfigError("delivery.concurrency: must be between 1 and 64")
     if cfg.journal_cap_bytes < 1 << 20:

@@ -35,7 +35,7 @@ from .hooks import (
 from .journal import Journal, JournalFull, Row
 from .logs import configure, get_logger, worth_logging
 from .ratelimit import ReportGate
-from .store import Store, StoreFull
+from .store import Store, StoreError, StoreFull
 
 __all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe", "open_journal", "open_runtime"]
 
@@ -79,35 +79,42 @@ class Pipeline:
         self.delivery = delivery
         self.gate: ReportGate[Report] = ReportGate(config.rate_limit)
         self._next_summary_check = 0.0
-        self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque(maxlen=1000)
+        # Reports the outbox refused (cap, full disk): retried every second. Their journal
+        # rows stay until they are stored (see Intake), so a restart loses none of them.
+        self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque()
+        #: reports the outbox refused that are held in the journal only (memory bound bit)
+        self.overflow_spilled = 0
 
-    def handle(self, report: Report, now: float, folded: int = 0) -> None:
-        """``folded``: the report is a summary of that many folded reports (itself included)."""
+    def handle(self, report: Report, now: float, folded: int = 0) -> bool:
+        """Store the report's event; False if it is waiting for room in the outbox.
+
+        ``folded``: the report is a summary of that many folded reports (itself included).
+        """
         gate = self.gate
         if not folded and not gate.admit_host(report.host, now):
             # Refused before parsing: a packed datagram or a crash loop costs a count, not a parse.
             gate.fold(("host", report.host), report)
             self._log_folded(report, "rate_limit.host_burst / host_interval")
-            return
+            return True
         addr = [report.host, report.port]
         klogs = report.text
         if not self.parsers.keep(addr, klogs):
             log.info("report_discarded_by_check_hook", host=report.host, lines=len(report.lines))
-            return
+            return True
         parsed = self.parsers.run(addr, klogs)
         key = ("crash", report.host, tuple(parsed.fingerprint))
         if not gate.admit_crash(report.host, key[2], now):
             gate.fold(key, report, parsed, max(1, folded))
             self._log_folded(report, "rate_limit.crash_burst / crash_interval", parsed.title)
-            return
-        self._send(report, parsed, max(0, folded - 1) + gate.take_folded(key), now)
+            return True
+        return self._send(report, parsed, max(0, folded - 1) + gate.take_folded(key), now)
 
-    def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> None:
+    def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> bool:
         event, attachment = build_event(report, parsed, self.config.environment)
         if suppressed:
             event["extra"]["suppressed_reports"] = suppressed
             event["tags"]["rate_limited"] = "yes"
-        self._put(event, attachment, report, parsed.title, event["level"], now)
+        return self._put(event, attachment, report, parsed.title, event["level"], now)
 
     def _log_folded(self, report: Report, bound: str, title: str | None = None) -> None:
         n = self.gate.stats.folded_by_host + self.gate.stats.folded_by_crash
@@ -128,32 +135,48 @@ class Pipeline:
                 self._send(held.report, held.parsed, held.folded - 1, now)
 
     def _put(self, event: dict[str, Any], attachment: bytes, report: Report, title: str, level: str,
-             now: float) -> None:
+             now: float, retrying: bool = False) -> bool:
         local = not self.config.dsn
         try:
             new = self.store.put(event, attachment, host=report.host, title=title, level=level,
                                  created=report.first_seen, now=now, local=local)
         except StoreFull as e:
-            # Kept in memory (bounded) and retried; logged loudly because it is the last line of defence.
-            self.overflow.append((event, attachment, report, title, level))
-            log.error("outbox_full", host=report.host, title=title, error=str(e), held_in_memory=len(self.overflow),
-                      memory_cap=self.overflow.maxlen)
-            return
+            if retrying:
+                return False
+            if len(self.overflow) < OVERFLOW_IN_MEMORY:
+                self.overflow.append((event, attachment, report, title, level))
+            else:
+                self.overflow_spilled += 1
+            log.error("outbox_full", host=report.host, title=title, error=str(e), waiting=len(self.overflow),
+                      journal_only=self.overflow_spilled,
+                      what_happens="the report stays in the journal and is retried every second; it survives "
+                                   "restarts", fix="free disk space or raise delivery.disk_cap_bytes")
+            return False
         if new:
             log.info("report", host=report.host, title=title, level=level, lines=len(report.lines),
                      closed_by=report.closed_by, flags=list(report.flags), event_id=event["event_id"],
                      stored="local (no DSN)" if local else "outbox")
         if self.delivery is not None:
             self.delivery.wake()
+        return True
 
-    def retry_overflow(self, now: float) -> None:
+    def retry_overflow(self, now: float) -> list[Report]:
+        """Try the reports waiting for room again, oldest first; the ones now stored."""
+        stored = []
         while self.overflow:
-            event, attachment, report, title, level = self.overflow.popleft()
-            before = len(self.overflow)
-            self._put(event, attachment, report, title, level, now)
-            if len(self.overflow) > before:
-                return  # still full
+            event, attachment, report, title, level = self.overflow[0]
+            if not self._put(event, attachment, report, title, level, now, retrying=True):
+                break  # still full
+            self.overflow.popleft()
+            stored.append(report)
+        if stored:
+            log.info("outbox_backlog_stored", stored=len(stored), waiting=len(self.overflow))
+        return stored
 
+
+#: reports waiting for room in the outbox kept in memory for the retry; beyond it they
+#: wait in the journal only and are retried at the next start
+OVERFLOW_IN_MEMORY = 1000
 
 #: closing reasons that mean a bound bit, and the setting behind each
 _BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_open_reports",
@@ -186,6 +209,8 @@ class Intake:
         # Journal rows not yet written: flush() writes them with one write. The omprog
         # front end flushes before every OK, the UDP one once per burst read off the socket.
         self._batch: list[Row] = []
+        #: keys whose closed reports wait for room in the outbox: their journal rows stay
+        self._held: dict[str, int] = {}
         self.journal_failures = 0
         self.duplicates = 0
         #: the newest receive time replayed from the journal
@@ -268,7 +293,21 @@ class Intake:
     def expire(self, now: float) -> None:
         self._closed(self.assembler.expire(now), now)
         self.pipeline.send_summaries(now)
-        self.pipeline.retry_overflow(now)
+        if self.pipeline.overflow:
+            for report in self.pipeline.retry_overflow(now):
+                key = self.key((report.host, report.port))
+                n = self._held.get(key, 0) - 1
+                if n > 0:
+                    self._held[key] = n
+                    continue
+                self._held.pop(key, None)
+                if not self.assembler.is_open((report.host, report.port)):
+                    self._drop(key)
+
+    @property
+    def waiting_for_outbox(self) -> int:
+        """Closed reports kept in the journal until the outbox has room."""
+        return sum(self._held.values())
 
     def shutdown(self, now: float) -> None:
         """Stopping: close what is due and what is whole; the rest stays journaled for the next start."""
@@ -284,18 +323,28 @@ class Intake:
                     log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
                                 bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
                                 what_happens="the report is sent as it is, flagged")
-            self.pipeline.handle(report, now)
+            settled = self.pipeline.handle(report, now)
             key = self.key((report.host, report.port))
-            if key in self._journaled and self.journal is not None:
-                self.flush()  # rows of this report still in the batch must not outlive the drop
-                try:
-                    self.journal.drop(key)
-                except JournalFull as e:
-                    log.error("journal_write_failed", error=str(e), host=key,
-                              why="the closed report's rows stay journaled; a restart rebuilds it under the "
-                                  "same event id, which the outbox ignores")
-                self._journaled.discard(key)
-                self._last.pop(key, None)
+            if not settled:
+                # No room in the outbox: the report's rows stay journaled (a restart rebuilds
+                # it) until the retry stores it; a later report of the host keeps them too.
+                self._held[key] = self._held.get(key, 0) + 1
+                self.flush()
+                continue
+            if key not in self._held:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        if key in self._journaled and self.journal is not None:
+            self.flush()  # rows of this report still in the batch must not outlive the drop
+            try:
+                self.journal.drop(key)
+            except JournalFull as e:
+                log.error("journal_write_failed", error=str(e), host=key,
+                          why="the closed report's rows stay journaled; a restart rebuilds it under the "
+                              "same event id, which the outbox ignores")
+            self._journaled.discard(key)
+            self._last.pop(key, None)
 
 
 class KernelPanicReceiver:
@@ -371,15 +420,20 @@ class KernelPanicReceiver:
         """Block, receiving logs: omprog's stdin under rsyslog (``--omprog``), else UDP."""
         argv = sys.argv[1:] if argv is None else argv
         configure(self.config.log_format, self.config.log_level)
-        if "--omprog" in argv or os.environ.get("KPR_OMPROG") == "1":
-            from .sources.omprog import run_omprog
+        try:
+            if "--omprog" in argv or os.environ.get("KPR_OMPROG") == "1":
+                from .sources.omprog import run_omprog
 
-            run_omprog(self.config, self.parsers)
-        else:
-            from .sources.udp import run_udp
+                run_omprog(self.config, self.parsers)
+            else:
+                from .sources.udp import run_udp
 
-            cfg = replace(self.config, udp=replace(self.config.udp, listen=(_fmt(self.listen_ip, self.listen_port),)))
-            run_udp(cfg, self.parsers)
+                cfg = replace(self.config, udp=replace(self.config.udp,
+                                                       listen=(_fmt(self.listen_ip, self.listen_port),)))
+                run_udp(cfg, self.parsers)
+        except (StoreError, OSError) as e:
+            # One line naming the file or address and the fix, not a traceback.
+            raise SystemExit(f"kpr-omprog: error: {e}") from None
 
 
 def _fmt(ip: str, port: int) -> str:
@@ -388,7 +442,8 @@ def _fmt(ip: str, port: int) -> str:
 
 def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
     """The store, the delivery workers (started, or None without a DSN) and the pipeline."""
-    store = Store(os.path.join(cfg.state_dir, "kpr-omprog.sqlite3"), cfg.delivery.disk_cap_bytes)
+    store = Store(os.path.join(cfg.state_dir, "kpr-omprog.sqlite3"), cfg.delivery.disk_cap_bytes,
+                  cfg.delivery.dead_retention)
     delivery = None
     now = time.time()
     if cfg.dsn:

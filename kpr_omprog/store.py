@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from .logs import get_logger
 
-__all__ = ["Outgoing", "Store", "StoreFull"]
+__all__ = ["Outgoing", "Store", "StoreError", "StoreFull"]
 
 log = get_logger()
 
@@ -66,6 +67,10 @@ class StoreFull(Exception):
     """The outbox reached its disk cap, or the disk is full."""
 
 
+class StoreError(Exception):
+    """The store cannot be opened; the message names the file, the cause and the fix."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     event_id: str
@@ -79,19 +84,40 @@ class Outgoing:
 
 
 class Store:
-    def __init__(self, path: str, disk_cap_bytes: int = 1 << 30) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """The outbox. Rows that hold an event (pending, local, dead) count toward
+    ``disk_cap_bytes``; dead-lettered ones are pruned, oldest first, once older than
+    ``dead_retention`` seconds. Files are created 0600 in a 0700 directory."""
+
+    def __init__(self, path: str, disk_cap_bytes: int = 1 << 30, dead_retention: float = 7 * 86400.0) -> None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
         self.path = path
         self.disk_cap_bytes = disk_cap_bytes
+        self.dead_retention = dead_retention
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (what kill -9 tests); FULL would
-        # add an fsync per commit for power loss, at a cost per journaled line.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._pending_bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN "
-                                           "('pending', 'local')")
+        try:
+            if not os.path.exists(path):
+                # SQLite gives its -wal and -shm files the database file's mode.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (what kill -9 tests); FULL would
+            # add an fsync per commit for power loss, at a cost per journaled line.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._pending_bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN "
+                                               "('pending', 'local', 'dead')")
+        except PermissionError as e:
+            raise StoreError(f"{path}: cannot open ({e.strerror}): the state directory must be writable by "
+                             "this user (set state_dir in the config, or --state-dir)") from None
+        except sqlite3.DatabaseError as e:
+            if "unable to open" in str(e) or "readonly" in str(e):
+                raise StoreError(f"{path}: cannot open ({e}): the state directory must be writable by this "
+                                 "user (set state_dir in the config, or --state-dir)") from None
+            raise StoreError(f"{path}: not a usable kpr-omprog store ({e}): move it aside, and a new one is "
+                             "created at the next start") from None
+        self.prune_dead(time.time())
 
     def close(self) -> None:
         with self._lock:
@@ -122,6 +148,8 @@ class Store:
         """
         blob = json.dumps(event, ensure_ascii=False).encode()
         size = len(blob) + len(attachment)
+        if self._pending_bytes + size > self.disk_cap_bytes:
+            self.prune_dead(now)
         if self._pending_bytes + size > self.disk_cap_bytes:
             raise StoreFull(f"outbox holds {self._pending_bytes} bytes, cap is {self.disk_cap_bytes}")
         try:
@@ -169,13 +197,23 @@ class Store:
                        "trim = COALESCE(?, trim) WHERE event_id = ?", (next_try, error[:500], now, trim, event_id))
 
     def dead(self, event_id: str, status: int | None, error: str, now: float) -> None:
+        # The row keeps its event (for `kpr-omprog show`) and its bytes still count toward
+        # the cap until prune_dead removes it.
         with self._tx() as db:
-            size = db.execute("SELECT size FROM reports WHERE event_id = ? AND state = 'pending'",
-                              (event_id,)).fetchone()
             db.execute("UPDATE reports SET state = 'dead', status = ?, last_error = ?, updated = ?, "
                        "attempts = attempts + 1 WHERE event_id = ?", (status, error[:500], now, event_id))
-        if size:
-            self._pending_bytes -= size[0]
+
+    def prune_dead(self, now: float) -> int:
+        """Remove dead-lettered rows older than ``dead_retention``, oldest first; how many."""
+        with self._tx() as db:
+            rows = db.execute("SELECT event_id, size FROM reports WHERE state = 'dead' AND updated < ? "
+                              "ORDER BY updated", (now - self.dead_retention,)).fetchall()
+            db.executemany("DELETE FROM reports WHERE event_id = ?", [(r[0],) for r in rows])
+        if rows:
+            self._pending_bytes -= sum(r[1] for r in rows)
+            log.warning("dead_reports_pruned", count=len(rows), bytes=sum(r[1] for r in rows),
+                        bound="delivery.dead_retention")
+        return len(rows)
 
     def release_local(self, now: float) -> int:
         """A DSN was configured: reports kept locally become pending."""

@@ -157,10 +157,14 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     def clock() -> float:
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
 
+    by_reason: dict[str, int] = {}
+
     def skipped(reason: str, line: bytes, length: int) -> None:
         nonlocal malformed
         malformed += 1
-        if worth_logging(malformed):
+        kind = reason.split(":", 1)[0].split(" (", 1)[0]
+        n = by_reason[kind] = by_reason.get(kind, 0) + 1
+        if worth_logging(n) and len(by_reason) <= 100:  # throttled per kind of fault
             log.error("omprog_malformed_line", reason=reason, first_bytes=line[:80].decode("utf-8", "replace"),
                       length=length, count=malformed, what_happens="the line is answered OK and skipped")
 

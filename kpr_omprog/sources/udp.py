@@ -27,7 +27,12 @@ def bind(addr: str, port: int, rcvbuf: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.bind((addr, port))
+    try:
+        sock.bind((addr, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on UDP {addr}:{port}: {e.strerror} (is another receiver or "
+                               "rsyslog on that port?)") from None
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     if granted < rcvbuf:
         # The kernel doubles what it grants; half of it is what we asked for.
