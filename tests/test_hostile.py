@@ -19,8 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kpr_omprog.assembler import Assembler, AssemblerConfig, Report
 from kpr_omprog.capture import CapturedDatagram
+from kpr_omprog.sources.omprog import MalformedLine, parse_omprog_line
 from kpr_omprog.sources.replay import replay
 from kpr_omprog.store import Store
 from tests.rsyslogd import free_udp_port, udp_bound
@@ -368,3 +372,47 @@ def test_open_reports_are_bounded_by_their_budget_not_by_hosts_times_max_bytes(t
     finally:
         assert stop(p) == 0
 
+
+
+# -- properties ----------------------------------------------------------------------------
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                            max_leaves=10)
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_as_an_omprog_line_give_a_datagram_or_malformed_line(line: bytes) -> None:
+    try:
+        data, ip, at = parse_omprog_line(line)
+    except MalformedLine:
+        return
+    assert isinstance(data, bytes) and isinstance(ip, str) and (at is None or isinstance(at, float))
+
+
+@given(st.dictionaries(st.sampled_from(["ip", "raw", "received", "x"]), _json_values | st.text(), max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_any_json_object_as_an_omprog_line_gives_a_datagram_or_malformed_line(obj: dict[str, Any]) -> None:
+    line = json.dumps(obj).encode()
+    try:
+        data, ip, _ = parse_omprog_line(line)
+    except MalformedLine:
+        return
+    assert isinstance(data, bytes) and 0 < len(ip) <= 64
+
+
+@given(st.lists(st.tuples(st.binary(max_size=1500), st.integers(0, 40), st.booleans()), max_size=150))
+@settings(max_examples=100, deadline=None)
+def test_open_reports_stay_within_their_count_and_byte_bounds(items: list[tuple[bytes, int, bool]]) -> None:
+    cfg = AssemblerConfig(max_hosts=20, max_open_reports=5, open_bytes_budget=6000, max_datagram_bytes=1024)
+    asm = Assembler(cfg)
+    t = 0.0
+    for data, h, crash in items:
+        t += 0.01
+        asm.expire(t)
+        asm.feed(b"BUG: x\n" + data if crash else data, (f"10.8.{h}.1", 1), t)
+        assert asm.open_reports <= cfg.max_open_reports and asm.hosts <= cfg.max_hosts
+        assert asm.open_bytes <= cfg.open_bytes_budget
+    asm.close_all()
+    assert asm.open_reports == 0 and asm.open_bytes == 0
