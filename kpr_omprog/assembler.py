@@ -65,10 +65,11 @@ class AssemblerConfig:
     #: open report is forgotten (a flood of spoofed sources cannot cut a real report)
     max_hosts: int = 10000
     #: reports being collected at once; beyond this the oldest is closed whole (flag "evicted")
-    max_open_reports: int = 1000
+    max_open_reports: int = 5000
     #: bytes of text all open reports may hold together; beyond it the largest is closed
-    #: (flag "truncated"). 1,000 reports of 64 KiB, or 64 of the 1 MiB max_bytes
-    open_bytes_budget: int = 64 << 20
+    #: (flag "truncated"). The process holds about 2.2 bytes per byte of open text
+    #: (tests/benchmarks/bench_hostile.py), so 32 MiB keeps it near 100 MB
+    open_bytes_budget: int = 32 << 20
     #: a datagram longer than this is cut to it (the kernel sends at most 1000 bytes a
     #: datagram, MAX_PRINT_CHUNK in drivers/net/netconsole.c), so any datagram costs
     #: a bounded amount of work

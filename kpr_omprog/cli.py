@@ -108,7 +108,10 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "group_by", None):
         asm = replace(asm, group_by=args.group_by)
     if getattr(args, "idle_timeout", None) is not None:
-        asm = replace(asm, idle_timeout=args.idle_timeout)
+        try:
+            asm = replace(asm, idle_timeout=args.idle_timeout)
+        except ValueError as e:
+            raise ConfigError(f"--idle-timeout {args.idle_timeout:g}: {e}") from None
     cfg = replace(cfg, assembler=asm)
     if getattr(args, "dsn", None) is not None:
         cfg = replace(cfg, dsn=args.dsn or None)
@@ -251,11 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
         return 1
+    except BrokenPipeError:
+        # `kpr-omprog reports | head`: the reader left; nothing more to say. stdout is
+        # pointed at /dev/null so the interpreter's own flush at exit does not fail again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
         return 1
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

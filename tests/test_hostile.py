@@ -416,3 +416,13 @@ def test_open_reports_stay_within_their_count_and_byte_bounds(items: list[tuple[
         assert asm.open_bytes <= cfg.open_bytes_budget
     asm.close_all()
     assert asm.open_reports == 0 and asm.open_bytes == 0
+
+
+def test_commands_end_quietly_when_their_reader_leaves_and_refuse_bad_flags_in_one_line() -> None:
+    data = str(Path(__file__).parent / "data")
+    r = subprocess.run(f"{sys.executable} -m kpr_omprog.cli replay {data}/*.jsonl | head -c 10",
+                       shell=True, capture_output=True, text=True, timeout=120,
+                       executable="/bin/bash")
+    assert r.stderr == "" and len(r.stdout) == 10
+    r = run_cli("replay", "--idle-timeout", "-5", f"{data}/sysrq-c_ext.jsonl")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "idle_timeout must be > 0" in r.stderr

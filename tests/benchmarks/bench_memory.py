@@ -45,7 +45,12 @@ def run(hosts: int = 10_000, flood_sources: int = 100_000) -> list[Row]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "udp.log"
-        p = kpr("udp", "--listen", f"127.0.0.1:{port}", "--state-dir", tmp, "--idle-timeout", "600", log=log)
+        # 10,000 reports open at once: above the default max_open_reports (5,000), which
+        # would close half of them; this row measures what 10,000 open reports cost.
+        conf = Path(tmp) / "config.toml"
+        conf.write_text(f"[assembler]\nmax_open_reports = {hosts}\n")
+        p = kpr("udp", "--listen", f"127.0.0.1:{port}", "--state-dir", tmp, "--idle-timeout", "600",
+                "--config", str(conf), log=log)
         wait_log(log, "udp_started")
         base = rss_mb(p.pid)
         # 10,000 hosts, each 20 datagrams into an oops, interleaved round by round

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
 
 import bench_assembler
+import bench_hostile
 import bench_latency
 import bench_memory
 import bench_rsyslog
@@ -34,6 +35,7 @@ BENCHES = {
     "latency": bench_latency.run,
     "memory": bench_memory.run,
     "storm": bench_storm.run,
+    "hostile": bench_hostile.run,
 }
 
 
