@@ -171,7 +171,7 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
     path = os.path.join(cfg.state_dir, "kpr-omprog.sqlite3")
     if not os.path.exists(path):
         raise ConfigError(f"state_dir {cfg.state_dir}: no store yet ({path} does not exist)")
-    store = Store(path, cfg.delivery.disk_cap_bytes)
+    store = Store(path, cfg.delivery.disk_cap_bytes, cfg.delivery.dead_retention)
     rows = store.reports(args.limit)
     if args.json:
         for r in rows:
@@ -179,6 +179,14 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     counts = store.counts()
     sys.stdout.write("stored: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + "\n")
+    journal = os.path.join(cfg.state_dir, "journal.bin")
+    held = os.path.getsize(journal) if os.path.exists(journal) else 0
+    cap = cfg.delivery.disk_cap_bytes
+    full = store.pending_bytes >= cap * 0.95
+    sys.stdout.write(f"outbox: {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB (delivery.disk_cap_bytes)"
+                     + ("  FULL: new reports wait in the journal until there is room" if full else "")
+                     + f"; journal: {held / 1024:.1f} KiB of open reports"
+                     + (" and reports waiting for the outbox" if full else "") + "\n")
     for r in rows:
         when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""

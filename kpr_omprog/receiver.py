@@ -304,6 +304,18 @@ class Intake:
                 if not self.assembler.is_open((report.host, report.port)):
                     self._drop(key)
 
+    def counters(self) -> dict[str, int]:
+        """Every bound's counter, for the stop log line (and metrics)."""
+        a = self.assembler.stats
+        g = self.pipeline.gate.stats
+        return {"reports": a.reports, "hosts_evicted": a.hosts_evicted, "reports_evicted": a.reports_evicted,
+                "reports_truncated": a.reports_truncated, "datagrams_cut": a.datagrams_cut,
+                "open_reports_limited": a.open_reports_limited, "open_bytes_limited": a.open_bytes_limited,
+                "undecodable": a.decode.undecodable, "malformed_headers": a.decode.malformed_headers,
+                "reports_folded": g.folded_by_host + g.folded_by_crash, "summaries": g.summaries,
+                "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
+                "journal_failures": self.journal_failures}
+
     @property
     def waiting_for_outbox(self) -> int:
         """Closed reports kept in the journal until the outbox has room."""

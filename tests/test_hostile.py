@@ -174,6 +174,8 @@ def test_a_report_refused_by_a_full_outbox_survives_a_restart(tmp_path: Path) ->
     err.close()
     assert [r["host"] for r in stored(state)] == ["203.0.113.9"]
     assert (state / "journal.bin").stat().st_size > 0  # the refused report's rows stay
+    shown = run_cli("reports", "--config", str(small), "--state-dir", str(state))
+    assert "FULL: new reports wait in the journal" in shown.stdout, shown.stdout + shown.stderr
     # Restarted with room: the journal rebuilds the report and the outbox takes it.
     p = omprog(state)
     _wait(lambda: len(stored(state)) == 2, 20, "the report rebuilt from the journal", p)

@@ -335,3 +335,17 @@ def test_an_answer_that_is_not_http_is_retried_with_backoff(tmp_path: Path, answ
         assert delivery.send_due() == 0 and served == 1
     finally:
         srv.close()
+
+
+def test_dead_letters_count_toward_the_cap_and_are_pruned_after_their_retention(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.sqlite3"), disk_cap_bytes=1 << 20, dead_retention=3600)
+    pipe = Pipeline(Config(), Parsers(), store, None)
+    [r] = reports("sysrq-c_classic")
+    now = time.time()
+    pipe.handle(r, now)
+    [row] = store.reports()
+    held = store.pending_bytes
+    store.dead(row["event_id"], 400, "HTTP 400", now)
+    assert store.pending_bytes == held > 0  # a dead row still holds its event and attachment
+    assert store.prune_dead(now + 60) == 0 and store.counts() == {"dead": 1}
+    assert store.prune_dead(now + 3601) == 1 and store.counts() == {} and store.pending_bytes == 0

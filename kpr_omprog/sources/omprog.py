@@ -276,7 +276,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         # busy_seconds: first line in to last line processed, so a burst gives the rate lines were taken at
         log.info("omprog_stopped", lines=lines, malformed=malformed, clock_ahead=clock_ahead,
                  open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
-                 busy_seconds=round(max(0.0, last_line_at - first_line_at), 6))
+                 busy_seconds=round(max(0.0, last_line_at - first_line_at), 6), counters=intake.counters())
     return 0
 
 

@@ -143,5 +143,5 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
         for s in socks:
             s.close()
         log.info("udp_stopped", datagrams=received, refused=refused, open_reports=intake.assembler.open_reports,
-                 duplicates=intake.duplicates)
+                 duplicates=intake.duplicates, counters=intake.counters())
     return 0
