@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
 # Install kpr-omprog on Debian/Ubuntu (as root): rsyslog drop-in (default) or a systemd
 # unit for standalone UDP mode (--standalone). Idempotent; never overwrites a config.
-# RHEL family: same steps with dnf (rsyslog, python3); see README.
-#   ./install.sh [--standalone] [--port N] [--dry-run] [--uninstall]
 # KPR_INSTALL_ROOT=DIR stages every path under DIR, as the current user, without a system
 # user or service restart (the test suite installs that way and runs the result).
 set -euo pipefail
+usage() {
+  cat <<'USAGE'
+usage: ./install.sh [--standalone] [--port N] [--dry-run] [--uninstall]
+
+Installs kpr-omprog into /opt/kpr-omprog (a virtual environment on the system's python3),
+links /usr/local/bin/kpr-omprog, writes /etc/kpr-omprog/config.toml (never overwritten)
+and, by default, the rsyslog drop-in /etc/rsyslog.d/30-kpr-omprog.conf, then restarts
+rsyslog (systemctl, or rsyslogd itself where systemd is not running) and checks that a
+datagram sent to the port reaches kpr-omprog.
+
+  --standalone  no rsyslog: a systemd unit runs `kpr-omprog udp` as user kpr-omprog
+  --port N      UDP port to receive netconsole on (default 514)
+  --dry-run     print every step, change nothing
+  --uninstall   remove the package, the drop-in or unit, and the link; keep config and reports
+
+Run it as root (with sudo if you are not root). Debian and Ubuntu; the RHEL family is not
+supported by this script (see README).
+USAGE
+}
 HERE=$(cd "$(dirname "$0")" && pwd)
 R=${KPR_INSTALL_ROOT:-}
 PREFIX=$R/opt/kpr-omprog; CONF_DIR=$R/etc/kpr-omprog; STATE=$R/var/lib/kpr-omprog; LOGDIR=$R/var/log/kpr-omprog
 DROPIN=$R/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=$R/etc/systemd/system/kpr-omprog.service
 SYSCTL=$R/etc/sysctl.d/60-kpr-omprog.conf; RCVBUF=8388608
-RSYSLOG_CONF=$R/etc/rsyslog.conf
+RSYSLOG_CONF=$R/etc/rsyslog.conf; LINK=$R/usr/local/bin/kpr-omprog
 MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -19,36 +36,66 @@ while [ $# -gt 0 ]; do
     --port) PORT=$2; shift ;;
     --dry-run) DRY=1 ;;
     --uninstall) UNINSTALL=1 ;;
-    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac; shift
 done
 run() { echo "+ $*"; [ "$DRY" = 1 ] || "$@"; }
-[ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || [ -n "$R" ] || { echo "install.sh: run as root" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || [ -n "$R" ] || { echo "install.sh: run as root (sudo ./install.sh)" >&2; exit 1; }
+SYSTEMD=0; [ -z "$R" ] && [ -d /run/systemd/system ] && SYSTEMD=1
 # systemctl only on a real install with systemd running
-restart() { if [ -z "$R" ] && [ -d /run/systemd/system ]; then run systemctl "$@"; else echo "(skipped) systemctl $*"; fi; }
+restart() { if [ "$SYSTEMD" = 1 ]; then run systemctl "$@"; else echo "(skipped) systemctl $*"; fi; }
+port_bound() {  # something bound to UDP port $1 (IPv4 or IPv6)
+  awk 'NR > 1 {print $2}' /proc/net/udp /proc/net/udp6 2>/dev/null | grep -qi ":$(printf %04X "$1")\$"
+}
+# rsyslog picks up the drop-in only when restarted: systemctl, or rsyslogd itself where
+# systemd is not running (a container; Debian 12's rsyslog has no init script).
+restart_rsyslog() {
+  if [ -n "$R" ]; then echo "(skipped) restart rsyslog: staged install"; return 0; fi
+  if [ "$SYSTEMD" = 1 ]; then run systemctl restart rsyslog; return; fi
+  local pid=""
+  [ -f /run/rsyslogd.pid ] && pid=$(cat /run/rsyslogd.pid 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    run kill -TERM "$pid"
+    [ "$DRY" = 1 ] || for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  run rsyslogd
+}
 
 if [ "$UNINSTALL" = 1 ]; then
   [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; }
   [ -f "$SYSCTL" ] && run rm -f "$SYSCTL"  # the running value stays until reboot
-  [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; restart restart rsyslog || true; }
+  [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; restart_rsyslog || true; }
+  [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/kpr-omprog" ] && run rm -f "$LINK"
   run rm -rf "$PREFIX"
-  echo "kept: $CONF_DIR and $STATE (stored reports); remove them by hand if wanted"; exit 0
+  left=$(pgrep -f "$PREFIX/bin/kpr-omprog" 2>/dev/null | tr '\n' ' ' || true)
+  [ -z "$left" ] || echo "still running from the removed package (stop it): pid $left"
+  echo "kept: $CONF_DIR (config), $STATE (stored reports), $LOGDIR (logs)$(id kpr-omprog >/dev/null 2>&1 \
+    && echo ' and the system user kpr-omprog'); remove them by hand if wanted"
+  [ "$DRY" = 1 ] && echo "dry run: nothing was changed"
+  exit 0
 fi
 
-command -v python3 >/dev/null || run apt-get install -y python3
-python3 -c 'import venv' 2>/dev/null || run apt-get install -y python3-venv
-if [ "$MODE" = rsyslog ] && ! command -v rsyslogd >/dev/null; then run apt-get update -q; run apt-get install -y rsyslog; fi
+# The system's interpreter, not the first python3 on PATH (a pyenv one in root's home
+# would leave a venv the service user cannot run).
+apt_install() { run apt-get update -q; DEBIAN_FRONTEND=noninteractive run apt-get install -y -q "$@"; }
+PY=/usr/bin/python3
+[ -x "$PY" ] || apt_install python3
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+if [ "$MODE" = rsyslog ] && ! command -v rsyslogd >/dev/null; then apt_install rsyslog; fi
 RUNAS=kpr-omprog
 if [ "$MODE" = rsyslog ]; then
   # omprog children run as rsyslogd's user (root on Debian, syslog on Ubuntu)
-  RUNAS=$(sed -n 's/^\$PrivDropToUser[[:space:]]*//p' "$RSYSLOG_CONF" 2>/dev/null | head -1); RUNAS=${RUNAS:-root}
+  RUNAS=$(sed -n 's/^\$PrivDropToUser[[:space:]]*//p' "$RSYSLOG_CONF" 2>/dev/null | head -1 || true); RUNAS=${RUNAS:-root}
 fi
 if [ -n "$R" ]; then RUNAS=$(id -un)
-else id kpr-omprog >/dev/null 2>&1 || run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin kpr-omprog
+elif [ "$MODE" = standalone ]; then  # only the standalone service runs as its own user
+  id kpr-omprog >/dev/null 2>&1 || run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin kpr-omprog
 fi
-[ -x "$PREFIX/bin/python" ] || run python3 -m venv "$PREFIX"
+[ -x "$PREFIX/bin/python" ] || run "$PY" -m venv "$PREFIX"
 run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
+run install -d -m 0755 "$(dirname "$LINK")"
+run ln -sfn "$PREFIX/bin/kpr-omprog" "$LINK"
 run install -d -m 0755 "$CONF_DIR"
 run install -d -m 0750 -o "$RUNAS" "$STATE" "$LOGDIR"
 # the state may come from the other mode (root under rsyslog, kpr-omprog standalone)
@@ -93,6 +140,14 @@ Restart=always
 WantedBy=multi-user.target
 UNITEOF
   restart daemon-reload; restart enable --now kpr-omprog
+  if [ "$SYSTEMD" != 1 ] && [ -z "$R" ] && [ "$DRY" != 1 ]; then
+    cat <<NOSYSTEMD
+kpr-omprog installed (standalone mode) but NOT running: systemd is not running here.
+  Start it yourself, as root (the port in $CONF_DIR/config.toml is below 1024), e.g.:
+  $PREFIX/bin/kpr-omprog udp --config $CONF_DIR/config.toml
+NOSYSTEMD
+    exit 0
+  fi
 else
   tmp=$(mktemp)
   sed -e "s|port=\"514\"|port=\"$PORT\"|" \
@@ -106,12 +161,29 @@ else
   if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
     rsyslogd -N1 -f "$RSYSLOG_CONF" >/dev/null || { echo "rsyslogd -N1 failed; $DROPIN left for you to inspect" >&2; exit 1; }
   fi
-  restart restart rsyslog
+  restart_rsyslog
+  if [ -z "$R" ] && [ "$DRY" != 1 ]; then
+    # Check it, as an operator would: rsyslog listens, and a datagram reaches kpr-omprog
+    # (rsyslog starts the program at the first message; it logs omprog_started).
+    for _ in $(seq 1 100); do port_bound "$PORT" && break; sleep 0.1; done
+    port_bound "$PORT" || { echo "install.sh: rsyslog is not listening on UDP $PORT; see rsyslogd -N1 -f $RSYSLOG_CONF" >&2; exit 1; }
+    started() { grep -c '"omprog_started"' "$LOGDIR/omprog.log" 2>/dev/null || true; }
+    before=$(started); before=${before:-0}
+    ok=0
+    for _ in $(seq 1 30); do
+      "$PY" -c "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'kpr-omprog install check\n', ('127.0.0.1', $PORT))"
+      sleep 0.5
+      now=$(started); [ "${now:-0}" -gt "$before" ] && { ok=1; break; }
+    done
+    [ "$ok" = 1 ] || { echo "install.sh: rsyslog listens on UDP $PORT but kpr-omprog did not start; see $LOGDIR/omprog.log" >&2; exit 1; }
+    echo "checked: rsyslog listens on UDP $PORT and hands datagrams to kpr-omprog"
+  fi
 fi
+[ "$DRY" = 1 ] && { echo "dry run: nothing was changed"; exit 0; }
 cat <<DONE
 kpr-omprog installed ($MODE mode, UDP port $PORT).
   package:  $PREFIX     config: $CONF_DIR/config.toml     state: $STATE     logs: $LOGDIR
   Set the Sentry DSN:  dsn = "https://KEY@sentry.example/1" in $CONF_DIR/config.toml, then restart
-  $( [ "$MODE" = standalone ] && echo "kpr-omprog (systemctl restart kpr-omprog)" || echo "rsyslog (systemctl restart rsyslog)" ).
-  Until then reports are kept locally: $PREFIX/bin/kpr-omprog reports --config $CONF_DIR/config.toml
+  $( [ "$MODE" = standalone ] && echo "kpr-omprog (systemctl restart kpr-omprog)" || echo "rsyslog (systemctl restart rsyslog, or ./install.sh again)" ).
+  Until then reports are kept locally; list them with:  kpr-omprog reports
 DONE

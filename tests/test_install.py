@@ -88,3 +88,15 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
     assert r3.returncode == 0, r3.stdout + r3.stderr
     assert not dropin.exists() and not exe.exists()
     assert conf.exists()  # stored reports and config stay
+
+
+def test_help_is_whole_and_a_dry_run_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    r = subprocess.run(["bash", str(ROOT / "install.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: ./install.sh")
+    assert r.stdout.rstrip().endswith("(see README).") and "--uninstall" in r.stdout
+    stage = tmp_path / "root"
+    stage.mkdir()
+    r = install(stage, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("dry run: nothing was changed") and "installed" not in r.stdout
+    assert list(stage.iterdir()) == []
