@@ -236,7 +236,11 @@ class Assembler:
     def __init__(self, config: AssemblerConfig | None = None) -> None:
         self.config = config or AssemblerConfig()
         self.stats = AssemblerStats()
-        self._hosts: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
+        self._hosts: dict[tuple[str, int] | str, _Host] = {}
+        # Hosts without an open report, least recently heard first: the ones eviction may
+        # forget. Hosts with one live in _opened instead, so a flood of new sources evicts
+        # in O(1) and never passes over (or cuts) an open report.
+        self._idle: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
         # (deadline, tie-breaker, key): lazily invalidated; see _check_deadline
         self._deadlines: list[tuple[float, int, tuple[str, int] | str]] = []
         self._serial = 0
@@ -262,8 +266,8 @@ class Assembler:
         host = self._last_host = self._hosts.get(key)
         if host is None:
             host = self._last_host = self._host(source, at, closed)
-        else:
-            self._hosts.move_to_end(key)
+        elif host.report is None:
+            self._idle.move_to_end(key)
         host.port = source[1]
         decoder = host.decoder
         if host.report is None and host.scheduled is None and decoder.idle:
@@ -364,18 +368,17 @@ class Assembler:
         hosts = self._hosts
         host = hosts.get(key)
         if host is not None:
-            hosts.move_to_end(key)
+            if host.report is None:
+                self._idle.move_to_end(key)
             return host
         if len(hosts) >= self.config.max_hosts:
-            # Forget the least recently heard host that has no open report. Hosts with one
-            # are moved to the back as they are passed, so each is passed at most once per
-            # eviction wave: O(1) amortised per new source, however many reports are open.
-            # Only when every tracked host has an open report is one of them closed.
-            for _ in range(len(self._opened) + 1):
-                k, old = next(iter(hosts.items()))
-                if old.report is None:
-                    break
-                hosts.move_to_end(k)
+            # Forget the least recently heard host that has no open report: O(1) whatever
+            # a flood sends. Only when every tracked host has an open report does the oldest
+            # report close (whole, flagged evicted).
+            if self._idle:
+                _, old = self._idle.popitem(last=False)
+            else:
+                old = next(iter(self._opened.values()))
             del hosts[old.key]
             self.stats.hosts_evicted += 1
             for line in old.decoder.flush():
@@ -387,6 +390,7 @@ class Assembler:
         host = _Host(source[0], source[1], key, HostDecoder(self.config.decoder, self.stats.decode),
                      self.config.context_lines)
         hosts[key] = host
+        self._idle[key] = host
         self.stats.hosts = len(hosts)
         return host
 
@@ -500,6 +504,7 @@ class Assembler:
         host.recent.clear()
         host.report = rep
         rep.add(line)
+        self._idle.pop(host.key, None)
         self._opened[host.key] = host
         self._open_bytes += rep.nbytes
 
@@ -525,6 +530,8 @@ class Assembler:
         assert rep is not None
         host.report = None
         del self._opened[host.key]
+        if self._hosts.get(host.key) is host:  # not for a host being evicted
+            self._idle[host.key] = host
         self._open_bytes -= rep.nbytes
         release = rep.release
         if release is None:

@@ -416,6 +416,9 @@ def test_open_reports_stay_within_their_count_and_byte_bounds(items: list[tuple[
         asm.feed(b"BUG: x\n" + data if crash else data, (f"10.8.{h}.1", 1), t)
         assert asm.open_reports <= cfg.max_open_reports and asm.hosts <= cfg.max_hosts
         assert asm.open_bytes <= cfg.open_bytes_budget
+        # every tracked host is either idle (evictable) or has an open report, never both
+        assert asm._idle.keys() | asm._opened.keys() == asm._hosts.keys()
+        assert not asm._idle.keys() & asm._opened.keys()
     asm.close_all()
     assert asm.open_reports == 0 and asm.open_bytes == 0
 
