@@ -8,7 +8,7 @@ ROOT=$PWD
 VENV=${KPR_TEST_VENV:-$ROOT/.venv}
 
 need_apt=()
-for pkg in rsyslog qemu-system-x86 busybox-static debootstrap; do
+for pkg in rsyslog qemu-system-x86 busybox-static debootstrap iproute2 util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
