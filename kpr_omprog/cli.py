@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__, logs
 from .assembler import Assembler
 from .capture import CaptureError, format_line
-from .config import Config, ConfigError, load, parse_listen, validate
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, parse_listen, validate
 from .ratelimit import ReportGate
 from .store import StoreError
 
@@ -39,9 +39,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, default_file: bool = True) -> None:
     p.add_argument("--config", metavar="FILE",
-                   help="TOML config file (default /etc/kpr-omprog/config.toml if present)")
+                   help="TOML config file (default /etc/kpr-omprog/config.toml if present)" if default_file else
+                   "TOML config file (its [assembler], [rate_limit] and [hooks]; none is read unless given)")
     p.add_argument("--group-by", choices=["ip", "ip-port"],
                    help="group datagrams by sender IP (default) or by IP and port")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "through the assembler and the parsers with the capture's own clock, and "
                                    "print one JSON object per report in the order they closed.")
     p.add_argument("files", nargs="+", metavar="FILE")
-    _add_config_args(p)
+    _add_config_args(p, default_file=False)
 
     p = sub.add_parser("omprog", help="run under rsyslog omprog (stdin: one JSON line per datagram)",
                        description="Run as rsyslog's omprog program: read the drop-in's JSON lines on stdin, "
@@ -197,11 +198,8 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
 def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     from .receiver import parsers_from_config
 
-    try:
-        parsers_from_config(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    where = args.config or "defaults (no config file)"
+    parsers_from_config(cfg)
+    where = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else "defaults (no config file)")
     sys.stdout.write(f"{where}: OK (dsn {'set' if cfg.dsn else 'not set: reports stay local'}, "
                      f"state_dir {cfg.state_dir})\n")
     return 0
@@ -256,7 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
                    "reports": _cmd_reports, "check-config": _cmd_check_config}[args.command]
         return handler(args, cfg)
-    except (CaptureError, ConfigError) as e:
+    except ConfigError as e:
+        where = str(e)
+        if where.startswith("hooks."):  # loaded from a file: say which
+            path = getattr(args, "config", None) or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+            where = f"{path}: {where}" if path else where
+        sys.stderr.write(f"kpr-omprog {args.command}: error: {where}\n")
+        return 2
+    except CaptureError as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
         return 2
     except StoreError as e:
@@ -271,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except OSError as e:
-        sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
+        what = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        sys.stderr.write(f"kpr-omprog {args.command}: error: {what}\n")
         return 1
 
 

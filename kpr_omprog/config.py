@@ -200,7 +200,9 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
         elif key == "journal_cap_bytes":
             top[key] = _check_type(key, value, int)
         else:
-            raise ConfigError(f"{key}: unknown key")
+            known = sorted([*sections, "dsn", "state_dir", "environment", "log_format", "log_level",
+                            "journal_cap_bytes"])
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(known)})")
     cfg = replace(cfg, **top)
     validate(cfg)
     return cfg

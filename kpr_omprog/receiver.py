@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .assembler import Assembler, Report
-from .config import Config, DeliveryConfig
+from .config import Config, ConfigError, DeliveryConfig
 from .event import build_event
 from .hooks import (
     Parser,
@@ -54,18 +54,26 @@ def describe(report: Report, parsers: Parsers) -> dict[str, Any]:
 
 
 def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
+    """The parsers the config's ``[hooks]`` name; raises ConfigError naming the key."""
     p = parsers or Parsers()
     h = cfg.hooks
+
+    def hook(key: str, spec: str) -> Any:
+        try:
+            return load_hook(spec)
+        except ValueError as e:
+            raise ConfigError(f"hooks.{key}: {e}") from None
+
     for kind in ("title", "user", "fingerprint", "message"):
         spec = getattr(h, kind)
         if spec:
-            getattr(p, f"register_parser_{kind}")(load_hook(spec))
+            getattr(p, f"register_parser_{kind}")(hook(kind, spec))
     if h.check:
-        p.register_check_hook(load_hook(h.check))
+        p.register_check_hook(hook("check", h.check))
     for spec in h.tag:
-        p.register_parser_tag(load_hook(spec))
+        p.register_parser_tag(hook("tag", spec))
     for spec in h.extra:
-        p.register_parser_extra(load_hook(spec))
+        p.register_parser_extra(hook("extra", spec))
     return p
 
 

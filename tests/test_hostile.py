@@ -431,3 +431,17 @@ def test_commands_end_quietly_when_their_reader_leaves_and_refuse_bad_flags_in_o
     assert r.stderr == "" and len(r.stdout) == 10
     r = run_cli("replay", "--idle-timeout", "-5", f"{data}/sysrq-c_ext.jsonl")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "idle_timeout must be > 0" in r.stderr
+
+
+def test_config_mistakes_name_the_file_the_key_and_what_is_known(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('[hooks]\ntitle = "nosuchmodule:title"\n')
+    r = run_cli("omprog", "--config", str(conf), "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{conf}: hooks.title: hook 'nosuchmodule:title': cannot import module" in r.stderr
+    conf.write_text("colour = 1\n")
+    r = run_cli("check-config", "--config", str(conf))
+    assert r.returncode == 2 and "colour: unknown key (known: assembler, " in r.stderr
+    r = run_cli("replay", str(tmp_path / "missing.jsonl"))
+    assert r.returncode == 1 and r.stderr.strip() == f"kpr-omprog replay: error: {tmp_path}/missing.jsonl: No such " \
+        "file or directory"
