@@ -24,7 +24,8 @@ EPILOG = """\
 commands:
   omprog        what rsyslog runs (omprog): read datagrams as JSON lines on stdin
   udp           listen for netconsole on UDP yourself (standalone mode)
-  reports       list stored reports and their delivery state
+  reports       list stored reports and their delivery state (--host, --since, --title)
+  show ID       one stored report: everything its Sentry event carries, and the full log
   replay        print the reports a capture file holds, one JSON object per line
   capture       record live UDP datagrams in the capture format
   check-config  validate the config file
@@ -85,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reports", help="list stored reports (time, host, title, level, delivery state)")
     p.add_argument("--json", action="store_true", help="one JSON object per report")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="newest N reports (default 50)")
+    p.add_argument("--host", metavar="IP", help="only reports from this host")
+    p.add_argument("--since", metavar="TIME", help="only reports since TIME (2026-11-29, 2026-11-29T10:00, or 2h, 30m)")
+    p.add_argument("--title", metavar="TEXT", help="only reports whose title contains TEXT")
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+
+    p = sub.add_parser("show", help="one stored report: title, tags, extra, fingerprint and the full log",
+                       description="Print everything the Sentry event of a stored report carries, and its full "
+                                   "log (kept until the report is delivered). ID: its event id or a unique prefix "
+                                   "(the first column of `kpr-omprog reports --json`).")
+    p.add_argument("event_id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="the row, the event and the log as one JSON object")
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
 
@@ -167,13 +180,8 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
     import os
     from datetime import UTC, datetime
 
-    from .store import Store
-
-    path = os.path.join(cfg.state_dir, "kpr-omprog.sqlite3")
-    if not os.path.exists(path):
-        raise ConfigError(f"state_dir {cfg.state_dir}: no store yet ({path} does not exist)")
-    store = Store(path, cfg.delivery.disk_cap_bytes, cfg.delivery.dead_retention)
-    rows = store.reports(args.limit)
+    store = _store_for(cfg)
+    rows = store.reports(args.limit, host=args.host, since=_since(args.since), title=args.title)
     if args.json:
         for r in rows:
             sys.stdout.write(json.dumps(r) + "\n")
@@ -192,6 +200,66 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
         when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
         sys.stdout.write(f"{when}Z  {r['host']:<15} {r['level']:<7} {r['state']:<9} {r['title']}{err}\n")
+    return 0
+
+
+def _since(value: str | None) -> float | None:
+    """``2h`` / ``30m`` / ``45s`` / ``3d`` ago, or an ISO date or time (UTC unless it says)."""
+    if not value:
+        return None
+    import re
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(f"--since {value!r}: expected 2h, 30m, 3d or a date such as 2026-11-29T10:00") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def _store_for(cfg: Config) -> Any:
+    import os
+
+    from .store import Store
+
+    path = os.path.join(cfg.state_dir, "kpr-omprog.sqlite3")
+    if not os.path.exists(path):
+        raise ConfigError(f"state_dir {cfg.state_dir}: no store yet ({path} does not exist)")
+    return Store(path, cfg.delivery.disk_cap_bytes, cfg.delivery.dead_retention)
+
+
+def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
+    from datetime import UTC, datetime
+
+    store = _store_for(cfg)
+    r = store.report(args.event_id.replace("-", "").lower())
+    if r is None:
+        raise ConfigError(f"no single stored report with an event id starting {args.event_id!r} "
+                          "(see kpr-omprog reports --json)")
+    if args.json:
+        sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return 0
+    out = sys.stdout
+    when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    out.write(f"event_id  {r['event_id']}\ncreated   {when}Z\nhost      {r['host']}\ntitle     {r['title']}\n"
+              f"level     {r['level']}\nstate     {r['state']}"
+              + (f" ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else "") + "\n")
+    event = r["event"]
+    if event is None:
+        out.write("(the event and log were dropped once Sentry took them; see the event there)\n")
+        return 0
+    out.write(f"fingerprint {json.dumps(event.get('fingerprint'))}\n")
+    message = event.get("logentry") or event.get("message")
+    text = message.get("formatted", message.get("message", "")) if isinstance(message, dict) else message
+    if text:
+        out.write(f"message   {text}\n")
+    for name in ("tags", "extra", "user"):
+        for k, v in sorted((event.get(name) or {}).items()):
+            out.write(f"{name}.{k} = {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}\n")
+    out.write("--- kernel.log ---\n" + (r["log"] or ""))
     return 0
 
 
@@ -252,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
-                   "reports": _cmd_reports, "check-config": _cmd_check_config}[args.command]
+                   "reports": _cmd_reports, "show": _cmd_show, "check-config": _cmd_check_config}[args.command]
         return handler(args, cfg)
     except ConfigError as e:
         where = str(e)

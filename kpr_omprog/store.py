@@ -221,14 +221,46 @@ class Store:
             return db.execute("UPDATE reports SET state = 'pending', next_try = ?, updated = ? "
                               "WHERE state = 'local'", (now, now)).rowcount
 
-    def reports(self, limit: int = 100) -> list[dict[str, Any]]:
+    def reports(self, limit: int = 100, host: str | None = None, since: float | None = None,
+                title: str | None = None) -> list[dict[str, Any]]:
+        """The newest reports first; ``title`` matches a part of the title."""
+        where: list[str] = []
+        args: list[Any] = []
+        if host:
+            where.append("host = ?")
+            args.append(host)
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
+        if title:
+            where.append("instr(title, ?) > 0")
+            args.append(title)
+        sql = ("SELECT event_id, created, host, title, level, state, attempts, status, last_error, updated "
+               "FROM reports" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY created DESC LIMIT ?")
         with self._lock:
-            rows = self._db.execute(
-                "SELECT event_id, created, host, title, level, state, attempts, status, last_error, updated "
-                "FROM reports ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
         keys = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error",
                 "updated")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def report(self, event_id: str) -> dict[str, Any] | None:
+        """One report by its event id (or a unique prefix of it): its row, the event and the
+        full log. The event and log are gone once delivered (Sentry has them)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, created, host, title, level, state, attempts, status, last_error, updated, "
+                "event, attachment FROM reports WHERE substr(event_id, 1, ?) = ? LIMIT 2",
+                (len(event_id), event_id)).fetchall()
+        if len(rows) != 1:
+            return None
+        r = rows[0]
+        keys = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error",
+                "updated")
+        out = dict(zip(keys, r[:10], strict=True))
+        out["event"] = json.loads(r[10]) if r[10] else None
+        out["log"] = bytes(r[11]).decode("utf-8", "replace") if r[11] is not None else None
+        return out
 
     def counts(self) -> dict[str, int]:
         with self._lock:

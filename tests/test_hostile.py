@@ -445,3 +445,23 @@ def test_config_mistakes_name_the_file_the_key_and_what_is_known(tmp_path: Path)
     r = run_cli("replay", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 1 and r.stderr.strip() == f"kpr-omprog replay: error: {tmp_path}/missing.jsonl: No such " \
         "file or directory"
+
+
+def test_show_prints_what_the_event_carries_and_reports_filters(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    p = omprog(state)
+    send(p, omprog_lines("lkdtm-WARNING_ext_then-sysrq-c", ip="10.6.9.1") + omprog_lines("sysrq-c_ext", ip="10.6.9.2"))
+    assert finish(p) == 0
+    r = run_cli("reports", "--state-dir", str(state), "--json", "--title", "WARNING", "--since", "3650d")
+    [row] = [json.loads(x) for x in r.stdout.splitlines()]
+    assert row["host"] == "10.6.9.1"
+    assert len(run_cli("reports", "--state-dir", str(state), "--json", "--host", "10.6.9.2").stdout.splitlines()) == 1
+    assert run_cli("reports", "--state-dir", str(state), "--json", "--since", "2099-01-01").stdout == ""
+    shown = run_cli("show", row["event_id"][:10], "--state-dir", str(state))
+    assert shown.returncode == 0, shown.stderr
+    assert "title     WARNING in lkdtm_WARNING" in shown.stdout
+    assert 'fingerprint ["linux-kernel", "WARNING", "lkdtm_WARNING"]' in shown.stdout
+    assert "tags.kernel_release = 6.1.0-56-amd64" in shown.stdout
+    assert "--- kernel.log ---\n" in shown.stdout and "lkdtm: Performing direct entry WARNING" in shown.stdout
+    missing = run_cli("show", "ffff", "--state-dir", str(state))
+    assert missing.returncode == 2 and "no single stored report" in missing.stderr
