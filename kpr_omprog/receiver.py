@@ -463,7 +463,7 @@ def _fmt(ip: str, port: int) -> str:
 def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
     """The store, the delivery workers (started, or None without a DSN) and the pipeline."""
     store = Store(os.path.join(cfg.state_dir, "kpr-omprog.sqlite3"), cfg.delivery.disk_cap_bytes,
-                  cfg.delivery.dead_retention)
+                  cfg.delivery.dead_retention, exclusive=True)
     delivery = None
     now = time.time()
     if cfg.dsn:
@@ -476,7 +476,8 @@ def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
         delivery.start()
     else:
         log.warning("no_dsn", why="reports are kept in the local store only", state_dir=cfg.state_dir,
-                    fix="set dsn in the config file; stored reports are sent then")
+                    fix="set dsn (the config file's dsn, --dsn, or KernelPanicReceiver's sentry_dsn); stored "
+                        "reports are sent then")
     return store, delivery, Pipeline(cfg, parsers, store, delivery)
 
 

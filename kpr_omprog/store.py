@@ -71,6 +71,34 @@ class StoreError(Exception):
     """The store cannot be opened; the message names the file, the cause and the fix."""
 
 
+def _lock_state_dir(folder: str, wait: float = 5.0) -> int:
+    """One receiver per state directory: two would journal and replay each other's open
+    reports. Waits a little for a predecessor that is still shutting down (rsyslog starts
+    the next program about a second after the last one ended)."""
+    import fcntl
+
+    path = os.path.join(folder, "lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError as e:
+        raise StoreError(f"{path}: cannot open ({e.strerror}): the state directory must be writable by this "
+                         "user (set state_dir in the config, or --state-dir)") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise StoreError(f"{folder}: in use by another kpr-omprog receiver (pid {holder}); give this one a "
+                                 "state directory of its own (state_dir in the config, or --state-dir)") from None
+            time.sleep(0.1)
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     event_id: str
@@ -88,10 +116,14 @@ class Store:
     ``disk_cap_bytes``; dead-lettered ones are pruned, oldest first, once older than
     ``dead_retention`` seconds. Files are created 0600 in a 0700 directory."""
 
-    def __init__(self, path: str, disk_cap_bytes: int = 1 << 30, dead_retention: float = 7 * 86400.0) -> None:
+    def __init__(self, path: str, disk_cap_bytes: int = 1 << 30, dead_retention: float = 7 * 86400.0,
+                 exclusive: bool = False) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             os.makedirs(folder, mode=0o700, exist_ok=True)
+        self._lock_fd: int | None = None
+        if exclusive:
+            self._lock_fd = _lock_state_dir(folder)
         self.path = path
         self.disk_cap_bytes = disk_cap_bytes
         self.dead_retention = dead_retention
@@ -122,6 +154,9 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         with self._lock:

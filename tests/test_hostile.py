@@ -465,3 +465,15 @@ def test_show_prints_what_the_event_carries_and_reports_filters(tmp_path: Path) 
     assert "--- kernel.log ---\n" in shown.stdout and "lkdtm: Performing direct entry WARNING" in shown.stdout
     missing = run_cli("show", "ffff", "--state-dir", str(state))
     assert missing.returncode == 2 and "no single stored report" in missing.stderr
+
+
+def test_a_second_receiver_on_the_same_state_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    first = omprog(tmp_path / "state")
+    try:
+        r = run_cli("omprog", "--state-dir", str(tmp_path / "state"))
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert f"in use by another kpr-omprog receiver (pid {first.pid})" in r.stderr
+    finally:
+        assert finish(first) == 0
+    second = omprog(tmp_path / "state")  # free again once the first has stopped
+    assert finish(second) == 0
