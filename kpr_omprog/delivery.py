@@ -53,20 +53,26 @@ def build_envelope(event: dict[str, Any], attachment: bytes | None, dsn: str, no
     return b"\n".join(parts) + b"\n"
 
 
-def _retry_after(headers: Any, default: float) -> float:
+def _rate_limited_for(headers: Any) -> float:
+    """Seconds ``X-Sentry-Rate-Limits`` bars our events for (the longest limit on the
+    error or default category, or on all categories); 0 when it does not."""
     limits = headers.get("X-Sentry-Rate-Limits") if headers else None
-    if limits:
-        best = 0.0
-        for part in limits.split(","):
-            secs, _, cats = part.strip().partition(":")
-            categories = cats.split(":", 1)[0]
-            if not categories or "error" in categories.split(";") or "default" in categories.split(";"):
-                try:
-                    best = max(best, float(secs))
-                except ValueError:
-                    pass
-        if best:
-            return best
+    best = 0.0
+    for part in (limits or "").split(","):
+        secs, _, cats = part.strip().partition(":")
+        categories = cats.split(":", 1)[0].split(";")
+        if categories == [""] or "error" in categories or "default" in categories:
+            try:
+                best = max(best, min(float(secs), 86400.0))
+            except ValueError:
+                pass
+    return best
+
+
+def _retry_after(headers: Any, default: float) -> float:
+    best = _rate_limited_for(headers)
+    if best:
+        return best
     value = headers.get("Retry-After") if headers else None
     if value and re.fullmatch(r"\d+(?:\.\d+)?", value.strip()):
         return float(value)
@@ -196,6 +202,12 @@ class Delivery:
         if 200 <= status < 300:
             self.store.delivered(row.event_id, status, now)
             self.sent += 1
+            # Sentry may announce a limit on a 2xx too: everything waits, nothing is dropped.
+            limited = _rate_limited_for(headers)
+            if limited:
+                with self._cond:
+                    self._paused_until = max(self._paused_until, now + limited)
+                log.warning("sentry_rate_limited", retry_after=limited, on="2xx")
             log.info("report_delivered", event_id=row.event_id, host=row.host, title=row.title, status=status,
                      attempts=row.attempts + 1, delay=round(now - row.created, 3))
         elif status == 429:

@@ -15,6 +15,7 @@ attachment bytes; :mod:`kpr_omprog.delivery` wraps them in an envelope and sends
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from .assembler import Report
 from .crash import CrashInfo, canonical_function
 from .hooks import TAG_LIMIT, Parsed, analyze_text
 
-__all__ = ["EXTRA_VALUE_LIMIT", "build_event", "event_id_for", "trim_event"]
+__all__ = ["EXTRA_VALUE_LIMIT", "build_event", "build_string", "event_id_for", "sentry_release", "trim_event"]
 
 #: Sentry keeps 16 kB per extra item.
 EXTRA_VALUE_LIMIT = 16000
@@ -50,6 +51,39 @@ def _frames(info: CrashInfo) -> list[dict[str, Any]]:
         out.append({"function": name, "raw_function": f.function, "package": f.module or "vmlinux",
                     "in_app": name == info.frame or not name.startswith(("entry_", "do_syscall", "ret_from"))})
     return out
+
+
+# "CPU: 0 PID: 1 Comm: sh Not tainted 6.1.0-56-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2":
+# the build string after the release, which tells two builds of one release apart.
+_BUILD_RE = re.compile(r"(?:Not tainted|Tainted: [A-Z ]+?)\s+\S+ (#\d+\b.*?)\s*$")
+
+
+def sentry_release(kernel_release: str | None) -> str | None:
+    """``linux@<release>`` as Sentry wants release names (global per organisation, so
+    prefixed; no ``/``, ``\\``, tab or newline; at most 200 characters), or None.
+
+    >>> sentry_release("6.1.0-57-amd64")
+    'linux@6.1.0-57-amd64'
+    >>> sentry_release("6.1/evil") is None and sentry_release(None) is None
+    True
+    """
+    if not kernel_release or kernel_release in (".", "..", "latest"):
+        return None
+    name = f"linux@{kernel_release}"
+    if len(name) > 200 or any(c in name for c in "/\\\t\n\r ") or not name.isprintable():
+        return None
+    return name
+
+
+def build_string(lines: tuple[str, ...] | list[str]) -> str | None:
+    """The kernel's build string (``#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2``) from the
+    report's ``CPU: ... Not tainted <release> #...`` line, for Sentry's ``dist`` (64 characters)."""
+    for text in lines[:60]:
+        if "ainted" in text:
+            m = _BUILD_RE.search(text)
+            if m:
+                return m.group(1)[:64]
+    return None
 
 
 def _tag(value: Any) -> str:
@@ -117,8 +151,14 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
     }
     if environment:
         event["environment"] = environment
+    # The kernel release as a Sentry release: "first seen in", release comparison and
+    # regression detection work per kernel build. None in the text: none (never made up).
+    release = release or sentry_release(kernel_release)
     if release:
         event["release"] = release
+        dist = build_string(report.lines)
+        if dist:
+            event["dist"] = dist
     return event, report.render_log().encode("utf-8")
 
 

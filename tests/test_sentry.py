@@ -349,3 +349,51 @@ def test_dead_letters_count_toward_the_cap_and_are_pruned_after_their_retention(
     assert store.pending_bytes == held > 0  # a dead row still holds its event and attachment
     assert store.prune_dead(now + 60) == 0 and store.counts() == {"dead": 1}
     assert store.prune_dead(now + 3601) == 1 and store.counts() == {} and store.pending_bytes == 0
+
+
+def test_two_kernel_builds_of_one_crash_are_one_issue_with_two_releases(fresh_bugsink: Bugsink,
+                                                                         tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from kpr_omprog.capture import CapturedDatagram
+
+    def build(release: bytes, version: bytes, host: str) -> list[Report]:
+        """The captured crash as another build of the kernel would print it."""
+        datagrams = [CapturedDatagram(d.data.replace(b"6.1.0-56-amd64", release).replace(b"6.1.192-2", version),
+                                      (host, 6666), d.at)
+                     for d in read_captures([str(DATA / "lkdtm-BUG_ext_oopspanic.jsonl")])]
+        return [replace(r, host=host) for r in replay(datagrams, Assembler())]
+
+    pipe, delivery = pipeline(tmp_path, fresh_bugsink.dsn)
+    now = time.time()
+    for r in build(b"6.1.0-56-amd64", b"6.1.192-2", "10.4.0.1") + build(b"6.1.0-57-amd64", b"6.1.193-1", "10.4.0.2"):
+        pipe.handle(r, now)
+    assert delivery.send_due() == 2
+    events = fresh_bugsink.wait_events(2)
+    got = sorted((e["data"].get("release"), e["data"].get("dist")) for e in events)
+    assert got == [("linux@6.1.0-56-amd64", "#1  Debian 6.1.192-2"), ("linux@6.1.0-57-amd64", "#1  Debian 6.1.193-1")]
+    assert len({e["issue"] for e in events}) == 1  # one bug, two builds: one issue
+
+
+def test_a_report_without_a_kernel_release_gets_no_release(tmp_path: Path) -> None:
+    from kpr_omprog.event import build_event
+    from kpr_omprog.hooks import Parsers as P
+
+    asm = Assembler()
+    asm.feed(b"BUG: unable to handle page fault for address: 0000000000001234\n", ("10.4.0.3", 6666), 1.0)
+    [r] = asm.close_all()
+    parsed = P().run(["10.4.0.3", 6666], r.text)
+    event, _ = build_event(r, parsed)
+    assert "release" not in event and "dist" not in event
+
+
+def test_a_rate_limit_announced_on_a_2xx_pauses_delivery(tmp_path: Path, fake_sentry: Any) -> None:
+    dsn, handler = fake_sentry
+    handler.answers = [(200, {"X-Sentry-Rate-Limits": "120:error;attachment:organization, 5:transaction"})]
+    pipe, delivery = pipeline(tmp_path, dsn)
+    for name in ("sysrq-c_classic", "lkdtm-CORRUPT_STACK_classic"):
+        [r] = reports(name, "10.5.5.1")
+        pipe.handle(r, time.time())
+    assert delivery.send_due() == 1  # the first is delivered, then the limit holds the second
+    assert sorted(r["state"] for r in pipe.store.reports()) == ["delivered", "pending"]
+    assert len(handler.bodies) == 1
