@@ -142,7 +142,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
-    from .receiver import describe, parsers_from_config
+    from .runtime import describe, parsers_from_config
     from .sources.replay import read_captures, replay
 
     logs.configure("json", "warning")
@@ -161,7 +161,7 @@ def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_omprog(args: argparse.Namespace, cfg: Config) -> int:
-    from .receiver import parsers_from_config
+    from .runtime import parsers_from_config
     from .sources.omprog import run_omprog
 
     logs.configure(cfg.log_format, cfg.log_level)
@@ -169,7 +169,7 @@ def _cmd_omprog(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_udp(args: argparse.Namespace, cfg: Config) -> int:
-    from .receiver import parsers_from_config
+    from .runtime import parsers_from_config
     from .sources.udp import run_udp
 
     logs.configure(cfg.log_format, cfg.log_level)
@@ -264,7 +264,7 @@ def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
-    from .receiver import parsers_from_config
+    from .runtime import parsers_from_config
 
     parsers_from_config(cfg)
     where = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else "defaults (no config file)")

@@ -12,7 +12,7 @@ from kpr_omprog.assembler import Assembler
 from kpr_omprog.config import Config
 from kpr_omprog.hooks import Parsers
 from kpr_omprog.journal import Journal, JournalFull
-from kpr_omprog.receiver import Intake, Pipeline
+from kpr_omprog.runtime import Intake, Pipeline
 from kpr_omprog.store import Store
 
 

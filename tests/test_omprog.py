@@ -93,15 +93,15 @@ def test_kill_9_mid_report_loses_and_duplicates_nothing(tmp_path: Path) -> None:
 
 STALLED = """
 import os, sys, time
-from kpr_omprog import receiver
-feed = receiver.Intake.feed
+from kpr_omprog import runtime
+feed = runtime.Intake.feed
 target = os.environb[b"KPR_TEST_STALL_ON"]
 def stalled(self, data, *args):  # stands still on one line, after its OK, before processing it
     if data == target:
         open(os.environ["KPR_TEST_STALLED"], "w").close()
         time.sleep(600)
     return feed(self, data, *args)
-receiver.Intake.feed = stalled
+runtime.Intake.feed = stalled
 from kpr_omprog.cli import main
 sys.exit(main())
 """
@@ -179,13 +179,13 @@ def test_a_kill_after_any_ok_changes_no_event_id(tmp_path: Path) -> None:
 
 POISONED = """
 import sys
-from kpr_omprog import receiver
-feed = receiver.Intake.feed
+from kpr_omprog import runtime
+feed = runtime.Intake.feed
 def poisoned(self, data, *args):  # a bug that kills the receiver on one datagram
     if b"POISON" in data:
         raise RuntimeError("poison")
     return feed(self, data, *args)
-receiver.Intake.feed = poisoned
+runtime.Intake.feed = poisoned
 from kpr_omprog.cli import main
 sys.exit(main())
 """

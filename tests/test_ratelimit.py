@@ -10,7 +10,7 @@ from kpr_omprog.config import Config
 from kpr_omprog.hooks import Parsers
 from kpr_omprog.journal import Journal
 from kpr_omprog.ratelimit import RateLimitConfig, ReportGate, TokenBuckets
-from kpr_omprog.receiver import Intake, Pipeline
+from kpr_omprog.runtime import Intake, Pipeline
 from kpr_omprog.store import Store
 
 WARNING = [

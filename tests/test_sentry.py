@@ -18,7 +18,7 @@ from kpr_omprog.config import Config, DeliveryConfig
 from kpr_omprog.delivery import Delivery
 from kpr_omprog.hooks import Parsers
 from kpr_omprog.journal import Journal
-from kpr_omprog.receiver import Intake, Pipeline
+from kpr_omprog.runtime import Intake, Pipeline
 from kpr_omprog.sources.replay import read_captures, replay
 from kpr_omprog.store import Store
 from tests.bugsink import Bugsink

@@ -10,7 +10,7 @@ line and its ``OK`` is what limits the rate. Each line is first written to a sma
 in-flight file (one ``pwrite``), answered, then processed, and the file is marked
 done; a receiver killed in between processes the line from that file on its next
 start. Processing journals the datagrams of open crash reports (see
-:class:`kpr_omprog.receiver.Intake`), so every acknowledged line survives a
+:class:`kpr_omprog.runtime.Intake`), so every acknowledged line survives a
 ``kill -9``. stdout carries the protocol only; anything else printing there (a hook)
 is sent to stderr.
 """
@@ -31,7 +31,7 @@ from ..assembler import Assembler
 from ..config import Config, ConfigError, load
 from ..hooks import Parsers
 from ..logs import configure, get_logger, worth_logging
-from ..receiver import Intake, open_journal, open_runtime
+from ..runtime import Intake, open_journal, open_runtime
 
 __all__ = ["parse_omprog_line", "run_omprog"]
 

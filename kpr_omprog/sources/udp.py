@@ -73,7 +73,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
 
     from ..assembler import Assembler
     from ..config import parse_listen
-    from ..receiver import Intake, open_journal, open_runtime
+    from ..runtime import Intake, open_journal, open_runtime
 
     socks = [bind(*parse_listen(item), cfg.udp.rcvbuf) for item in cfg.udp.listen]
     for s in socks:

@@ -32,7 +32,7 @@ from kpr_omprog.assembler import Assembler
 from kpr_omprog.config import Config
 from kpr_omprog.hooks import Parsers
 from kpr_omprog.journal import Journal
-from kpr_omprog.receiver import Intake, Pipeline
+from kpr_omprog.runtime import Intake, Pipeline
 from kpr_omprog.store import Store
 
 UNIT = b"BUG: unable to handle page fault for address: 0000000000001234\n---[ end trace 0 ]---\n"

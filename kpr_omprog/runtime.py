@@ -1,0 +1,385 @@
+"""The runtime: closed reports through the rate limit, parsers and outbox, and the
+journaled intake that turns datagrams into reports. The omprog, UDP and replay front
+ends (:mod:`kpr_omprog.sources`) are thin adapters around it::
+
+    store, delivery, pipeline = open_runtime(cfg, parsers)
+    intake = Intake(pipeline, Assembler(cfg.assembler), open_journal(cfg))
+    intake.recover(time.time())
+    intake.feed(datagram, (ip, port), received_at, time.time())
+    intake.flush()                   # before acknowledging the datagram
+    intake.expire(time.time())       # now and then: timeouts, summaries, outbox retries
+
+It imports the pure modules and the I/O below it (store, journal, delivery), never the
+front ends or :mod:`kpr_omprog.receiver`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Any
+
+from .assembler import Assembler, Report
+from .config import Config, ConfigError
+from .event import build_event
+from .hooks import Parsers, load_hook
+from .journal import Journal, JournalFull, Row
+from .logs import get_logger, worth_logging
+from .ratelimit import ReportGate
+from .store import Store, StoreFull
+
+__all__ = ["Intake", "Pipeline", "describe", "open_journal", "open_runtime", "parsers_from_config"]
+
+log = get_logger()
+
+
+def describe(report: Report, parsers: Parsers) -> dict[str, Any]:
+    """What ``kpr-omprog replay`` prints for a report: its fields and everything parsed."""
+    addr = [report.host, report.port]
+    parsed = parsers.run(addr, report.text)
+    event, _ = build_event(report, parsed)
+    d = report.to_dict()
+    d.update(level=event["level"], title=parsed.title, fingerprint=parsed.fingerprint, message=parsed.message,
+             tags=event["tags"], extra=event["extra"], user=event["user"], event_id=event["event_id"])
+    return d
+
+
+def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
+    """The parsers the config's ``[hooks]`` name; raises ConfigError naming the key."""
+    p = parsers or Parsers()
+    h = cfg.hooks
+
+    def hook(key: str, spec: str) -> Any:
+        try:
+            return load_hook(spec)
+        except ValueError as e:
+            raise ConfigError(f"hooks.{key}: {e}") from None
+
+    for kind in ("title", "user", "fingerprint", "message"):
+        spec = getattr(h, kind)
+        if spec:
+            getattr(p, f"register_parser_{kind}")(hook(kind, spec))
+    if h.check:
+        p.register_check_hook(hook("check", h.check))
+    for spec in h.tag:
+        p.register_parser_tag(hook("tag", spec))
+    for spec in h.extra:
+        p.register_parser_extra(hook("extra", spec))
+    return p
+
+
+class Pipeline:
+    """A closed report -> rate limit -> parsers -> Sentry event -> outbox row (-> delivery wakes up)."""
+
+    def __init__(self, config: Config, parsers: Parsers, store: Store, delivery: Any = None) -> None:
+        self.config = config
+        self.parsers = parsers
+        self.store = store
+        self.delivery = delivery
+        self.gate: ReportGate[Report] = ReportGate(config.rate_limit)
+        self._next_summary_check = 0.0
+        # Reports the outbox refused (cap, full disk): retried every second. Their journal
+        # rows stay until they are stored (see Intake), so a restart loses none of them.
+        self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque()
+        #: reports the outbox refused that are held in the journal only (memory bound bit)
+        self.overflow_spilled = 0
+
+    def handle(self, report: Report, now: float, folded: int = 0) -> bool:
+        """Store the report's event; False if it is waiting for room in the outbox.
+
+        ``folded``: the report is a summary of that many folded reports (itself included).
+        """
+        gate = self.gate
+        if not folded and not gate.admit_host(report.host, now):
+            # Refused before parsing: a packed datagram or a crash loop costs a count, not a parse.
+            gate.fold(("host", report.host), report)
+            self._log_folded(report, "rate_limit.host_burst / host_interval")
+            return True
+        addr = [report.host, report.port]
+        klogs = report.text
+        if not self.parsers.keep(addr, klogs):
+            log.info("report_discarded_by_check_hook", host=report.host, lines=len(report.lines))
+            return True
+        parsed = self.parsers.run(addr, klogs)
+        key = ("crash", report.host, tuple(parsed.fingerprint))
+        if not gate.admit_crash(report.host, key[2], now):
+            gate.fold(key, report, parsed, max(1, folded))
+            self._log_folded(report, "rate_limit.crash_burst / crash_interval", parsed.title)
+            return True
+        return self._send(report, parsed, max(0, folded - 1) + gate.take_folded(key), now)
+
+    def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> bool:
+        event, attachment = build_event(report, parsed, self.config.environment)
+        if suppressed:
+            event["extra"]["suppressed_reports"] = suppressed
+            event["tags"]["rate_limited"] = "yes"
+        return self._put(event, attachment, report, parsed.title, event["level"], now)
+
+    def _log_folded(self, report: Report, bound: str, title: str | None = None) -> None:
+        n = self.gate.stats.folded_by_host + self.gate.stats.folded_by_crash
+        if worth_logging(n):
+            log.warning("report_rate_limited", host=report.host, title=title, bound=bound, count=n,
+                        what_happens="counted; the latest goes out as a summary with suppressed_reports "
+                                     "when the limit allows")
+
+    def send_summaries(self, now: float) -> None:
+        """Folded reports whose limit allows one again go out, each with its count."""
+        if now < self._next_summary_check or not self.gate.held:
+            return
+        self._next_summary_check = now + 1.0  # O(held reports) a pass: at most once a second
+        for key, held in self.gate.due(now):
+            if key[0] == "host":
+                self.handle(held.report, now, folded=held.folded)
+            else:
+                self._send(held.report, held.parsed, held.folded - 1, now)
+
+    def _put(self, event: dict[str, Any], attachment: bytes, report: Report, title: str, level: str,
+             now: float, retrying: bool = False) -> bool:
+        local = not self.config.dsn
+        try:
+            new = self.store.put(event, attachment, host=report.host, title=title, level=level,
+                                 created=report.first_seen, now=now, local=local)
+        except StoreFull as e:
+            if retrying:
+                return False
+            if len(self.overflow) < OVERFLOW_IN_MEMORY:
+                self.overflow.append((event, attachment, report, title, level))
+            else:
+                self.overflow_spilled += 1
+            log.error("outbox_full", host=report.host, title=title, error=str(e), waiting=len(self.overflow),
+                      journal_only=self.overflow_spilled,
+                      what_happens="the report stays in the journal and is retried every second; it survives "
+                                   "restarts", fix="free disk space or raise delivery.disk_cap_bytes")
+            return False
+        if new:
+            log.info("report", host=report.host, title=title, level=level, lines=len(report.lines),
+                     closed_by=report.closed_by, flags=list(report.flags), event_id=event["event_id"],
+                     stored="local (no DSN)" if local else "outbox")
+        if self.delivery is not None:
+            self.delivery.wake()
+        return True
+
+    def retry_overflow(self, now: float) -> list[Report]:
+        """Try the reports waiting for room again, oldest first; the ones now stored."""
+        stored = []
+        while self.overflow:
+            event, attachment, report, title, level = self.overflow[0]
+            if not self._put(event, attachment, report, title, level, now, retrying=True):
+                break  # still full
+            self.overflow.popleft()
+            stored.append(report)
+        if stored:
+            log.info("outbox_backlog_stored", stored=len(stored), waiting=len(self.overflow))
+        return stored
+
+
+#: reports waiting for room in the outbox kept in memory for the retry; beyond it they
+#: wait in the journal only and are retried at the next start
+OVERFLOW_IN_MEMORY = 1000
+
+#: closing reasons that mean a bound bit, and the setting behind each
+_BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_open_reports",
+           "open_bytes_budget": "assembler.open_bytes_budget", "max_lines": "assembler.max_lines",
+           "max_bytes": "assembler.max_bytes", "max_age": "assembler.max_age"}
+
+
+class Intake:
+    """Datagrams in, reports out, with crash datagrams journaled so a restart loses none.
+
+    A host's recent datagrams are kept in memory; once the host has an open crash
+    report they, and every datagram after them, are written to the journal (see
+    :mod:`kpr_omprog.journal`) before the caller acknowledges the datagram. On start
+    the journal is replayed through a fresh assembler, which rebuilds the open
+    reports exactly. Without a journal (``None``) nothing survives a restart.
+    """
+
+    def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: Journal | None = None) -> None:
+        self.pipeline = pipeline
+        self.assembler = assembler
+        self.journal = journal
+        self._by_ip = assembler.config.group_by == "ip"
+        self._max_datagram = assembler.config.max_datagram_bytes
+        self._cut = 0
+        #: reports closed early by a bound, by reason (evicted, max_open_reports, ...)
+        self.limited: dict[str, int] = {}
+        self._recent: dict[str, deque[Row]] = {}
+        self._journaled: set[str] = set()
+        self._last: dict[str, tuple[float, bytes]] = {}
+        # Journal rows not yet written: flush() writes them with one write. The omprog
+        # front end flushes before every OK, the UDP one once per burst read off the socket.
+        self._batch: list[Row] = []
+        #: keys whose closed reports wait for room in the outbox: their journal rows stay
+        self._held: dict[str, int] = {}
+        self.journal_failures = 0
+        self.duplicates = 0
+        #: the newest receive time replayed from the journal
+        self.last_at: float | None = None
+
+    def key(self, source: tuple[str, int]) -> str:
+        return source[0] if self._by_ip else f"{source[0]}:{source[1]}"
+
+    def recover(self, now: float) -> int:
+        """Rebuild open reports from the journal; returns how many datagrams were replayed."""
+        if self.journal is None:
+            return 0
+        rows = self.journal.load()
+        legacy = self.pipeline.store.legacy_journal_take()
+        if legacy:
+            # Rows an older version journaled in SQLite: moved, so an upgrade loses no open report.
+            self.journal.add_many(legacy)
+            rows += legacy
+        for key, at, ip, port, data in rows:
+            self.last_at = max(self.last_at or at, at)
+            self._journaled.add(key)
+            self._last[key] = (at, data)
+            self._closed(self.assembler.feed(data, (ip, port), at), now)
+        if rows:
+            log.info("journal_recovered", datagrams=len(rows), open_reports=self.assembler.open_reports)
+        return len(rows)
+
+    def feed(self, data: bytes, source: tuple[str, int], at: float, now: float) -> None:
+        # Runs once per datagram: the calls that usually have nothing to do are guarded.
+        ip = source[0]
+        key = ip if self._by_ip else f"{ip}:{source[1]}"
+        if len(data) > self._max_datagram:
+            self._cut += 1
+            if worth_logging(self._cut):
+                log.warning("datagram_cut", host=ip, length=len(data), kept=self._max_datagram, count=self._cut,
+                            bound="assembler.max_datagram_bytes", why="longer than any kernel sends")
+        journaled = self._journaled
+        if key in journaled and self._last.get(key) == (at, data):
+            # rsyslog re-sends the line in flight when the receiver died before "OK".
+            self.duplicates += 1
+            return
+        asm = self.assembler
+        deadline = asm.next_deadline()
+        if deadline is not None and deadline <= at:
+            self._closed(asm.expire(at), now)
+        closed = asm.feed(data, source, at)
+        if closed:
+            self._closed(closed, now)
+        if self.journal is None:
+            return
+        row = (key, at, ip, source[1], data)
+        if asm.last_fed_open:
+            if key not in journaled:
+                self._batch.extend(self._recent.pop(key, ()))
+                journaled.add(key)
+            self._batch.append(row)
+            self._last[key] = (at, data)
+        else:
+            q = self._recent.get(key)
+            if q is None:
+                if len(self._recent) >= asm.config.max_hosts:
+                    self._recent.pop(next(iter(self._recent)))
+                q = self._recent[key] = deque(maxlen=asm.config.context_lines + 1)
+            q.append(row)
+
+    def flush(self) -> None:
+        """Write the journal rows fed so far (call before acknowledging them)."""
+        if self._batch and self.journal is not None:
+            batch, self._batch = self._batch, []
+            try:
+                self.journal.add_many(batch)
+            except JournalFull as e:
+                # The lines stay in the assembler's memory and their reports still go out;
+                # only a restart before they close would lose them. Never block the input.
+                self.journal_failures += 1
+                if worth_logging(self.journal_failures):
+                    log.error("journal_write_failed", error=str(e), rows=len(batch), failures=self.journal_failures,
+                              why="the disk is full or unwritable: open reports would not survive a restart")
+
+    def expire(self, now: float) -> None:
+        self._closed(self.assembler.expire(now), now)
+        self.pipeline.send_summaries(now)
+        if self.pipeline.overflow:
+            for report in self.pipeline.retry_overflow(now):
+                key = self.key((report.host, report.port))
+                n = self._held.get(key, 0) - 1
+                if n > 0:
+                    self._held[key] = n
+                    continue
+                self._held.pop(key, None)
+                if not self.assembler.is_open((report.host, report.port)):
+                    self._drop(key)
+
+    def counters(self) -> dict[str, int]:
+        """Every bound's counter, for the stop log line (and metrics)."""
+        a = self.assembler.stats
+        g = self.pipeline.gate.stats
+        return {"reports": a.reports, "hosts_evicted": a.hosts_evicted, "reports_evicted": a.reports_evicted,
+                "reports_truncated": a.reports_truncated, "datagrams_cut": a.datagrams_cut,
+                "open_reports_limited": a.open_reports_limited, "open_bytes_limited": a.open_bytes_limited,
+                "undecodable": a.decode.undecodable, "malformed_headers": a.decode.malformed_headers,
+                "reports_folded": g.folded_by_host + g.folded_by_crash, "summaries": g.summaries,
+                "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
+                "journal_failures": self.journal_failures}
+
+    @property
+    def waiting_for_outbox(self) -> int:
+        """Closed reports kept in the journal until the outbox has room."""
+        return sum(self._held.values())
+
+    def shutdown(self, now: float) -> None:
+        """Stopping: close what is due and what is whole; the rest stays journaled for the next start."""
+        self._closed(self.assembler.expire(now), now)
+        self._closed(self.assembler.close_ended(), now)
+        self.flush()
+
+    def _closed(self, reports: list[Report], now: float) -> None:
+        for report in reports:
+            if report.closed_by in _BOUNDS:
+                n = self.limited[report.closed_by] = self.limited.get(report.closed_by, 0) + 1
+                if worth_logging(n):
+                    log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
+                                bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
+                                what_happens="the report is sent as it is, flagged")
+            settled = self.pipeline.handle(report, now)
+            key = self.key((report.host, report.port))
+            if not settled:
+                # No room in the outbox: the report's rows stay journaled (a restart rebuilds
+                # it) until the retry stores it; a later report of the host keeps them too.
+                self._held[key] = self._held.get(key, 0) + 1
+                self.flush()
+                continue
+            if key not in self._held:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        if key in self._journaled and self.journal is not None:
+            self.flush()  # rows of this report still in the batch must not outlive the drop
+            try:
+                self.journal.drop(key)
+            except JournalFull as e:
+                log.error("journal_write_failed", error=str(e), host=key,
+                          why="the closed report's rows stay journaled; a restart rebuilds it under the "
+                              "same event id, which the outbox ignores")
+            self._journaled.discard(key)
+            self._last.pop(key, None)
+
+
+def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
+    """The store, the delivery workers (started, or None without a DSN) and the pipeline."""
+    store = Store(os.path.join(cfg.state_dir, "kpr-omprog.sqlite3"), cfg.delivery.disk_cap_bytes,
+                  cfg.delivery.dead_retention, exclusive=True)
+    delivery = None
+    now = time.time()
+    if cfg.dsn:
+        from .delivery import Delivery
+
+        released = store.release_local(now)
+        if released:
+            log.info("local_reports_queued", count=released)
+        delivery = Delivery(store, cfg.dsn, cfg.delivery)
+        delivery.start()
+    else:
+        log.warning("no_dsn", why="reports are kept in the local store only", state_dir=cfg.state_dir,
+                    fix="set dsn (the config file's dsn, --dsn, or KernelPanicReceiver's sentry_dsn); stored "
+                        "reports are sent then")
+    return store, delivery, Pipeline(cfg, parsers, store, delivery)
+
+
+def open_journal(cfg: Config) -> Journal:
+    """The journal of open reports in the state directory."""
+    return Journal(os.path.join(cfg.state_dir, "journal.bin"), cfg.journal_cap_bytes)
