@@ -61,12 +61,40 @@ def default_user(addr: list[Any], klogs: str) -> str:
 
 
 def default_message(addr: list[Any], klogs: str) -> str:
-    """The title, then the head of the log, within Sentry's message limit."""
+    """The title, then the log within Sentry's message limit: all of it when it fits, else
+    the crash header and the call trace first (servers that keep no attachment, such as
+    Bugsink, show only this), then as much of the rest as fits, with the cuts marked."""
     head = f"{default_title(addr, klogs)}\n\n"
-    body = klogs
-    if len(head) + len(body) > MESSAGE_LIMIT:
-        body = body[: MESSAGE_LIMIT - len(head) - 40].rsplit("\n", 1)[0] + "\n[... full log attached ...]"
-    return head + body
+    room = MESSAGE_LIMIT - len(head)
+    if len(klogs) <= room:
+        return head + klogs
+    lines = klogs.split("\n")
+    trace = next((i for i, x in enumerate(lines) if "Call Trace:" in x or "Call trace:" in x), None)
+    wanted = list(range(min(len(lines), 24)))  # the header: what, where, registers
+    if trace is not None:
+        wanted += range(trace, min(len(lines), trace + 48))
+    wanted += range(len(lines))  # then the rest, in order, as it fits
+    chosen: set[int] = set()
+    used = 60  # the cut markers
+    for i in dict.fromkeys(wanted):
+        cost = len(lines[i]) + 1
+        if used + cost > room:
+            continue
+        chosen.add(i)
+        used += cost
+    out: list[str] = []
+    skipped = 0
+    for i, line in enumerate(lines):
+        if i in chosen:
+            if skipped:
+                out.append(f"[... {skipped} lines, in the full log ...]")
+                skipped = 0
+            out.append(line)
+        else:
+            skipped += 1
+    if skipped:
+        out.append(f"[... {skipped} lines, in the full log ...]")
+    return (head + "\n".join(out))[:MESSAGE_LIMIT]
 
 
 DEFAULTS: dict[str, Parser] = {

@@ -84,6 +84,9 @@ def test_real_crashes_become_titled_grouped_events(bugsink: Bugsink, tmp_path: P
     assert by_host["10.1.0.3"]["issue"] != by_host["10.1.0.1"]["issue"]
     titles = {e["issue_title"] for e in events}
     assert ("kernel BUG", "in lkdtm_BUG") in titles
+    # the log's key lines are in the event itself (Bugsink keeps no text attachment)
+    shown = bug["logentry"]["formatted"]
+    assert "kernel BUG at" in shown and "Call Trace:" in shown and "lkdtm_BUG" in shown
     # the full log is attached
     att = bugsink.attachments()
     assert b"kernel BUG at" in att[bug["event_id"].replace("-", "")]
@@ -397,3 +400,17 @@ def test_a_rate_limit_announced_on_a_2xx_pauses_delivery(tmp_path: Path, fake_se
     assert delivery.send_due() == 1  # the first is delivered, then the limit holds the second
     assert sorted(r["state"] for r in pipe.store.reports()) == ["delivered", "pending"]
     assert len(handler.bodies) == 1
+
+
+def test_a_long_log_keeps_its_header_and_call_trace_in_the_message() -> None:
+    from kpr_omprog.hooks import MESSAGE_LIMIT, default_message
+
+    [r] = reports("lkdtm-BUG_ext_oopspanic")
+    lines = r.text.split("\n")
+    at = next(i for i, x in enumerate(lines) if "Call Trace:" in x)
+    # 300 lines of register and memory dump between the header and the call trace
+    long = "\n".join(lines[:at] + [f"R{i:03d}: " + "0123456789abcdef " * 6 for i in range(300)] + lines[at:])
+    shown = default_message(["10.1.0.9", 6666], long)
+    assert len(shown) <= MESSAGE_LIMIT
+    assert "kernel BUG at" in shown and "Call Trace:" in shown and "direct_entry.cold+0x18/0x24 [lkdtm]" in shown
+    assert "lines, in the full log ...]" in shown
