@@ -26,6 +26,7 @@ commands:
   udp           listen for netconsole on UDP yourself (standalone mode)
   reports       list stored reports and their delivery state (--host, --since, --title)
   show ID       one stored report: everything its Sentry event carries, and the full log
+  status        is it running, what waits, what needs a human (exit 1 if something does)
   replay        print the reports a capture file holds, one JSON object per line
   capture       record live UDP datagrams in the capture format
   check-config  validate the config file
@@ -98,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the first column of `kpr-omprog reports --json`).")
     p.add_argument("event_id", metavar="ID")
     p.add_argument("--json", action="store_true", help="the row, the event and the log as one JSON object")
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+
+    p = sub.add_parser("status", help="is it running, what waits, what needs a human (exit 1 if something does)",
+                       description="From the state directory alone: whether a receiver holds it, the outbox "
+                                   "(waiting, oldest, dead, fill against its cap) and the journal of open "
+                                   "reports. Exits 1 when something needs a human: dead-lettered reports, a "
+                                   "report waiting longer than --max-wait, or a full outbox. For cron or a "
+                                   "health check.")
+    p.add_argument("--max-wait", type=float, default=3600, metavar="SECONDS",
+                   help="a report undelivered for longer needs a human (default 3600)")
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
 
@@ -263,6 +275,43 @@ def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    import os
+
+    from .store import state_dir_holder
+
+    store = _store_for(cfg)
+    now = time.time()
+    counts = store.counts()
+    problems = []
+    holder = state_dir_holder(cfg.state_dir)
+    out = sys.stdout
+    out.write(f"state_dir {cfg.state_dir}\n")
+    out.write(f"receiver  {'running, pid ' + holder if holder else 'none holds the state directory'}"
+              + ("" if holder else " (under rsyslog it starts at the first datagram)") + "\n")
+    waiting = counts.get("pending", 0)
+    oldest = store.oldest("pending")
+    age = now - oldest if oldest is not None else 0.0
+    out.write(f"outbox    {waiting} waiting for Sentry" + (f", the oldest for {age:,.0f} s" if waiting else "")
+              + f"; {counts.get('local', 0)} kept locally (no DSN); {counts.get('delivered', 0)} delivered; "
+              f"{counts.get('dead', 0)} dead\n")
+    cap = cfg.delivery.disk_cap_bytes
+    out.write(f"disk      {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB (delivery.disk_cap_bytes)\n")
+    journal = os.path.join(cfg.state_dir, "journal.bin")
+    size = os.path.getsize(journal) if os.path.exists(journal) else 0
+    out.write(f"journal   {size / 1024:.1f} KiB of open reports\n")
+    if counts.get("dead", 0):
+        problems.append(f"{counts['dead']} reports dead-lettered (kpr-omprog reports shows why)")
+    if waiting and age > args.max_wait:
+        problems.append(f"a report has waited {age:,.0f} s for Sentry (is the DSN right, is Sentry reachable?)")
+    if store.pending_bytes >= 0.95 * cap:
+        problems.append("the outbox is full: new reports wait in the journal")
+    for p in problems:
+        out.write(f"NEEDS A HUMAN: {p}\n")
+    out.write("ok\n" if not problems else "")
+    return 1 if problems else 0
+
+
 def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     from .runtime import parsers_from_config
 
@@ -320,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
-                   "reports": _cmd_reports, "show": _cmd_show, "check-config": _cmd_check_config}[args.command]
+                   "reports": _cmd_reports, "show": _cmd_show, "status": _cmd_status,
+                   "check-config": _cmd_check_config}[args.command]
         return handler(args, cfg)
     except ConfigError as e:
         where = str(e)

@@ -25,7 +25,7 @@ from typing import Any
 
 from .logs import get_logger
 
-__all__ = ["Outgoing", "Store", "StoreError", "StoreFull"]
+__all__ = ["Outgoing", "Store", "StoreError", "StoreFull", "state_dir_holder"]
 
 log = get_logger()
 
@@ -69,6 +69,24 @@ class StoreFull(Exception):
 
 class StoreError(Exception):
     """The store cannot be opened; the message names the file, the cause and the fix."""
+
+
+def state_dir_holder(folder: str) -> str | None:
+    """The pid of the receiver holding ``folder`` (see :func:`_lock_state_dir`), or None."""
+    import fcntl
+
+    path = os.path.join(folder, "lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # closing releases a lock taken just now
+    return None
 
 
 def _lock_state_dir(folder: str, wait: float = 5.0) -> int:
@@ -296,6 +314,11 @@ class Store:
         out["event"] = json.loads(r[10]) if r[10] else None
         out["log"] = bytes(r[11]).decode("utf-8", "replace") if r[11] is not None else None
         return out
+
+    def oldest(self, state: str) -> float | None:
+        """When the oldest row in ``state`` was created (None if there is none)."""
+        value = self._scalar("SELECT MIN(created) FROM reports WHERE state = ?", (state,))
+        return None if value is None else float(value)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

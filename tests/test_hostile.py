@@ -477,3 +477,24 @@ def test_a_second_receiver_on_the_same_state_directory_is_refused_in_one_line(tm
         assert finish(first) == 0
     second = omprog(tmp_path / "state")  # free again once the first has stopped
     assert finish(second) == 0
+
+
+def test_status_says_whether_it_runs_and_exits_1_when_a_human_is_needed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    p = omprog(state)
+    try:
+        r = run_cli("status", "--state-dir", str(state))
+        assert r.returncode == 0 and f"running, pid {p.pid}" in r.stdout and r.stdout.endswith("ok\n")
+    finally:
+        assert finish(p) == 0
+    store = Store(str(state / "kpr-omprog.sqlite3"))
+    store.put({"event_id": "a" * 32}, b"log", host="10.6.7.1", title="t", level="error", created=1.0, now=1.0,
+              local=False)
+    store.put({"event_id": "b" * 32}, b"log", host="10.6.7.2", title="t", level="error", created=2.0, now=2.0,
+              local=False)
+    store.dead("a" * 32, 400, "HTTP 400: bad", time.time())
+    store.close()
+    r = run_cli("status", "--state-dir", str(state))
+    assert r.returncode == 1 and "none holds the state directory" in r.stdout
+    assert "NEEDS A HUMAN: 1 reports dead-lettered" in r.stdout
+    assert "NEEDS A HUMAN: a report has waited" in r.stdout  # created in 1970: waiting ever since
