@@ -41,8 +41,10 @@ __all__ = ["Delivery", "build_envelope"]
 log = get_logger()
 
 
-def build_envelope(event: dict[str, Any], attachment: bytes | None, dsn: str, now: float) -> bytes:
-    """Serialise an envelope: a fresh ``sent_at`` each attempt (Sentry corrects clock drift with it)."""
+def build_envelope(event: dict[str, Any], attachment: bytes | None, dsn: str, now: float,
+                   discarded: dict[str, int] | None = None) -> bytes:
+    """Serialise an envelope: a fresh ``sent_at`` each attempt (Sentry corrects clock drift with
+    it), and a ``client_report`` item counting the events we dropped ourselves (by reason)."""
     ev = json.dumps(event, ensure_ascii=False).encode()
     header = {"event_id": event["event_id"], "dsn": dsn,
               "sent_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")}
@@ -50,6 +52,10 @@ def build_envelope(event: dict[str, Any], attachment: bytes | None, dsn: str, no
     if attachment is not None:
         parts += [json.dumps({"type": "attachment", "length": len(attachment), "filename": "kernel.log",
                               "content_type": "text/plain"}).encode(), attachment]
+    if discarded:
+        lost = [{"reason": reason, "category": "error", "quantity": n} for reason, n in sorted(discarded.items())]
+        report = json.dumps({"timestamp": now, "discarded_events": lost}).encode()
+        parts += [json.dumps({"type": "client_report", "length": len(report)}).encode(), report]
     return b"\n".join(parts) + b"\n"
 
 
@@ -97,6 +103,8 @@ class Delivery:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.sent = 0
+        # Events we dropped ourselves, by client-report reason, not yet told to the server.
+        self._discarded: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -105,6 +113,21 @@ class Delivery:
             t = threading.Thread(target=self._worker, name=f"kpr-delivery-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def record_lost(self, reason: str, quantity: int = 1) -> None:
+        """Count events we dropped (``event_processor``: folded by the rate limit;
+        ``send_error``: dead-lettered); the next envelope tells the server."""
+        with self._cond:
+            self._discarded[reason] = self._discarded.get(reason, 0) + quantity
+
+    def _take_discarded(self) -> dict[str, int]:
+        with self._cond:
+            out, self._discarded = self._discarded, {}
+        return out
+
+    def _give_back(self, discarded: dict[str, int]) -> None:
+        for reason, n in discarded.items():
+            self.record_lost(reason, n)
 
     def wake(self) -> None:
         with self._cond:
@@ -192,12 +215,16 @@ class Delivery:
         now = self.clock()
         if now - row.created > self.config.max_age:
             self.store.dead(row.event_id, None, "older than delivery.max_age", now)
+            self.record_lost("send_error")
             log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title,
                       why="undelivered for longer than delivery.max_age")
             return 0
         event = trim_event(row.event, row.trim) if row.trim else row.event
         attachment = row.attachment if row.trim == 0 else None
-        status, headers, detail = self._post(build_envelope(event, attachment, self.dsn, now))
+        discarded = self._take_discarded()
+        status, headers, detail = self._post(build_envelope(event, attachment, self.dsn, now, discarded))
+        if not 200 <= status < 300:
+            self._give_back(discarded)  # told with a later envelope
         now = self.clock()
         if 200 <= status < 300:
             self.store.delivered(row.event_id, status, now)
@@ -222,6 +249,7 @@ class Delivery:
                         trim_step=row.trim + 1)
         elif 400 <= status < 500:
             self.store.dead(row.event_id, status, f"HTTP {status}: {detail}", now)
+            self.record_lost("send_error")
             log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title, status=status,
                       detail=detail[:200])
         else:

@@ -117,6 +117,8 @@ class Pipeline:
         return self._put(event, attachment, report, parsed.title, event["level"], now)
 
     def _log_folded(self, report: Report, bound: str, title: str | None = None) -> None:
+        if self.delivery is not None:
+            self.delivery.record_lost("event_processor")  # counted in the summary, not sent alone
         n = self.gate.stats.folded_by_host + self.gate.stats.folded_by_crash
         if worth_logging(n):
             log.warning("report_rate_limited", host=report.host, title=title, bound=bound, count=n,

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -414,3 +415,34 @@ def test_a_long_log_keeps_its_header_and_call_trace_in_the_message() -> None:
     assert len(shown) <= MESSAGE_LIMIT
     assert "kernel BUG at" in shown and "Call Trace:" in shown and "direct_entry.cold+0x18/0x24 [lkdtm]" in shown
     assert "lines, in the full log ...]" in shown
+
+
+def test_events_we_drop_ourselves_are_told_to_the_server_in_a_client_report(tmp_path: Path,
+                                                                             fake_sentry: Any) -> None:
+    import gzip
+    import json
+
+    from kpr_omprog.ratelimit import RateLimitConfig
+
+    dsn, handler = fake_sentry
+    handler.answers = [(400, {}), (200, {})]
+    store = Store(str(tmp_path / "s.sqlite3"))
+    delivery = Delivery(store, dsn, DeliveryConfig())
+    pipe = Pipeline(Config(dsn=dsn, rate_limit=RateLimitConfig(crash_burst=1)), Parsers(), store, delivery)
+    [r] = reports("sysrq-c_classic", "10.5.6.1")
+    for n in range(4):  # the same bug four times: one event, three folded
+        pipe.handle(replace(r, first_seen=r.first_seen + n), time.time())
+    [other] = reports("lkdtm-CORRUPT_STACK_classic", "10.5.6.2")
+    pipe.handle(other, time.time())
+    delivery.send_due()  # the first answer is a 400: dead-lettered
+    delivery.send_due()
+    reports_sent = []
+    for body in handler.bodies:
+        items = gzip.decompress(body).split(b"\n")
+        for i, line in enumerate(items):
+            if line.startswith(b'{"type": "client_report"'):
+                reports_sent.append(json.loads(items[i + 1]))
+    # the 400'd envelope carried the first count; it was given back and told again with the 2xx one
+    assert len(reports_sent) == 2
+    assert {d["reason"]: d["quantity"] for d in reports_sent[-1]["discarded_events"]} == {
+        "event_processor": 3, "send_error": 1}
