@@ -44,6 +44,11 @@ _RELEASE_RES = (
 )
 
 
+#: a context line (kept per idle host) is cut to this: the kernel prints at most 1024
+#: characters a line, and 10,000 idle hosts x 10 lines must stay small whatever is sent
+CONTEXT_LINE_CHARS = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class AssemblerConfig:
     """Every bound of the assembler, with its default."""
@@ -283,6 +288,8 @@ class Assembler:
                 if kind == crash.START or kind == crash.PANIC:
                     self._open(host, line, closed)
                 else:
+                    if len(text) > CONTEXT_LINE_CHARS:
+                        line.text = text[:CONTEXT_LINE_CHARS]
                     recent.append(line)
             if host.report is not None or not decoder.idle:
                 self._schedule(host)
@@ -459,6 +466,8 @@ class Assembler:
             if kind == crash.START or kind == crash.PANIC:
                 self._open(host, line, closed)
             else:
+                if len(text) > CONTEXT_LINE_CHARS:
+                    line.text = text[:CONTEXT_LINE_CHARS]
                 host.recent.append(line)
             return
         if rep.grace_until is not None and kind == crash.START:

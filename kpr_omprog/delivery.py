@@ -81,7 +81,7 @@ def _retry_after(headers: Any, default: float) -> float:
         return best
     value = headers.get("Retry-After") if headers else None
     if value and re.fullmatch(r"\d+(?:\.\d+)?", value.strip()):
-        return float(value)
+        return min(float(value), 86400.0)  # a day at most, whatever a server says
     return default
 
 
@@ -157,9 +157,14 @@ class Delivery:
             with self._cond:
                 if self._stop:
                     return
-                row = self._claim()
+                try:
+                    row = self._claim()
+                    nxt = self.store.next_due() if row is None else None
+                except Exception as e:  # the store failing must not end the worker
+                    log.error("delivery_error", error=f"{type(e).__name__}: {e}", what_happens="retried in 5 s")
+                    self._cond.wait(5.0)
+                    continue
                 if row is None:
-                    nxt = self.store.next_due()
                     wait = 5.0 if nxt is None else max(0.01, min(5.0, max(nxt, self._paused_until) - self.clock()))
                     self._cond.wait(wait)
                     continue

@@ -121,6 +121,7 @@ class GateStats:
     admitted: int = 0
     folded_by_host: int = 0
     folded_by_crash: int = 0
+    #: summaries sent (counted by the caller that sends them)
     summaries: int = 0
     #: folded reports whose held summary was pushed out by max_held
     held_dropped: int = 0
@@ -149,10 +150,12 @@ class ReportGate(Generic[R]):
             return True
         return False
 
-    def fold(self, key: tuple[Any, ...], report: R, parsed: Any = None, count: int = 1) -> None:
+    def fold(self, key: tuple[Any, ...], report: R, parsed: Any = None, count: int = 1, new: bool = True) -> None:
         """Hold ``report`` as the latest of ``key``, standing for ``count`` reports; the
-        one it replaces is counted in it."""
-        if key[0] == "host":
+        one it replaces is counted in it. ``new=False``: already counted when first folded."""
+        if not new:
+            pass
+        elif key[0] == "host":
             self.stats.folded_by_host += count
         else:
             self.stats.folded_by_crash += count
@@ -180,7 +183,11 @@ class ReportGate(Generic[R]):
             bkey = key[1] if key[0] == "host" else (key[1], key[2])
             if bucket.take(bkey, now):  # type: ignore[arg-type]
                 out.append((key, self._held.pop(key)))
-                self.stats.summaries += 1
+        return out
+
+    def take_all(self) -> list[tuple[tuple[Any, ...], Held[R]]]:
+        """Every held report, limits or not (stopping: held reports live in memory only)."""
+        out, self._held = list(self._held.items()), OrderedDict()
         return out
 
     @property

@@ -82,6 +82,7 @@ class Pipeline:
         # Reports the outbox refused (cap, full disk): retried every second. Their journal
         # rows stay until they are stored (see Intake), so a restart loses none of them.
         self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque()
+        self._overflow_bytes = 0
         #: reports the outbox refused that are held in the journal only (memory bound bit)
         self.overflow_spilled = 0
 
@@ -104,7 +105,8 @@ class Pipeline:
         parsed = self.parsers.run(addr, klogs)
         key = ("crash", report.host, tuple(parsed.fingerprint))
         if not gate.admit_crash(report.host, key[2], now):
-            gate.fold(key, report, parsed, max(1, folded))
+            # a summary folded again was counted when it was first folded
+            gate.fold(key, report, parsed, max(1, folded), new=not folded)
             self._log_folded(report, "rate_limit.crash_burst / crash_interval", parsed.title)
             return True
         return self._send(report, parsed, max(0, folded - 1) + gate.take_folded(key), now)
@@ -112,6 +114,7 @@ class Pipeline:
     def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> bool:
         event, attachment = build_event(report, parsed, self.config.environment)
         if suppressed:
+            self.gate.stats.summaries += 1
             event["extra"]["suppressed_reports"] = suppressed
             event["tags"]["rate_limited"] = "yes"
         return self._put(event, attachment, report, parsed.title, event["level"], now)
@@ -136,6 +139,17 @@ class Pipeline:
             else:
                 self._send(held.report, held.parsed, held.folded - 1, now)
 
+    def flush_summaries(self, now: float) -> None:
+        """Stopping: every held summary goes out now, limits or not (they live in memory only)."""
+        for key, held in self.gate.take_all():
+            if key[0] == "host":
+                addr = [held.report.host, held.report.port]
+                if not self.parsers.keep(addr, held.report.text):
+                    continue
+                self._send(held.report, self.parsers.run(addr, held.report.text), held.folded - 1, now)
+            else:
+                self._send(held.report, held.parsed, held.folded - 1, now)
+
     def _put(self, event: dict[str, Any], attachment: bytes, report: Report, title: str, level: str,
              now: float, retrying: bool = False) -> bool:
         local = not self.config.dsn
@@ -145,8 +159,10 @@ class Pipeline:
         except StoreFull as e:
             if retrying:
                 return False
-            if len(self.overflow) < OVERFLOW_IN_MEMORY:
+            size = 3 * len(attachment)  # the event and the Report hold about the text again each
+            if len(self.overflow) < OVERFLOW_IN_MEMORY and self._overflow_bytes + size <= OVERFLOW_BYTES:
                 self.overflow.append((event, attachment, report, title, level))
+                self._overflow_bytes += size
             else:
                 self.overflow_spilled += 1
             log.error("outbox_full", host=report.host, title=title, error=str(e), waiting=len(self.overflow),
@@ -170,6 +186,7 @@ class Pipeline:
             if not self._put(event, attachment, report, title, level, now, retrying=True):
                 break  # still full
             self.overflow.popleft()
+            self._overflow_bytes -= 3 * len(attachment)
             stored.append(report)
         if stored:
             log.info("outbox_backlog_stored", stored=len(stored), waiting=len(self.overflow))
@@ -179,6 +196,11 @@ class Pipeline:
 #: reports waiting for room in the outbox kept in memory for the retry; beyond it they
 #: wait in the journal only and are retried at the next start
 OVERFLOW_IN_MEMORY = 1000
+#: and about this many bytes of them
+OVERFLOW_BYTES = 64 << 20
+#: a recent datagram kept for context is cut to this: the kernel sends at most 1000 bytes
+#: (MAX_PRINT_CHUNK), so only what no kernel sends is cut, and 10,000 idle hosts stay small
+CONTEXT_ROW_BYTES = 1024
 
 #: closing reasons that mean a bound bit, and the setting behind each
 _BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_open_reports",
@@ -213,6 +235,8 @@ class Intake:
         self._batch: list[Row] = []
         #: keys whose closed reports wait for room in the outbox: their journal rows stay
         self._held: dict[str, int] = {}
+        self._held_reports: dict[int, str] = {}  # id(report) -> key, for the ones counted in _held
+        self._recovering = False
         self.journal_failures = 0
         self.duplicates = 0
         #: the newest receive time replayed from the journal
@@ -231,11 +255,20 @@ class Intake:
             # Rows an older version journaled in SQLite: moved, so an upgrade loses no open report.
             self.journal.add_many(legacy)
             rows += legacy
-        for key, at, ip, port, data in rows:
-            self.last_at = max(self.last_at or at, at)
-            self._journaled.add(key)
-            self._last[key] = (at, data)
-            self._closed(self.assembler.feed(data, (ip, port), at), now)
+        sources: dict[str, tuple[str, int]] = {}
+        self._recovering = True  # no drops while replaying: a drop would take a later report's rows too
+        try:
+            for key, at, ip, port, data in rows:
+                self.last_at = max(self.last_at or at, at)
+                self._journaled.add(key)
+                self._last[key] = (at, data)
+                sources[key] = (ip, port)
+                self._closed(self.assembler.feed(data, (ip, port), at), now)
+        finally:
+            self._recovering = False
+        for key, source in sources.items():
+            if not self.assembler.is_open(source) and key not in self._held:
+                self._drop(key)
         if rows:
             log.info("journal_recovered", datagrams=len(rows), open_reports=self.assembler.open_reports)
         return len(rows)
@@ -264,7 +297,7 @@ class Intake:
         if self.journal is None:
             return
         row = (key, at, ip, source[1], data)
-        if asm.last_fed_open:
+        if asm.last_fed_open or key in self._held:
             if key not in journaled:
                 self._batch.extend(self._recent.pop(key, ()))
                 journaled.add(key)
@@ -276,7 +309,7 @@ class Intake:
                 if len(self._recent) >= asm.config.max_hosts:
                     self._recent.pop(next(iter(self._recent)))
                 q = self._recent[key] = deque(maxlen=asm.config.context_lines + 1)
-            q.append(row)
+            q.append(row if len(data) <= CONTEXT_ROW_BYTES else (key, at, ip, source[1], data[:CONTEXT_ROW_BYTES]))
 
     def flush(self) -> None:
         """Write the journal rows fed so far (call before acknowledging them)."""
@@ -297,7 +330,9 @@ class Intake:
         self.pipeline.send_summaries(now)
         if self.pipeline.overflow:
             for report in self.pipeline.retry_overflow(now):
-                key = self.key((report.host, report.port))
+                key = self._held_reports.pop(id(report), None)
+                if key is None:
+                    continue  # a rate-limit summary: it holds no journal rows
                 n = self._held.get(key, 0) - 1
                 if n > 0:
                     self._held[key] = n
@@ -327,6 +362,7 @@ class Intake:
         """Stopping: close what is due and what is whole; the rest stays journaled for the next start."""
         self._closed(self.assembler.expire(now), now)
         self._closed(self.assembler.close_ended(), now)
+        self.pipeline.flush_summaries(now)
         self.flush()
 
     def _closed(self, reports: list[Report], now: float) -> None:
@@ -341,11 +377,17 @@ class Intake:
             key = self.key((report.host, report.port))
             if not settled:
                 # No room in the outbox: the report's rows stay journaled (a restart rebuilds
-                # it) until the retry stores it; a later report of the host keeps them too.
+                # it) until the retry stores it; the host's later datagrams are journaled too.
                 self._held[key] = self._held.get(key, 0) + 1
+                self._held_reports[id(report)] = key
+                if key not in self._journaled and self.journal is not None:
+                    # It opened and closed within this datagram: journal its context now (the
+                    # datagram itself follows in feed(), as the host is held).
+                    self._batch.extend(self._recent.pop(key, ()))
+                    self._journaled.add(key)
                 self.flush()
                 continue
-            if key not in self._held:
+            if key not in self._held and not self._recovering:
                 self._drop(key)
 
     def _drop(self, key: str) -> None:

@@ -159,9 +159,11 @@ class Store:
             self._pending_bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN "
                                                "('pending', 'local', 'dead')")
         except PermissionError as e:
+            self._unlock()
             raise StoreError(f"{path}: cannot open ({e.strerror}): the state directory must be writable by "
                              "this user (set state_dir in the config, or --state-dir)") from None
         except sqlite3.DatabaseError as e:
+            self._unlock()
             if "unable to open" in str(e) or "readonly" in str(e):
                 raise StoreError(f"{path}: cannot open ({e}): the state directory must be writable by this "
                                  "user (set state_dir in the config, or --state-dir)") from None
@@ -172,6 +174,9 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -202,7 +207,12 @@ class Store:
         blob = json.dumps(event, ensure_ascii=False).encode()
         size = len(blob) + len(attachment)
         if self._pending_bytes + size > self.disk_cap_bytes:
+            # At the cap: count again (another process, `kpr-omprog reports`, may have pruned)
             self.prune_dead(now)
+            with self._lock:
+                self._pending_bytes = self._db.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN ('pending', 'local', 'dead')"
+                ).fetchone()[0]
         if self._pending_bytes + size > self.disk_cap_bytes:
             raise StoreFull(f"outbox holds {self._pending_bytes} bytes, cap is {self.disk_cap_bytes}")
         try:
@@ -213,10 +223,10 @@ class Store:
                     (event["event_id"], created, host, title, level, "local" if local else "pending", blob,
                      attachment, size, now, now))
                 inserted = cur.rowcount == 1
+                if inserted:  # under the store's lock: delivery threads change it too
+                    self._pending_bytes += size
         except sqlite3.OperationalError as e:
             raise StoreFull(f"cannot write {self.path}: {e}") from None
-        if inserted:
-            self._pending_bytes += size
         return inserted
 
     def due(self, now: float, limit: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Outgoing]:
@@ -241,8 +251,8 @@ class Store:
                        "updated = ?, last_error = NULL WHERE event_id = ?", (status, now, event_id))
             db.execute("DELETE FROM reports WHERE state = 'delivered' AND event_id NOT IN (SELECT event_id FROM "
                        "reports WHERE state = 'delivered' ORDER BY updated DESC LIMIT ?)", (KEEP_DELIVERED,))
-        if size:
-            self._pending_bytes -= size[0]
+            if size:
+                self._pending_bytes -= size[0]
 
     def retry(self, event_id: str, next_try: float, error: str, now: float, trim: int | None = None) -> None:
         with self._tx() as db:
@@ -262,8 +272,8 @@ class Store:
             rows = db.execute("SELECT event_id, size FROM reports WHERE state = 'dead' AND updated < ? "
                               "ORDER BY updated", (now - self.dead_retention,)).fetchall()
             db.executemany("DELETE FROM reports WHERE event_id = ?", [(r[0],) for r in rows])
-        if rows:
             self._pending_bytes -= sum(r[1] for r in rows)
+        if rows:
             log.warning("dead_reports_pruned", count=len(rows), bytes=sum(r[1] for r in rows),
                         bound="delivery.dead_retention")
         return len(rows)

@@ -272,9 +272,10 @@ def test_full_disk_is_reported_and_report_kept_in_memory(tmp_path: Path) -> None
 def test_disk_cap_refuses_loudly(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s.sqlite3"), disk_cap_bytes=1 << 20)
     pipe = Pipeline(Config(), Parsers(), store, None)
-    store._pending_bytes = (1 << 20) - 10
+    store.put({"event_id": "f" * 32}, b"x" * ((1 << 20) - 100), host="203.0.113.9", title="filler",
+              level="error", created=1.0, now=1.0, local=True)  # the cap, nearly reached
     pipe.handle(reports("sysrq-c_classic")[0], time.time())
-    assert store.counts() == {} and len(pipe.overflow) == 1
+    assert store.counts() == {"local": 1} and len(pipe.overflow) == 1
 
 
 def test_full_disk_while_journaling_never_blocks_input_nor_loses_the_report(tmp_path: Path) -> None:

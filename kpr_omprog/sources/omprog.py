@@ -79,6 +79,8 @@ class InFlight:
 
 #: the longest sender address rsyslog writes (an IPv6 address with a zone is shorter)
 MAX_IP_CHARS = 64
+#: a receive time further back than this (Sentry's 30-day retention) is replaced by ours
+PAST_LIMIT = 30 * 86400.0
 
 
 def parse_omprog_line(line: bytes) -> tuple[bytes, str, float | None]:
@@ -152,7 +154,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     # restart (old receive times) is cut by its own timing, not closed line by line.
     last_at: float | None = intake.last_at
     last_mono = time.monotonic()
-    malformed = clock_ahead = 0
+    malformed = clock_clamped = 0
 
     def clock() -> float:
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
@@ -169,7 +171,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                       length=length, count=malformed, what_happens="the line is answered OK and skipped")
 
     def process(line: bytes) -> None:
-        nonlocal last_at, last_mono, clock_ahead
+        nonlocal last_at, last_mono, clock_clamped
         try:
             data, ip, at = parse_omprog_line(line)
         except MalformedLine as e:
@@ -178,12 +180,17 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         now = time.time()
         if at is None:
             at = now
+        elif at < now - PAST_LIMIT:
+            # Older than anything Sentry keeps (a forged or zeroed time): it would set the
+            # clock back for every host and dead-letter the report at once.
+            clock_clamped += 1
+            at = now
         elif at > now + skew:
             # A forged time, or rsyslog's clock ahead of ours: a report would wait for it forever.
-            clock_ahead += 1
-            if worth_logging(clock_ahead):
+            clock_clamped += 1
+            if worth_logging(clock_clamped):
                 log.warning("omprog_time_ahead", received=at, now=now, ahead_seconds=round(at - now, 3),
-                            count=clock_ahead, bound="omprog.max_clock_skew", what_happens="our clock is used")
+                            count=clock_clamped, bound="omprog.max_clock_skew", what_happens="our clock is used")
             at = now
         intake.feed(data, (ip, 0), at, now)
         intake.flush()
@@ -274,7 +281,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         journal.close()
         inflight.close()
         # busy_seconds: first line in to last line processed, so a burst gives the rate lines were taken at
-        log.info("omprog_stopped", lines=lines, malformed=malformed, clock_ahead=clock_ahead,
+        log.info("omprog_stopped", lines=lines, malformed=malformed, clock_clamped=clock_clamped,
                  open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
                  busy_seconds=round(max(0.0, last_line_at - first_line_at), 6), counters=intake.counters())
     return 0
