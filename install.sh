@@ -33,7 +33,9 @@ MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --standalone) MODE=standalone ;;
-    --port) PORT=$2; shift ;;
+    --port) PORT=${2:-}; shift
+            case "$PORT" in ''|*[!0-9]*) echo "install.sh: --port needs a number (1-65535)" >&2; exit 2 ;; esac
+            [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || { echo "install.sh: --port $PORT: not 1-65535" >&2; exit 2; } ;;
     --dry-run) DRY=1 ;;
     --uninstall) UNINSTALL=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -58,12 +60,13 @@ restart_rsyslog() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     run kill -TERM "$pid"
     [ "$DRY" = 1 ] || for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if [ "$DRY" != 1 ] && kill -0 "$pid" 2>/dev/null; then run kill -KILL "$pid"; sleep 0.5; fi
   fi
   run rsyslogd
 }
 
 if [ "$UNINSTALL" = 1 ]; then
-  [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; }
+  [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; restart daemon-reload || true; }
   [ -f "$SYSCTL" ] && run rm -f "$SYSCTL"  # the running value stays until reboot
   [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; restart_rsyslog || true; }
   [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/kpr-omprog" ] && run rm -f "$LINK"
@@ -92,6 +95,8 @@ if [ -n "$R" ]; then RUNAS=$(id -un)
 elif [ "$MODE" = standalone ]; then  # only the standalone service runs as its own user
   id kpr-omprog >/dev/null 2>&1 || run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin kpr-omprog
 fi
+# A venv an older install built on another interpreter (a pyenv one) is built again.
+if [ -f "$PREFIX/pyvenv.cfg" ] && ! grep -qx "home = $(dirname "$PY")" "$PREFIX/pyvenv.cfg"; then run rm -rf "$PREFIX"; fi
 [ -x "$PREFIX/bin/python" ] || run "$PY" -m venv "$PREFIX"
 run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
 run install -d -m 0755 "$(dirname "$LINK")"
@@ -139,7 +144,7 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 UNITEOF
-  restart daemon-reload; restart enable --now kpr-omprog
+  restart daemon-reload; restart enable kpr-omprog; restart restart kpr-omprog  # an upgrade runs the new code
   if [ "$SYSTEMD" != 1 ] && [ -z "$R" ] && [ "$DRY" != 1 ]; then
     cat <<NOSYSTEMD
 kpr-omprog installed (standalone mode) but NOT running: systemd is not running here.
@@ -153,10 +158,12 @@ else
   sed -e "s|port=\"514\"|port=\"$PORT\"|" \
       -e "s|binary=\"/opt/kpr-omprog/bin/kpr-omprog omprog --omprog\"|binary=\"$PREFIX/bin/kpr-omprog omprog --omprog --config $CONF_DIR/config.toml\"|" \
       -e "s|output=\"/var/log/kpr-omprog/|output=\"$LOGDIR/|" "$HERE/rsyslog.d/30-kpr-omprog.conf" > "$tmp"
-  if grep -Eqs '^[[:space:]]*(module\(load="imudp"|\$ModLoad[[:space:]]+imudp)' "$RSYSLOG_CONF" "$R"/etc/rsyslog.d/*.conf 2>/dev/null \
-     && ! grep -qs 'kpr_omprog' "$R"/etc/rsyslog.d/*.conf; then
-    sed -i 's|^module(load="imudp")|# imudp is already loaded by the main config|' "$tmp"
-  fi
+  for f in "$RSYSLOG_CONF" "$R"/etc/rsyslog.d/*.conf; do  # imudp loaded by anything but our drop-in?
+    [ -f "$f" ] && [ "$f" != "$DROPIN" ] || continue
+    if grep -Eqs '^[[:space:]]*(module\(load="imudp"|\$ModLoad[[:space:]]+imudp)' "$f"; then
+      sed -i 's|^module(load="imudp")|# imudp is already loaded by the main config|' "$tmp"; break
+    fi
+  done
   run install -D -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
   if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
     rsyslogd -N1 -f "$RSYSLOG_CONF" >/dev/null || { echo "rsyslogd -N1 failed; $DROPIN left for you to inspect" >&2; exit 1; }
@@ -164,16 +171,21 @@ else
   restart_rsyslog
   if [ -z "$R" ] && [ "$DRY" != 1 ]; then
     # Check it, as an operator would: rsyslog listens, and a datagram reaches kpr-omprog
-    # (rsyslog starts the program at the first message; it logs omprog_started).
+    # (rsyslog starts the program at the first message): a new kpr-omprog process that
+    # is still running a second later (one that fails at start exits at once).
     for _ in $(seq 1 100); do port_bound "$PORT" && break; sleep 0.1; done
     port_bound "$PORT" || { echo "install.sh: rsyslog is not listening on UDP $PORT; see rsyslogd -N1 -f $RSYSLOG_CONF" >&2; exit 1; }
-    started() { grep -c '"omprog_started"' "$LOGDIR/omprog.log" 2>/dev/null || true; }
-    before=$(started); before=${before:-0}
+    programs() { pgrep -f "$PREFIX/bin/kpr-omprog omprog" 2>/dev/null | sort || true; }
+    before=" $(programs | tr '\n' ' ')"
     ok=0
     for _ in $(seq 1 30); do
       "$PY" -c "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'kpr-omprog install check\n', ('127.0.0.1', $PORT))"
       sleep 0.5
-      now=$(started); [ "${now:-0}" -gt "$before" ] && { ok=1; break; }
+      for pid in $(programs); do
+        case "$before" in *" $pid "*) continue ;; esac
+        sleep 1; kill -0 "$pid" 2>/dev/null && { ok=1; break; }
+      done
+      [ "$ok" = 1 ] && break
     done
     [ "$ok" = 1 ] || { echo "install.sh: rsyslog listens on UDP $PORT but kpr-omprog did not start; see $LOGDIR/omprog.log" >&2; exit 1; }
     echo "checked: rsyslog listens on UDP $PORT and hands datagrams to kpr-omprog"

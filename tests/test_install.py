@@ -100,3 +100,22 @@ def test_help_is_whole_and_a_dry_run_changes_nothing_and_says_so(tmp_path: Path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().endswith("dry run: nothing was changed") and "installed" not in r.stdout
     assert list(stage.iterdir()) == []
+
+
+def test_a_host_that_loads_imudp_itself_keeps_a_valid_config_across_reinstalls(tmp_path: Path) -> None:
+    stage = tmp_path / "root"
+    (stage / "etc").mkdir(parents=True)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (stage / "etc" / "rsyslog.conf").write_text(
+        f'global(workDirectory="{spool}")\nmodule(load="imuxsock" SysSock.Use="off")\nmodule(load="imudp")\n'
+        f'include(file="{stage}/etc/rsyslog.d/*.conf")\n')
+    for _ in range(2):  # the second run must not load imudp a second time (rsyslogd -N1 refuses that)
+        r = install(stage, "--port", str(free_udp_port()))
+        assert r.returncode == 0, r.stdout + r.stderr
+    dropin = (stage / "etc" / "rsyslog.d" / "30-kpr-omprog.conf").read_text()
+    assert '\nmodule(load="imudp")' not in dropin
+    n1 = subprocess.run([RSYSLOGD, "-N1", "-f", str(stage / "etc" / "rsyslog.conf")], capture_output=True, text=True)
+    assert n1.returncode == 0, n1.stderr
+    r = install(stage, "--port")
+    assert r.returncode == 2 and "--port needs a number" in r.stderr
