@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
-from tests.rsyslogd import Rsyslogd  # noqa: E402
+from tests.rsyslogd import Rsyslogd
 
 SINK = r"""import sys, time
 time.sleep(1.0)
@@ -74,7 +74,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 delays.append(trial(Path(tmp), interval))
         print(f"resumeInterval={interval}: a line waits {statistics.median(delays):.2f} s "
-              f"(trials {', '.join(f'{d:.2f}' for d in delays)}) when the restarted program died while starting (it takes 1 s to start)")
+              f"(trials {', '.join(f'{d:.2f}' for d in delays)}) when the restarted program dies while "
+              "starting (it takes 1 s to start)")
 
 
 if __name__ == "__main__":
