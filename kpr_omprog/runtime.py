@@ -379,7 +379,11 @@ class Intake:
                 # No room in the outbox: the report's rows stay journaled (a restart rebuilds
                 # it) until the retry stores it; the host's later datagrams are journaled too.
                 self._held[key] = self._held.get(key, 0) + 1
-                self._held_reports[id(report)] = key
+                backlog = self.pipeline.overflow
+                if backlog and backlog[-1][2] is report:
+                    # Kept in memory for the retry (so its id stays its own); one past the
+                    # memory bound waits in the journal only, for the next start.
+                    self._held_reports[id(report)] = key
                 if key not in self._journaled and self.journal is not None:
                     # It opened and closed within this datagram: journal its context now (the
                     # datagram itself follows in feed(), as the host is held).
