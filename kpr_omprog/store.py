@@ -63,6 +63,10 @@ CREATE INDEX IF NOT EXISTS journal_key ON journal(key);
 KEEP_DELIVERED = 10000
 
 
+_WRITABLE = ("the state directory must be writable by this user (state_dir in the config, --state-dir, or "
+             "KernelPanicReceiver(state_dir=...))")
+
+
 class StoreFull(Exception):
     """The outbox reached its disk cap, or the disk is full."""
 
@@ -99,8 +103,7 @@ def _lock_state_dir(folder: str, wait: float = 5.0) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except PermissionError as e:
-        raise StoreError(f"{path}: cannot open ({e.strerror}): the state directory must be writable by this "
-                         "user (set state_dir in the config, or --state-dir)") from None
+        raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}") from None
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -138,7 +141,10 @@ class Store:
                  exclusive: bool = False) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
-            os.makedirs(folder, mode=0o700, exist_ok=True)
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            except PermissionError as e:
+                raise StoreError(f"{folder}: cannot create ({e.strerror}): {_WRITABLE}") from None
         self._lock_fd: int | None = None
         if exclusive:
             self._lock_fd = _lock_state_dir(folder)
@@ -160,13 +166,11 @@ class Store:
                                                "('pending', 'local', 'dead')")
         except PermissionError as e:
             self._unlock()
-            raise StoreError(f"{path}: cannot open ({e.strerror}): the state directory must be writable by "
-                             "this user (set state_dir in the config, or --state-dir)") from None
+            raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}") from None
         except sqlite3.DatabaseError as e:
             self._unlock()
             if "unable to open" in str(e) or "readonly" in str(e):
-                raise StoreError(f"{path}: cannot open ({e}): the state directory must be writable by this "
-                                 "user (set state_dir in the config, or --state-dir)") from None
+                raise StoreError(f"{path}: cannot open ({e}): {_WRITABLE}") from None
             raise StoreError(f"{path}: not a usable kpr-omprog store ({e}): move it aside, and a new one is "
                              "created at the next start") from None
         self.prune_dead(time.time())
