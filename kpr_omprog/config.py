@@ -101,6 +101,11 @@ class Config:
     #: the journal of open reports may grow to this many bytes; beyond it, lines of open
     #: reports are still assembled and reported but would not survive a restart (logged)
     journal_cap_bytes: int = 256 << 20
+    #: seconds between two rewrites of the metrics file (0: no metrics file)
+    metrics_interval: float = 15.0
+    #: the metrics file; empty: <state_dir>/metrics.prom. Point it into node_exporter's
+    #: textfile directory (Debian: /var/lib/prometheus/node-exporter/kpr_omprog.prom)
+    metrics_file: str = ""
     environment: str | None = None
     #: "json", "console" or "auto" (console on a terminal)
     log_format: str = "auto"
@@ -195,13 +200,15 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             if key == "assembler" and "decoder" in value:
                 raise ConfigError("assembler.decoder: unknown key")
             cfg = replace(cfg, **{key: _section(value, sections[key], key, getattr(cfg, key))})
-        elif key in ("dsn", "state_dir", "environment", "log_format", "log_level"):
+        elif key in ("dsn", "state_dir", "environment", "log_format", "log_level", "metrics_file"):
             top[key] = _check_type(key, value, str)
         elif key == "journal_cap_bytes":
             top[key] = _check_type(key, value, int)
+        elif key == "metrics_interval":
+            top[key] = float(_check_type(key, value, float))
         else:
             known = sorted([*sections, "dsn", "state_dir", "environment", "log_format", "log_level",
-                            "journal_cap_bytes"])
+                            "journal_cap_bytes", "metrics_interval", "metrics_file"])
             raise ConfigError(f"{key}: unknown key (known: {', '.join(known)})")
     cfg = replace(cfg, **top)
     validate(cfg)
@@ -243,6 +250,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("delivery: timeout, backoff_max, max_age and dead_retention must be > 0")
     if d.concurrency < 1 or d.concurrency > 64:
         raise ConfigError("delivery.concurrency: must be between 1 and 64")
+    if cfg.metrics_interval < 0:
+        raise ConfigError("metrics_interval: must be >= 0 (0 turns the metrics file off)")
     if cfg.journal_cap_bytes < 1 << 20:
         raise ConfigError("journal_cap_bytes: must be at least 1048576 (1 MiB)")
     if d.disk_cap_bytes < 1 << 20:

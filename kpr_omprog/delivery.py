@@ -103,6 +103,8 @@ class Delivery:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.sent = 0
+        #: delivery attempts by result: delivered, rate_limited, too_large, dead, retry
+        self.attempts: dict[str, int] = {}
         # Events we dropped ourselves, by client-report reason, not yet told to the server.
         self._discarded: dict[str, int] = {}
 
@@ -230,6 +232,10 @@ class Delivery:
         status, headers, detail = self._post(build_envelope(event, attachment, self.dsn, now, discarded))
         if not 200 <= status < 300:
             self._give_back(discarded)  # told with a later envelope
+        result = ("delivered" if 200 <= status < 300 else "rate_limited" if status == 429 else
+                  "too_large" if status == 413 and row.trim < 2 else "dead" if 400 <= status < 500 else "retry")
+        with self._cond:
+            self.attempts[result] = self.attempts.get(result, 0) + 1
         now = self.clock()
         if 200 <= status < 300:
             self.store.delivered(row.event_id, status, now)

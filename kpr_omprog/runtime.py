@@ -29,7 +29,7 @@ from .logs import get_logger, worth_logging
 from .ratelimit import ReportGate
 from .store import Store, StoreFull
 
-__all__ = ["Intake", "Pipeline", "describe", "open_journal", "open_runtime", "parsers_from_config"]
+__all__ = ["Intake", "Pipeline", "describe", "metrics_path", "open_journal", "open_runtime", "parsers_from_config"]
 
 log = get_logger()
 
@@ -218,7 +218,8 @@ class Intake:
     reports exactly. Without a journal (``None``) nothing survives a restart.
     """
 
-    def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: Journal | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: Journal | None = None,
+                 metrics_path: str | None = None, metrics_interval: float = 15.0) -> None:
         self.pipeline = pipeline
         self.assembler = assembler
         self.journal = journal
@@ -237,6 +238,12 @@ class Intake:
         self._held: dict[str, int] = {}
         self._held_reports: dict[int, str] = {}  # id(report) -> key, for the ones counted in _held
         self._recovering = False
+        #: reports closed, by closed_by; and counters the front end keeps (malformed lines...)
+        self.closed_by: dict[str, int] = {}
+        self.front_counters: dict[str, int] = {}
+        self._metrics_path = metrics_path
+        self._metrics_interval = metrics_interval
+        self._next_metrics = 0.0
         self.journal_failures = 0
         self.duplicates = 0
         #: the newest receive time replayed from the journal
@@ -328,6 +335,9 @@ class Intake:
     def expire(self, now: float) -> None:
         self._closed(self.assembler.expire(now), now)
         self.pipeline.send_summaries(now)
+        if self._metrics_path is not None and time.monotonic() >= self._next_metrics:
+            self._next_metrics = time.monotonic() + self._metrics_interval
+            self.write_metrics()
         if self.pipeline.overflow:
             for report in self.pipeline.retry_overflow(now):
                 key = self._held_reports.pop(id(report), None)
@@ -353,6 +363,28 @@ class Intake:
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
                 "journal_failures": self.journal_failures}
 
+    def write_metrics(self) -> None:
+        """Rewrite the metrics file (see :mod:`kpr_omprog.metrics`); a failure is logged, never raised."""
+        if self._metrics_path is None:
+            return
+        from . import metrics
+
+        try:
+            store = self.pipeline.store
+            oldest = store.oldest("pending")
+            a = self.assembler
+            counters = {**self.counters(), "datagrams": a.stats.decode.datagrams, "lines": a.stats.decode.lines,
+                        **self.front_counters}
+            gauges = {"open_reports": a.open_reports, "open_report_bytes": a.open_bytes, "hosts_tracked": a.hosts,
+                      "waiting_for_outbox": self.waiting_for_outbox, "outbox_bytes": store.pending_bytes,
+                      "journal_bytes": self.journal.size if self.journal is not None else 0}
+            delivery = self.pipeline.delivery
+            metrics.write(self._metrics_path, counters, gauges, dict(self.closed_by),
+                          dict(delivery.attempts) if delivery is not None else {}, store.counts(),
+                          max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        except Exception as e:
+            log.error("metrics_write_failed", path=self._metrics_path, error=f"{type(e).__name__}: {e}")
+
     @property
     def waiting_for_outbox(self) -> int:
         """Closed reports kept in the journal until the outbox has room."""
@@ -364,9 +396,11 @@ class Intake:
         self._closed(self.assembler.close_ended(), now)
         self.pipeline.flush_summaries(now)
         self.flush()
+        self.write_metrics()
 
     def _closed(self, reports: list[Report], now: float) -> None:
         for report in reports:
+            self.closed_by[report.closed_by] = self.closed_by.get(report.closed_by, 0) + 1
             if report.closed_by in _BOUNDS:
                 n = self.limited[report.closed_by] = self.limited.get(report.closed_by, 0) + 1
                 if worth_logging(n):
@@ -426,6 +460,13 @@ def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
                     fix="set dsn (the config file's dsn, --dsn, or KernelPanicReceiver's sentry_dsn); stored "
                         "reports are sent then")
     return store, delivery, Pipeline(cfg, parsers, store, delivery)
+
+
+def metrics_path(cfg: Config) -> str | None:
+    """Where the running receiver writes its metrics (None when metrics_interval is 0)."""
+    if cfg.metrics_interval <= 0:
+        return None
+    return cfg.metrics_file or os.path.join(cfg.state_dir, "metrics.prom")
 
 
 def open_journal(cfg: Config) -> Journal:

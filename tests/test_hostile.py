@@ -345,7 +345,8 @@ def test_files_the_receiver_creates_are_private(tmp_path: Path) -> None:
     assert finish(p) == 0
     assert stat.S_IMODE(state.stat().st_mode) & 0o077 == 0
     for f in state.iterdir():
-        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f.name
+        if f.name != "metrics.prom":  # counters only, for node_exporter's user
+            assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f.name
 
 
 def test_open_reports_are_bounded_by_their_budget_not_by_hosts_times_max_bytes(tmp_path: Path) -> None:
@@ -498,3 +499,43 @@ def test_status_says_whether_it_runs_and_exits_1_when_a_human_is_needed(tmp_path
     assert r.returncode == 1 and "none holds the state directory" in r.stdout
     assert "NEEDS A HUMAN: 1 reports dead-lettered" in r.stdout
     assert "NEEDS A HUMAN: a report has waited" in r.stdout  # created in 1970: waiting ever since
+
+
+def _metrics(path: Path) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
+
+
+def test_metrics_of_a_running_receiver_move_with_a_real_crash(tmp_path: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text("metrics_interval = 0.2\n")
+    p, port = udp(tmp_path, "--config", str(conf))
+    prom = tmp_path / "state" / "metrics.prom"
+    try:
+        _wait(prom.exists, 20, "the metrics file", p)
+        before = _metrics(prom)
+        assert before["kpr_omprog_datagrams_total"] == 0 and before["kpr_omprog_open_reports"] == 0
+        play(("127.0.0.1", port), {"127.0.0.48": capture("lkdtm-BUG_classic_oopspanic")})
+        _wait(lambda: _metrics(prom).get("kpr_omprog_reports_closed_total{reason=end_marker}", 0) >= 1, 30,
+              "the crash in the metrics", p)
+        after = _metrics(prom)
+    finally:
+        assert stop(p) == 0
+    assert after["kpr_omprog_datagrams_total"] == len(capture("lkdtm-BUG_classic_oopspanic"))
+    assert after["kpr_omprog_outbox_reports{state=local}"] == 1 and after["kpr_omprog_hosts_tracked"] == 1
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644  # node_exporter reads it as its own user
+    exported = tmp_path / "textfile-collector" / "kpr_omprog.prom"  # where node_exporter would read it
+    exported.parent.mkdir()
+    conf.write_text(f'metrics_file = "{exported}"\n')
+    q = omprog(tmp_path / "omprog-state", "--config", str(conf))
+    send(q, [b"not json\n", *omprog_lines("sysrq-c_classic")])
+    assert finish(q) == 0
+    final = _metrics(exported)
+    assert final["kpr_omprog_malformed_input_total"] == 1
+    assert final["kpr_omprog_reports_closed_total{reason=end_marker}"] == 1

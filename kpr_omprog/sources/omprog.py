@@ -31,7 +31,7 @@ from ..assembler import Assembler
 from ..config import Config, ConfigError, load
 from ..hooks import Parsers
 from ..logs import configure, get_logger, worth_logging
-from ..runtime import Intake, open_journal, open_runtime
+from ..runtime import Intake, metrics_path, open_journal, open_runtime
 
 __all__ = ["parse_omprog_line", "run_omprog"]
 
@@ -145,7 +145,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     signal.signal(signal.SIGINT, on_term)
     store, delivery, pipeline = open_runtime(cfg, parsers)
     journal = open_journal(cfg)
-    intake = Intake(pipeline, Assembler(cfg.assembler), journal)
+    intake = Intake(pipeline, Assembler(cfg.assembler), journal, metrics_path(cfg), cfg.metrics_interval)
     intake.recover(time.time())
     max_line, skew = cfg.omprog.max_line_bytes, cfg.omprog.max_clock_skew
     inflight = InFlight(os.path.join(cfg.state_dir, "omprog-inflight"), max_line)
@@ -166,6 +166,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         malformed += 1
         kind = reason.split(":", 1)[0].split(" (", 1)[0]
         n = by_reason[kind] = by_reason.get(kind, 0) + 1
+        intake.front_counters["malformed_input"] = malformed
         if worth_logging(n) and len(by_reason) <= 100:  # throttled per kind of fault
             log.error("omprog_malformed_line", reason=reason, first_bytes=line[:80].decode("utf-8", "replace"),
                       length=length, count=malformed, what_happens="the line is answered OK and skipped")
@@ -184,10 +185,12 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
             # Older than anything Sentry keeps (a forged or zeroed time): it would set the
             # clock back for every host and dead-letter the report at once.
             clock_clamped += 1
+            intake.front_counters["clock_clamped"] = clock_clamped
             at = now
         elif at > now + skew:
             # A forged time, or rsyslog's clock ahead of ours: a report would wait for it forever.
             clock_clamped += 1
+            intake.front_counters["clock_clamped"] = clock_clamped
             if worth_logging(clock_clamped):
                 log.warning("omprog_time_ahead", received=at, now=now, ahead_seconds=round(at - now, 3),
                             count=clock_clamped, bound="omprog.max_clock_skew", what_happens="our clock is used")

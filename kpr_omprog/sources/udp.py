@@ -73,7 +73,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
 
     from ..assembler import Assembler
     from ..config import parse_listen
-    from ..runtime import Intake, open_journal, open_runtime
+    from ..runtime import Intake, metrics_path, open_journal, open_runtime
 
     socks = [bind(*parse_listen(item), cfg.udp.rcvbuf) for item in cfg.udp.listen]
     for s in socks:
@@ -89,7 +89,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     store, delivery, pipeline = open_runtime(cfg, parsers)
     journal = open_journal(cfg)
-    intake = Intake(pipeline, Assembler(cfg.assembler), journal)
+    intake = Intake(pipeline, Assembler(cfg.assembler), journal, metrics_path(cfg), cfg.metrics_interval)
     intake.recover(time.time())
     sel = selectors.DefaultSelector()
     for s in socks:

@@ -1,0 +1,102 @@
+"""Metrics an operator alerts on, as a Prometheus text file in the state directory.
+
+``metrics_file`` (default ``<state_dir>/metrics.prom``) is rewritten (atomically)
+every ``metrics_interval`` seconds by the running receiver, in the format
+node_exporter's textfile collector reads (``--collector.textfile.directory``); it
+holds counters only, so it is the one file the receiver writes world-readable. A file, not a port: under rsyslog each
+omprog receiver (one per shard) is a process rsyslog starts and stops, with no port of
+its own to scrape, while each has a state directory; a file also survives the
+receiver's restarts between scrapes. Names follow Prometheus' conventions
+(``kpr_omprog_`` prefix, ``_total`` counters, base units); no label has a per-host value.
+
+    >>> from prometheus_client.parser import text_string_to_metric_families
+    >>> text = render({"datagrams": 3}, {"open_reports": 1}, {"end_marker": 2}, {}, {"pending": 1}, 5.0)
+    >>> sorted(f.name for f in text_string_to_metric_families(text))[:3]
+    ['kpr_omprog_datagrams', 'kpr_omprog_delivery_attempts', 'kpr_omprog_open_reports']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+__all__ = ["render", "write"]
+
+#: counter name (without prefix and _total) -> help
+COUNTERS = {
+    "datagrams": "Datagrams (or omprog lines) taken in",
+    "lines": "Kernel log lines decoded",
+    "malformed_input": "omprog lines that were not the drop-in's JSON, skipped",
+    "undecodable": "Lines with bytes that were not UTF-8, replaced",
+    "malformed_headers": "Extended netconsole headers that did not parse",
+    "datagrams_cut": "Datagrams longer than assembler.max_datagram_bytes, cut",
+    "hosts_evicted": "Hosts forgotten at assembler.max_hosts",
+    "reports_folded": "Reports folded by the rate limit (counted in a summary)",
+    "summaries": "Rate-limit summaries sent",
+    "summaries_dropped": "Folded reports whose summary was pushed out by rate_limit.max_held",
+    "journal_failures": "Journal writes that failed (disk full or journal_cap_bytes)",
+    "clock_clamped": "omprog receive times too far ahead or behind, replaced by the receiver's clock",
+}
+GAUGES = {
+    "open_reports": "Crash reports being collected",
+    "open_report_bytes": "Bytes of text the open reports hold (bound: assembler.open_bytes_budget)",
+    "hosts_tracked": "Hosts the assembler tracks (bound: assembler.max_hosts)",
+    "waiting_for_outbox": "Closed reports waiting for room in the outbox (kept in the journal)",
+    "journal_bytes": "Size of the journal of open reports",
+    "outbox_bytes": "Bytes the outbox holds against delivery.disk_cap_bytes",
+}
+
+
+class _Snapshot:
+    def __init__(self, counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int],
+                 attempts: dict[str, int], outbox: dict[str, int], oldest_age: float) -> None:
+        self.args = counters, gauges, closed, attempts, outbox, oldest_age
+
+    def collect(self) -> Iterator[Metric]:
+        counters, gauges, closed, attempts, outbox, oldest_age = self.args
+        for name, help_text in COUNTERS.items():
+            if name in counters:
+                yield CounterMetricFamily(f"kpr_omprog_{name}", help_text, value=counters[name])
+        for name, help_text in GAUGES.items():
+            if name in gauges:
+                yield GaugeMetricFamily(f"kpr_omprog_{name}", help_text, value=gauges[name])
+        c = CounterMetricFamily("kpr_omprog_reports_closed", "Crash reports closed, by why they closed",
+                                labels=["reason"])
+        for reason, n in sorted(closed.items()):
+            c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily("kpr_omprog_delivery_attempts", "Attempts to send a report to Sentry, by result",
+                                labels=["result"])
+        for result, n in sorted(attempts.items()):
+            c.add_metric([result], n)
+        yield c
+        g = GaugeMetricFamily("kpr_omprog_outbox_reports", "Reports in the outbox, by state", labels=["state"])
+        for state in ("pending", "local", "dead", "delivered"):
+            g.add_metric([state], outbox.get(state, 0))
+        yield g
+        yield GaugeMetricFamily("kpr_omprog_outbox_oldest_pending_age_seconds",
+                                "How long the oldest report waiting for Sentry has waited", value=oldest_age)
+
+
+def _registry(*args: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(*args))
+    return registry
+
+
+def render(counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int], attempts: dict[str, int],
+           outbox: dict[str, int], oldest_age: float) -> str:
+    """The exposition text for one snapshot."""
+    return generate_latest(_registry(counters, gauges, closed, attempts, outbox, oldest_age)).decode()
+
+
+def write(path: str, counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int],
+          attempts: dict[str, int], outbox: dict[str, int], oldest_age: float) -> None:
+    """Replace ``path`` with the snapshot (written beside it, then renamed)."""
+    write_to_textfile(path, _registry(counters, gauges, closed, attempts, outbox, oldest_age))
+    os.chmod(path, 0o644)  # node_exporter runs as its own user
