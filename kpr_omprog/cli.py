@@ -57,6 +57,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["auto", "json", "console"], help="log format on stderr")
 
 
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpr-omprog", description="Kernel crash reports from netconsole to Sentry.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", metavar="IP", help="only reports from this host")
     p.add_argument("--since", metavar="TIME", help="only reports since TIME (2026-11-29, 2026-11-29T10:00, or 2h, 30m)")
     p.add_argument("--title", metavar="TEXT", help="only reports whose title contains TEXT")
-    p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+    _add_store_args(p)
 
     p = sub.add_parser("show", help="one stored report: title, tags, extra, fingerprint and the full log",
                        description="Print everything the Sentry event of a stored report carries, and its full "
@@ -99,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the first column of `kpr-omprog reports --json`).")
     p.add_argument("event_id", metavar="ID")
     p.add_argument("--json", action="store_true", help="the row, the event and the log as one JSON object")
-    p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+    _add_store_args(p)
 
     p = sub.add_parser("status", help="is it running, what waits, what needs a human (exit 1 if something does)",
                        description="From the state directory alone: whether a receiver holds it, the outbox "
@@ -110,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "health check.")
     p.add_argument("--max-wait", type=float, default=3600, metavar="SECONDS",
                    help="a report undelivered for longer needs a human (default 3600)")
-    p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--state-dir", metavar="DIR", help="state directory (default from config)")
+    _add_store_args(p)
 
     p = sub.add_parser("check-config", help="validate a config file and its hooks")
     p.add_argument("--config", metavar="FILE", help="TOML config file (default /etc/kpr-omprog/config.toml)")

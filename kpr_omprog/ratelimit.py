@@ -153,11 +153,9 @@ class ReportGate(Generic[R]):
     def fold(self, key: tuple[Any, ...], report: R, parsed: Any = None, count: int = 1, new: bool = True) -> None:
         """Hold ``report`` as the latest of ``key``, standing for ``count`` reports; the
         one it replaces is counted in it. ``new=False``: already counted when first folded."""
-        if not new:
-            pass
-        elif key[0] == "host":
+        if new and key[0] == "host":
             self.stats.folded_by_host += count
-        else:
+        elif new:
             self.stats.folded_by_crash += count
         held = self._held.get(key)
         if held is None:

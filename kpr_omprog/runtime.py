@@ -178,6 +178,10 @@ class Pipeline:
             self.delivery.wake()
         return True
 
+    def in_backlog(self, report: Report) -> bool:
+        """True if ``report``, just refused, is held in memory for the retry (not past the bound)."""
+        return bool(self.overflow) and self.overflow[-1][2] is report
+
     def retry_overflow(self, now: float) -> list[Report]:
         """Try the reports waiting for room again, oldest first; the ones now stored."""
         stored = []
@@ -225,9 +229,6 @@ class Intake:
         self.journal = journal
         self._by_ip = assembler.config.group_by == "ip"
         self._max_datagram = assembler.config.max_datagram_bytes
-        self._cut = 0
-        #: reports closed early by a bound, by reason (evicted, max_open_reports, ...)
-        self.limited: dict[str, int] = {}
         self._recent: dict[str, deque[Row]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
@@ -284,11 +285,6 @@ class Intake:
         # Runs once per datagram: the calls that usually have nothing to do are guarded.
         ip = source[0]
         key = ip if self._by_ip else f"{ip}:{source[1]}"
-        if len(data) > self._max_datagram:
-            self._cut += 1
-            if worth_logging(self._cut):
-                log.warning("datagram_cut", host=ip, length=len(data), kept=self._max_datagram, count=self._cut,
-                            bound="assembler.max_datagram_bytes", why="longer than any kernel sends")
         journaled = self._journaled
         if key in journaled and self._last.get(key) == (at, data):
             # rsyslog re-sends the line in flight when the receiver died before "OK".
@@ -301,6 +297,10 @@ class Intake:
         closed = asm.feed(data, source, at)
         if closed:
             self._closed(closed, now)
+        if len(data) > self._max_datagram and worth_logging(asm.stats.datagrams_cut):
+            log.warning("datagram_cut", host=ip, length=len(data), kept=self._max_datagram,
+                        count=asm.stats.datagrams_cut, bound="assembler.max_datagram_bytes",
+                        why="longer than any kernel sends")
         if self.journal is None:
             return
         row = (key, at, ip, source[1], data)
@@ -400,21 +400,18 @@ class Intake:
 
     def _closed(self, reports: list[Report], now: float) -> None:
         for report in reports:
-            self.closed_by[report.closed_by] = self.closed_by.get(report.closed_by, 0) + 1
-            if report.closed_by in _BOUNDS:
-                n = self.limited[report.closed_by] = self.limited.get(report.closed_by, 0) + 1
-                if worth_logging(n):
-                    log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
-                                bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
-                                what_happens="the report is sent as it is, flagged")
+            n = self.closed_by[report.closed_by] = self.closed_by.get(report.closed_by, 0) + 1
+            if report.closed_by in _BOUNDS and worth_logging(n):
+                log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
+                            bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
+                            what_happens="the report is sent as it is, flagged")
             settled = self.pipeline.handle(report, now)
             key = self.key((report.host, report.port))
             if not settled:
                 # No room in the outbox: the report's rows stay journaled (a restart rebuilds
                 # it) until the retry stores it; the host's later datagrams are journaled too.
                 self._held[key] = self._held.get(key, 0) + 1
-                backlog = self.pipeline.overflow
-                if backlog and backlog[-1][2] is report:
+                if self.pipeline.in_backlog(report):
                     # Kept in memory for the retry (so its id stays its own); one past the
                     # memory bound waits in the journal only, for the next start.
                     self._held_reports[id(report)] = key

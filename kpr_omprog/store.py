@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE INDEX IF NOT EXISTS journal_key ON journal(key);
 """
 
+#: the bytes counted against disk_cap_bytes: every row that still holds its event
+_HELD_BYTES = "SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN ('pending', 'local', 'dead')"
+#: the columns `reports` and `report` return, in order
+_ROW_KEYS = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error", "updated")
+
 #: delivered rows kept for ``kpr-omprog reports``; older ones are pruned
 KEEP_DELIVERED = 10000
 
@@ -162,8 +167,7 @@ class Store:
             # add an fsync per commit for power loss, at a cost per journaled line.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            self._pending_bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN "
-                                               "('pending', 'local', 'dead')")
+            self._pending_bytes = self._scalar(_HELD_BYTES)
         except PermissionError as e:
             self._unlock()
             raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}") from None
@@ -213,10 +217,8 @@ class Store:
         if self._pending_bytes + size > self.disk_cap_bytes:
             # At the cap: count again (another process, `kpr-omprog reports`, may have pruned)
             self.prune_dead(now)
-            with self._lock:
-                self._pending_bytes = self._db.execute(
-                    "SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN ('pending', 'local', 'dead')"
-                ).fetchone()[0]
+            with self._lock:  # delivery threads change it too
+                self._pending_bytes = self._db.execute(_HELD_BYTES).fetchone()[0]
         if self._pending_bytes + size > self.disk_cap_bytes:
             raise StoreFull(f"outbox holds {self._pending_bytes} bytes, cap is {self.disk_cap_bytes}")
         try:
@@ -302,29 +304,23 @@ class Store:
         if title:
             where.append("instr(title, ?) > 0")
             args.append(title)
-        sql = ("SELECT event_id, created, host, title, level, state, attempts, status, last_error, updated "
-               "FROM reports" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = (f"SELECT {', '.join(_ROW_KEYS)} FROM reports" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY created DESC LIMIT ?")
         with self._lock:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
-        keys = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error",
-                "updated")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [dict(zip(_ROW_KEYS, r, strict=True)) for r in rows]
 
     def report(self, event_id: str) -> dict[str, Any] | None:
         """One report by its event id (or a unique prefix of it): its row, the event and the
         full log. The event and log are gone once delivered (Sentry has them)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT event_id, created, host, title, level, state, attempts, status, last_error, updated, "
-                "event, attachment FROM reports WHERE substr(event_id, 1, ?) = ? LIMIT 2",
-                (len(event_id), event_id)).fetchall()
+                f"SELECT {', '.join(_ROW_KEYS)}, event, attachment FROM reports WHERE substr(event_id, 1, ?) = ? "
+                "LIMIT 2", (len(event_id), event_id)).fetchall()
         if len(rows) != 1:
             return None
         r = rows[0]
-        keys = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error",
-                "updated")
-        out = dict(zip(keys, r[:10], strict=True))
+        out = dict(zip(_ROW_KEYS, r[:10], strict=True))
         out["event"] = json.loads(r[10]) if r[10] else None
         out["log"] = bytes(r[11]).decode("utf-8", "replace") if r[11] is not None else None
         return out

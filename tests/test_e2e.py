@@ -23,6 +23,7 @@ from tests.bugsink import Bugsink
 from tests.rsyslogd import Rsyslogd, free_udp_port, udp_bound
 from tests.senders import capture, play
 from tests.test_omprog import stored
+from tests.waiting import wait_for as _wait
 
 
 def omprog_cmd(state: Path, dsn: str) -> list[str]:
@@ -68,14 +69,6 @@ def test_rsyslog_to_bugsink_three_hosts_at_once(fresh_bugsink: Bugsink, tmp_path
     bug = next(e for e in events if e["data"]["user"]["ip_address"] == "127.0.0.2")
     log = attachments[bug["event_id"].replace("-", "")].decode()
     assert "lkdtm: Performing direct entry BUG" in log and "Kernel panic - not syncing: Fatal exception" in log
-
-
-def _wait(predicate: Any, timeout: float, what: str, show: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {show()}" if show else ""))
-        time.sleep(0.05)
 
 
 def test_kill_receiver_and_restart_rsyslog_with_lines_queued(fresh_bugsink: Bugsink, tmp_path: Path) -> None:
@@ -128,7 +121,7 @@ def test_kill_receiver_and_restart_rsyslog_with_lines_queued(fresh_bugsink: Bugs
         # would be a third row in the outbox.
         _wait(lambda: rs.stats("kpr_omprog queue").get("size", 1) == 0, 30, "rsyslog's queue to drain")
         _wait(lambda: [r["state"] for r in stored(state)] == ["delivered", "delivered"], 30,
-              "both reports delivered", lambda: (stored(state), rs.log.read_text()[-3000:]))
+              "both reports delivered", show=lambda: (stored(state), rs.log.read_text()[-3000:]))
         events = fresh_bugsink.wait_events(2, timeout=30)
     finally:
         rs.stop()

@@ -30,16 +30,7 @@ from kpr_omprog.store import Store
 from tests.rsyslogd import free_udp_port, udp_bound
 from tests.senders import capture, play
 from tests.test_omprog import omprog_lines, send, stored
-
-
-def _wait(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the receiver exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+from tests.waiting import wait_for as _wait
 
 
 def rss_mb(pid: int) -> float:

@@ -154,7 +154,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     # restart (old receive times) is cut by its own timing, not closed line by line.
     last_at: float | None = intake.last_at
     last_mono = time.monotonic()
-    malformed = clock_clamped = 0
+    counts = intake.front_counters  # malformed_input, clock_clamped: also in the metrics file
 
     def clock() -> float:
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
@@ -162,17 +162,15 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     by_reason: dict[str, int] = {}
 
     def skipped(reason: str, line: bytes, length: int) -> None:
-        nonlocal malformed
-        malformed += 1
+        malformed = counts["malformed_input"] = counts.get("malformed_input", 0) + 1
         kind = reason.split(":", 1)[0].split(" (", 1)[0]
         n = by_reason[kind] = by_reason.get(kind, 0) + 1
-        intake.front_counters["malformed_input"] = malformed
         if worth_logging(n) and len(by_reason) <= 100:  # throttled per kind of fault
             log.error("omprog_malformed_line", reason=reason, first_bytes=line[:80].decode("utf-8", "replace"),
                       length=length, count=malformed, what_happens="the line is answered OK and skipped")
 
     def process(line: bytes) -> None:
-        nonlocal last_at, last_mono, clock_clamped
+        nonlocal last_at, last_mono
         try:
             data, ip, at = parse_omprog_line(line)
         except MalformedLine as e:
@@ -184,16 +182,14 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         elif at < now - PAST_LIMIT:
             # Older than anything Sentry keeps (a forged or zeroed time): it would set the
             # clock back for every host and dead-letter the report at once.
-            clock_clamped += 1
-            intake.front_counters["clock_clamped"] = clock_clamped
+            counts["clock_clamped"] = counts.get("clock_clamped", 0) + 1
             at = now
         elif at > now + skew:
             # A forged time, or rsyslog's clock ahead of ours: a report would wait for it forever.
-            clock_clamped += 1
-            intake.front_counters["clock_clamped"] = clock_clamped
-            if worth_logging(clock_clamped):
+            clamped = counts["clock_clamped"] = counts.get("clock_clamped", 0) + 1
+            if worth_logging(clamped):
                 log.warning("omprog_time_ahead", received=at, now=now, ahead_seconds=round(at - now, 3),
-                            count=clock_clamped, bound="omprog.max_clock_skew", what_happens="our clock is used")
+                            count=clamped, bound="omprog.max_clock_skew", what_happens="our clock is used")
             at = now
         intake.feed(data, (ip, 0), at, now)
         intake.flush()
@@ -284,7 +280,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         journal.close()
         inflight.close()
         # busy_seconds: first line in to last line processed, so a burst gives the rate lines were taken at
-        log.info("omprog_stopped", lines=lines, malformed=malformed, clock_clamped=clock_clamped,
+        log.info("omprog_stopped", lines=lines, malformed=counts.get("malformed_input", 0),
+                 clock_clamped=counts.get("clock_clamped", 0),
                  open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
                  busy_seconds=round(max(0.0, last_line_at - first_line_at), 6), counters=intake.counters())
     return 0
