@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .frames import canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
+from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
 
 __all__ = ["FORMATS", "Blame", "Format", "blame"]
 
@@ -36,11 +36,12 @@ _Extractor = Callable[[list[str]], str | None]
 # A frame printed as "[<address>] function+0x.." or after "at: " (lockdep).
 _AT = re.compile(r"\bat: (?:\[<?(?:0x)?[0-9a-f]+>?\] +)?(?P<f>[A-Za-z_][\w.]*)\+0x")
 _PC_FUNC = re.compile(r"(?:\[<?(?:0x)?[0-9a-f]+>?\] +|\bat: )(?P<f>[A-Za-z_][\w.]*)\+0x")
-_CALL_TRACE = re.compile(r"Call Trace:|Call trace:")
+_CALL_TRACE = re.compile(r"Call [Tt]race:|Backtrace:")
 _BACKTRACE = re.compile(r"backtrace:|Backtrace:")
 # Other stacks inside a report: a trace part stops at them once it has read frames.
 _OTHER_STACK = re.compile(r"^\s*(?:Allocated by task|Freed by task|Uninit was (?:created|stored)|Last potentially)")
-_APIC_TIMER = re.compile(r"apic_timer_interrupt|arch_timer_handler|timer_interrupt\+")
+_APIC_TIMER = re.compile(r"apic_timer_interrupt")
+_STALL_IRQ = re.compile(r"apic_timer_interrupt|Exception stack|el1h_64_irq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,9 @@ class Format:
     category: str | None = None
     #: appended to the frame: the USB driver is the culprit, usb_submit_urb the place
     frame_suffix: str = ""
+    #: an anchor of ``stack`` that is missing means no frame (rather than reading on), so that
+    #: ``alt`` is tried: a stall's timer-interrupt frames must never name it
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,20 +86,22 @@ class Blame:
 
 # Where work is dispatched: a stall's representative frame is the one such a frame called.
 _STALL_ANCHORS = re.compile(
-    r"process_one_work|do_syscall_|do_fast_syscall_|sysenter_dispatch|tracesys_phase2|netif_receive_skb"
-    r"|do_softirq|handle_softirqs|call_timer_fn|_run_timers|run_timer_softirq|run_ksoftirqd|smpboot_thread_fn"
-    r"|^kthread$|start_secondary|cpu_startup_entry|ret_from_fork|vfs_write|vfs_read|vfs_iter_read"
-    r"|vfs_iter_write|do_iter_read|do_iter_write|vfs_ioctl|ksys_ioctl|compat_ioctl|compat_sys_ioctl"
-    r"|blkdev_driver_ioctl|blkdev_ioctl|^call_read_iter|^call_write_iter|do_iter_readv_writev|^call_mmap"
-    r"|mmap_region|do_mmap|do_dentry_open|vfs_open|^sock_sendmsg|^sock_recvmsg|^sock_release|^__sock_release"
-    r"|__sys_setsockopt|kernel_setsockopt|sock_common_setsockopt|__sys_listen|kernel_listen|sk_common_release"
-    r"|^sock_mmap|__sys_accept|kernel_accept|^sock_do_ioctl|^sock_ioctl|^compat_sock_ioctl|^nfnetlink_rcv_msg"
-    r"|^rtnetlink_rcv_msg|^netlink_rcv_skb|^genl_rcv_msg|^genl_family_rcv_msg"
-    r"|^(?:compat_)?(?:SYSC|SyS|__sys|___sys|__do_sys|__se_sys|__x64_sys|__ia32_sys|__arm64_sys)_"
-    r"(?:socketpair|connect|ioctl)|__do_fault|handle_mm_fault|do_page_fault|^page_fault$|__fput|task_work_run"
-    r"|exit_to_usermode|exit_to_user_mode|smp_call_function|tasklet_action|__napi_poll|net_rx_action"
-    r"|^worker_thread$|^process_scheduled_works$|^invoke_syscall|^el0_svc"
+    r"process_one_work|do_syscall_|do_fast_syscall_|sysenter_dispatch|tracesys_phase2|el0_svc_handler"
+    r"|invoke_syscall|ret_fast_syscall|netif_receive_skb|do_softirq|call_timer_fn|_run_timers|run_timer_softirq"
+    r"|hrtimer_run|run_ksoftirqd|smpboot_thread_fn|^kthread$|start_secondary|cpu_startup_entry|ret_from_fork"
+    r"|vfs_write|vfs_read|vfs_iter_read|vfs_iter_write|do_iter_read|do_iter_write|call_read_iter"
+    r"|call_write_iter|new_sync_read|new_sync_write|vfs_ioctl|ksys_ioctl|compat_ioctl|compat_sys_ioctl"
+    r"|blkdev_driver_ioctl|blkdev_ioctl|do_iter_readv_writev|^call_mmap|mmap_region|do_mmap|do_dentry_open"
+    r"|vfs_open|^sock_sendmsg|^sock_recvmsg|^sock_release|^__sock_release|^setsockopt$|kernel_setsockopt"
+    r"|sock_common_setsockopt|^listen$|kernel_listen|sk_common_release|^sock_mmap|^accept$|kernel_accept"
+    r"|^sock_do_ioctl|^sock_ioctl|^compat_sock_ioctl|^nfnetlink_rcv_msg|^rtnetlink_rcv_msg|^netlink_dump"
+    r"|^(?:sys_)?(?:socketpair|connect|ioctl)|__do_fault|do_page_fault|^page_fault$|__fput|task_work_run"
+    r"|exit_to_usermode|smp_call_function|tasklet_action|tasklet_hi_action"
 )
+
+
+# Anchors are matched on names without syscall wrappers (__sys_setsockopt is setsockopt).
+_SYSCALL_WRAPPER = re.compile(r"^(?:SYSC_|SyS_|sys_|__x64_|__ia32_|__arm64_|_{1,4}sys_|__se_|__do_sys_|compat_|ksys_)+")
 
 
 def _stall(frames: list[str]) -> str | None:
@@ -105,7 +111,7 @@ def _stall(frames: list[str]) -> str | None:
         return None
     prev = frames[0]
     for f in frames:
-        if _STALL_ANCHORS.search(f):
+        if _STALL_ANCHORS.search(f) or _STALL_ANCHORS.search(_SYSCALL_WRAPPER.sub("", f)):
             if "smp_call_function" in f:
                 prev = "smp_call_function"
             return prev  # blame() strips the syscall wrapper prefix
@@ -165,15 +171,19 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"BUG: KASAN: (?:double-free or invalid-free|invalid-free|double-free) in (?P<f>[\w.]+)"),
            "KASAN: invalid-free", (_rx(r"BUG: KASAN: .* in (?P<f>[\w.]+)"), _CALL_TRACE, TRACE),
            skip=_skip("kmem_", "slab_", "kfree", "vunmap", "vfree")),
+    # kernel_fault..el1h_: the arm64 tag-check path of KASAN_HW_TAGS reports
     Format(_rx(r"BUG: KASAN: ([a-z\-]+) in (?P<f>[\w.]+)"), "KASAN: {0} {rw}",
-           (_rx(r"BUG: KASAN: [a-z\-]+ in (?P<f>[\w.]+)"), _CALL_TRACE, TRACE)),
+           (_rx(r"BUG: KASAN: [a-z\-]+ in (?P<f>[\w.]+)"), _CALL_TRACE, TRACE),
+           skip=_skip("kernel_fault", "tag_check", "mem_abort", "^el1_", "^el1h_")),
     Format(_rx(r"BUG: KASAN: ([a-z\-]+) on address"), "KASAN: {0} {rw}"),
     Format(_rx(r"BUG: KASAN: (.*)"), "KASAN: {0}", category="KASAN"),
     Format(_rx(r"BUG: KMSAN: kernel-usb-infoleak"), "KMSAN: kernel-usb-infoleak", _TRACE_ONLY,
            skip=_skip("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg",
                       "usb_control_msg")),
+    # Generic crypto is where uninit data is used, rarely where the bug is.
     Format(_rx(r"BUG: KMSAN: ([a-z\-]+)"), "KMSAN: {0}", _TRACE_ONLY,
-           skip=_skip("_copy_to_iter", "copyout", "copy_to_user", "instrument_", "_copy_to_user")),
+           skip=_skip("_copy_to_iter", "copyout", "copy_to_user", "instrument_", "_copy_to_user", "alloc_skb",
+                      "netlink_ack", "netlink_rcv_skb", "_encrypt$", "^(?:crypto|cipher|drbg|rng)_")),
     Format(_rx(r"BUG: KCSAN: (.*)"), "KCSAN: {0}", category="KCSAN"),
     Format(_rx(r"BUG: KFENCE: ([a-z\- ]+?) (read|write) in (?P<f>[\w.]+)"), "KFENCE: {0} {1}",
            (_rx(r"BUG: KFENCE: .* in (?P<f>[\w.]+)"), TRACE)),
@@ -206,9 +216,10 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
     Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
     Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"),
-           "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_APIC_TIMER, TRACE),
-           _skip("apic_timer_interrupt", "rcu", "arch_timer", "timer_interrupt"), _stall),
-    Format(_rx(r"INFO: task .* blocked for more than"), "INFO: task hung", _TRACE_ONLY, extractor=_hang),
+           "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, TRACE),
+           _skip("apic_timer_interrupt", "rcu"), _stall, strict=True),
+    Format(_rx(r"INFO: task .* blocked (?:in I/O wait )?for more than"), "INFO: task hung", _TRACE_ONLY,
+           extractor=_hang),
     Format(_rx(r"INFO: task .* can't die for more than"), "INFO: task can't die", _TRACE_ONLY,
            skip=_skip("schedule")),
     Format(_rx(r"BUG: workqueue lockup"), "BUG: workqueue lockup"),
@@ -218,10 +229,11 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"(?:WARNING|INFO): possible irq lock inversion"), "possible deadlock",
            (_rx("just changed the state of lock"), _AT)),
     Format(_rx(r"(?:WARNING|INFO): \S+-safe -> \S+-unsafe lock order"), "possible deadlock",
-           (_rx("is trying to acquire"), _AT)),
+           (_rx(r"which became \S+ at:"), TRACE), (_rx("is trying to acquire"), _AT)),
     Format(_rx(r"(?:WARNING|INFO): possible recursive locking"), "possible deadlock",
            (_rx("is trying to acquire lock"), _AT)),
-    Format(_rx(r"(?:WARNING|INFO): inconsistent lock state"), "inconsistent lock state", (_rx("takes"), _AT)),
+    Format(_rx(r"WARNING: inconsistent lock state"), "inconsistent lock state", _TRACE_ONLY, (_rx("takes"), _AT)),
+    Format(_rx(r"INFO: inconsistent lock state"), "inconsistent lock state", (_rx("takes"), _AT)),
     Format(_rx(r"(WARNING|INFO): suspicious RCU usage"), "{0}: suspicious RCU usage", _TRACE_ONLY,
            skip=_skip("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
     Format(_rx(r"INFO: trying to register non-static key"), "INFO: trying to register non-static key",
@@ -232,8 +244,8 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"(BUG|WARNING): .*still has locks held"), "{0}: still has locks held", (_PC_FUNC,)),
     Format(_rx(r"(BUG|WARNING): lock held when returning to user space"), "{0}: lock held when returning to "
            "user space", (_rx("leaving the kernel with locks still held"), _AT)),
-    Format(_rx(r"WARNING: nested lock was not taken"), "WARNING: nested lock was not taken",
-           (_rx("is trying to lock"), _AT), _TRACE_ONLY),
+    Format(_rx(r"WARNING: [Nn]ested lock was not taken"), "WARNING: nested lock was not taken", _WARNING,
+           _TRACE_ONLY),
     Format(_rx(r"(BUG|WARNING): lock held at task exit time"), "{0}: lock held at task exit time", (_PC_FUNC,)),
     # --- other BUG: reports ---------------------------------------------------------------------
     Format(_rx(r"BUG: (spinlock|rwlock) (lockup suspected|already unlocked|recursion|bad magic|wrong owner"
@@ -253,12 +265,15 @@ FORMATS: tuple[Format, ...] = (
            extractor=_stall),
     Format(_rx(r"BUG: Bad rss-counter state"), "BUG: Bad rss-counter state"),
     Format(_rx(r"BUG: non-zero (nr_ptes|nr_pmds|pgtables_bytes) on freeing mm"), "BUG: non-zero {0} on freeing mm"),
-    Format(_rx(r"BUG: Dentry .* still in use \(\d+\) \[unmount of ([^\]]+)\]"),
-           "BUG: Dentry still in use [unmount of {0}]"),
-    Format(_rx(r"BUG: Bad page (state|map|cache)"), "BUG: Bad page {0}", _TRACE_ONLY,
-           skip=_skip("bad_page", "free_page", "free_pages", "free_unref", "__folio_put", "folio_put",
-                      "put_page", "release_pages", "free_pcp", "free_one_page", "free_the_page", "dump_backtrace",
-                      "__free", "page_frag", "dump_page", "skb_release", "skb_free", "folios_put", "page_pool")),
+    # The device and fs type would split one bug into many issues.
+    Format(_rx(r"BUG: Dentry .* still in use \(\d+\) \[(?P<f>unmount) of [^\]]+\]"), "BUG: Dentry still in use",
+           (_rx(r"\[(?P<f>unmount) of "),)),
+    # The allocation stack names the page's owner; where it is missing, the freeing stack.
+    Format(_rx(r"BUG: Bad page (state|cache)"), "BUG: Bad page {0}", (_rx("page last allocated"), TRACE),
+           _TRACE_ONLY, _skip("(?:free|put|get|update|release)_page", "free_unref", "^_*folio", "truncate_inode_pages",
+                              "page_frag_free", "alloc", "vmap", "page_owner", "bad_page", "free_pages", "free_pcp",
+                              "free_one_page", "dump_page", "skb_release", "skb_free", "page_pool")),
+    Format(_rx(r"BUG: Bad page map"), "BUG: Bad page map"),
     Format(_rx(r"kernel BUG at mm/usercopy.c|^usercopy: Kernel memory"), "BUG: bad usercopy", _TRACE_ONLY,
            skip=_skip("usercopy", "__check")),
     Format(_rx(r"kernel BUG at lib/list_debug.c|^list_(?:add|del) corruption|^list_\w+ corruption"),
@@ -269,29 +284,34 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^kernel stack overflow|^Kernel panic - not syncing: kernel stack overflow"), "kernel stack overflow",
            _RIP_THEN_TRACE, extractor=_stall),
     # --- WARNINGs by file ------------------------------------------------------------------------
-    _warning(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug",
+    _warning(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check|at)", "WARNING: ODEBUG bug",
              "debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "kmem_", "slab_", "kfree", "vunmap",
              "vfree", "__free_", "debug_check", "kobject_"),
-    _warning(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy", "usercopy", "__check"),
-    _warning(r"WARNING: .*lib/kobject\.c.* kobject_", "WARNING: kobject bug", "kobject_"),
-    _warning(r"WARNING: .*fs/proc/generic\.c.* proc_register", "WARNING: proc registration bug", "proc_"),
-    _warning(r"WARNING: .*lib/refcount\.c.* refcount_", "WARNING: refcount bug", "refcount", "kobject_"),
+    _warning(r"WARNING: .*mm/usercopy\.c.* (?:usercopy_warn|at)", "WARNING: bad usercopy", "usercopy", "__check"),
+    _warning(r"WARNING: .*lib/kobject\.c.* (?:kobject_|at)", "WARNING: kobject bug", "kobject_"),
+    _warning(r"WARNING: .*fs/proc/generic\.c.* (?:proc_register|at)", "WARNING: proc registration bug", "proc_"),
+    _warning(r"WARNING: .*lib/refcount\.c.* (?:refcount_|at)", "WARNING: refcount bug", "refcount", "kobject_"),
     _warning(r"WARNING: .*kernel/locking/lockdep\.c.*lock_", "WARNING: locking bug", "lock_sock",
              "release_sock"),
     _warning(r"WARNING: .*mm/vmalloc\.c.*__vmalloc_node_range", "WARNING: zero-size vmalloc", "vmalloc",
              "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"),
-    _warning(r"WARNING: .*mm/.*\.c.* k?.?malloc", "WARNING: kmalloc bug", "kmalloc", "kcalloc", "kzalloc",
-             "krealloc", "vmalloc", "slab", "kmem"),
+    _warning(r"WARNING: .*mm/.*\.c.* k?.?malloc", "WARNING: kmalloc bug", "kmalloc", "krealloc", "slab", "kmem"),
     Format(_rx(r"WARNING: .* usb_submit_urb"), "WARNING", _WARNING, _TRACE_ONLY,
            _skip("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg", "usb_control_msg"),
            frame_suffix="/usb_submit_urb"),
-    _warning(r"WARNING: .*lib/ref_tracker\.c", "WARNING: ref_tracker bug", "ref_tracker"),
-    Format(_rx(r"WARNING: kernel stack regs at \S+ in \S* has bad '([^']+)' value"),
+    Format(_rx(r"WARNING: kernel stack regs at [0-9a-f]+ in \S* has bad '([^']+)' value"),
            "WARNING: kernel stack regs has bad '{0}' value"),
-    Format(_rx(r"WARNING: kernel stack frame pointer at \S+ in \S* has bad value"),
+    Format(_rx(r"WARNING: kernel stack frame pointer at [0-9a-f]+ in \S* has bad value"),
            "WARNING: kernel stack frame pointer has bad value"),
+    # Hashed pointers ("(ptrval)"): one unwinder bug, whichever register it trips on.
+    Format(_rx(r"WARNING: kernel stack (?:regs|frame pointer) at .* has bad"),
+           "WARNING: kernel stack regs has bad value"),
+    Format(_rx(r"WARNING: .*still has locks held"), "WARNING: still has locks held", (_AT,)),
     Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: \S+:\d+ at (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    Format(_rx(r"^WARNING: \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
+    # 2025: "WARNING: file:line at 0x0, CPU#n: comm/pid" when the function is unknown: RIP names it
+    Format(_rx(r"^WARNING: \S+:\d+ at 0x[0-9a-f]+, CPU#"), "WARNING", _WARNING, _TRACE_ONLY),
+    Format(_rx(r"^WARNING: \[.*\] \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
     Format(_rx(r"^WARNING: at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
     # --- the rest -----------------------------------------------------------------------------
     Format(_rx(r"Machine Check Exception"), "Machine Check Exception"),
@@ -300,6 +320,8 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^irq \d+: nobody cared"), "irq: nobody cared", _TRACE_ONLY),
     Format(_rx(r"unregister_netdevice: waiting for \S+ to become free"),
            "unregister_netdevice: waiting for DEV to become free"),
+    Format(_rx(r"^VFS: Close: file count is 0"), "VFS: Close: file count is zero (use-after-free)"),
+    Format(_rx(r"^VFS: Busy inodes after unmount"), "VFS: Busy inodes after unmount (use-after-free)"),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: (?P<f>[\w.]+)\+"),
            "kernel panic: stack is corrupted", (_rx(r"corrupted in: (?P<f>[\w.]+)\+"),)),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector"), "kernel panic: stack is corrupted",
@@ -320,7 +342,7 @@ _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.patt
 # instead of the alternation above, which is tried at every position of the line.
 _HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
                     "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
-                    "nobody cared", "unregister_netdevice", "corruption", "usercopy")
+                    "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ")
 for _f in FORMATS:
     assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
 
@@ -405,12 +427,14 @@ def _match_part(part: _Part, line: str) -> tuple[bool, str | None]:
     return True, m.groupdict().get("f")
 
 
-def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern[str] | None) -> list[str]:
+def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern[str] | None,
+                strict: bool = False) -> list[str]:
     out: list[str] = []
 
     def add(name: str | None) -> None:
         # Extractors see the names as printed (their anchors know the wrapper prefixes).
-        if name and not is_skipped(name, skip) and not is_skipped(canonical_function(name), skip):
+        if name and not is_skipped(name, skip) and not is_skipped(canonical_function(name), skip) \
+                and (not out or out[-1] != name):
             out.append(name)
 
     i, n = 0, len(lines)
@@ -432,6 +456,7 @@ def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern
                     read += 1
                     if f.reliable:
                         add(f.function)
+                        add(arm_caller(line))
                 i += 1
             continue
         for j in range(i, n):
@@ -440,6 +465,9 @@ def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern
                 add(name)
                 i = j + 1
                 break
+        else:
+            if strict and part is not PC:
+                return []
         # An anchor that never shows (no RIP line on this arch, say): read on from where we are.
     return out
 
@@ -463,9 +491,9 @@ def blame(lines: Sequence[str]) -> Blame:
     category = fmt.category or kind
     if not fmt.stack:
         return Blame(kind, category, None, index, False, True)
-    frames = _candidates(region, fmt.stack, fmt.skip)
+    frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict)
     if not frames and fmt.alt:
-        frames = _candidates(region, fmt.alt, fmt.skip)
+        frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
     raw = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
     if raw is None and frames:
         raw = frames[0]
