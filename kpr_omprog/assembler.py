@@ -44,6 +44,8 @@ _RELEASE_RES = (
 )
 
 
+_PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
+
 #: a context line (kept per idle host) is cut to this: the kernel prints at most 1024
 #: characters a line, and 10,000 idle hosts x 10 lines must stay small whatever is sent
 CONTEXT_LINE_CHARS = 1024
@@ -58,6 +60,11 @@ class AssemblerConfig:
     idle_timeout: float = 2.0
     #: lines that may follow ``---[ end trace`` / ``Kernel Offset:`` (seconds)
     end_grace: float = 0.25
+    #: a crash that starts right after another's end marker, this close in kernel time
+    #: (seconds), with no line between them, is the same incident: a 6.x fortify overflow
+    #: prints a whole WARNING and then the BUG and panic it leads to. It is split again if
+    #: its own ``CPU: .. PID:`` line names another task
+    same_incident_gap: float = 0.01
     #: close a report this long after its first line, whatever follows (seconds)
     max_age: float = 120.0
     #: close a report at this many lines
@@ -84,6 +91,8 @@ class AssemblerConfig:
     def __post_init__(self) -> None:
         if self.group_by not in ("ip", "ip-port"):
             raise ValueError(f"group_by must be 'ip' or 'ip-port', not {self.group_by!r}")
+        if self.same_incident_gap < 0:
+            raise ValueError("same_incident_gap must be >= 0")
         for name in ("idle_timeout", "end_grace", "max_age"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -160,13 +169,18 @@ class AssemblerStats:
     #: reports closed because max_open_reports or open_bytes_budget was reached
     open_reports_limited: int = 0
     open_bytes_limited: int = 0
+    #: crashes joined to the report whose end marker they followed at once (same incident)
+    incidents_joined: int = 0
+    #: ...and split off again because they came from another task
+    incidents_split: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
 
     def as_dict(self) -> dict[str, Any]:
         return {"reports": self.reports, "hosts": self.hosts, "hosts_evicted": self.hosts_evicted,
                 "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
                 "datagrams_cut": self.datagrams_cut, "open_reports_limited": self.open_reports_limited,
-                "open_bytes_limited": self.open_bytes_limited, **self.decode.as_dict()}
+                "open_bytes_limited": self.open_bytes_limited, "incidents_joined": self.incidents_joined,
+                "incidents_split": self.incidents_split, **self.decode.as_dict()}
 
 
 class _Open:
@@ -174,13 +188,18 @@ class _Open:
 
     __slots__ = (
         "context",
+        "end_ts",
         "ended_at",
         "first_seen",
         "flags",
         "grace_until",
+        "joined_at",
+        "joined_pending",
         "last_seen",
         "lines",
+        "lines_after_end",
         "nbytes",
+        "pid",
         "release",
         "seq_gaps",
         "serial",
@@ -202,6 +221,37 @@ class _Open:
         self.ended_at: float | None = None
         self.release = release
         self.seq_gaps = 0
+        #: kernel time of the end marker, and lines since it
+        self.end_ts: float | None = None
+        self.lines_after_end = 0
+        #: the first task named by a ``CPU: .. PID:`` line, and where a joined incident begins
+        self.pid: str | None = None
+        self.joined_at: int | None = None
+        #: the joined crash's own header has not been seen yet
+        self.joined_pending = False
+
+    def split(self, serial: int) -> _Open:
+        """Cut the joined incident off into a report of its own and return it."""
+        at = self.joined_at
+        assert at is not None
+        rest = _Open.__new__(_Open)
+        rest.serial = serial
+        rest.first_seen = rest.last_seen = self.last_seen
+        rest.lines, rest.timestamps = self.lines[at:], self.timestamps[at:]
+        del self.lines[at:], self.timestamps[at:]
+        rest.context = ()
+        rest.start_line = rest.lines[0]
+        rest.flags = set()
+        rest.nbytes = sum(len(x) + 1 for x in rest.lines)
+        self.nbytes -= rest.nbytes
+        rest.grace_until = rest.ended_at = rest.end_ts = None
+        rest.lines_after_end = 0
+        rest.release = self.release
+        rest.seq_gaps = 0
+        rest.pid = None
+        rest.joined_at = self.joined_at = None
+        rest.joined_pending = self.joined_pending = False
+        return rest
 
     def add(self, line: Line) -> None:
         self.lines.append(line.text)
@@ -470,13 +520,39 @@ class Assembler:
                     line.text = text[:CONTEXT_LINE_CHARS]
                 host.recent.append(line)
             return
+        joining = False
         if rep.grace_until is not None and kind == crash.START:
-            # A new crash after the previous one's end: two reports.
-            self._close(host, "end_marker", closed)
-            self._open(host, line, closed)
-            return
+            if self._same_incident(rep, line) and not text.startswith("WARNING"):
+                joining = True
+                rep.grace_until = rep.ended_at = rep.end_ts = None
+                rep.joined_at = len(rep.lines)
+                # "cut here" or a lead-in line: the joined crash's header comes next
+                rep.joined_pending = text.startswith("-") or crash.is_lead_in(text)
+                self.stats.incidents_joined += 1
+            else:
+                # A new crash after the previous one's end: two reports.
+                self._close(host, "end_marker", closed)
+                self._open(host, line, closed)
+                return
         if kind == crash.PANIC:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
+        elif rep.ended_at is not None:
+            rep.lines_after_end += 1
+        elif rep.joined_pending and kind == crash.START and not joining and not crash.is_lead_in(text):
+            rep.joined_pending = False
+            if text.startswith("WARNING"):
+                # Only the fatal crash a warning leads to is the same incident, not a second warning.
+                self._split(host, closed)
+                rep = host.report
+                assert rep is not None
+        if text.startswith("CPU: ") and (m := _PID.match(text)) is not None:
+            if rep.pid is None:
+                rep.pid = m.group(1)
+            elif rep.joined_at is not None and m.group(1) != rep.pid:
+                # The joined crash is another task's: two incidents after all.
+                self._split(host, closed)
+                rep = host.report
+                assert rep is not None
         rep.add(line)
         self._open_bytes += len(text) + 1
         if kind == crash.END_NOW:
@@ -484,6 +560,8 @@ class Assembler:
             return
         if kind == crash.END_GRACE:
             rep.ended_at = line.at
+            rep.end_ts = line.ts
+            rep.lines_after_end = 0
             rep.grace_until = line.at + self.config.end_grace
         elif rep.ended_at is not None:
             # The tail after the end marker (an oops's second register dump, the panic that
@@ -495,6 +573,29 @@ class Assembler:
             self._truncate(host, "max_lines", closed)
         elif rep.nbytes >= cfg.max_bytes:
             self._truncate(host, "max_bytes", closed)
+
+    def _same_incident(self, rep: _Open, line: Line) -> bool:
+        """The crash starting at ``line`` follows ``rep``'s end marker at once, with no line
+        between: in kernel time when both have it, else in arrival time."""
+        if rep.lines_after_end or rep.ended_at is None:
+            return False
+        gap = self.config.same_incident_gap
+        if rep.end_ts is not None and line.ts is not None:
+            return 0 <= line.ts - rep.end_ts <= gap
+        return line.at - rep.ended_at <= gap
+
+    def _split(self, host: _Host, closed: list[Report]) -> None:
+        rep = host.report
+        assert rep is not None
+        self._serial += 1
+        rest = rep.split(self._serial)
+        self.stats.incidents_split += 1
+        self._open_bytes -= rest.nbytes
+        self._close(host, "end_marker", closed)
+        host.report = rest
+        self._idle.pop(host.key, None)
+        self._opened[host.key] = host
+        self._open_bytes += rest.nbytes
 
     def _open(self, host: _Host, line: Line, closed: list[Report]) -> None:
         if len(self._opened) >= self.config.max_open_reports:

@@ -22,7 +22,7 @@ from .frames import Frame, call_trace, canonical_function, parse_frame, pc_funct
 from .titles import blame
 
 __all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "CrashInfo", "Frame", "analyze", "call_trace",
-           "canonical_function", "classify", "is_start", "normalize", "parse_frame"]
+           "canonical_function", "classify", "is_lead_in", "is_start", "normalize", "parse_frame"]
 
 NONE = 0
 #: a line that opens a crash report
@@ -45,6 +45,11 @@ _ANYWHERE = re.compile(
 )
 _ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "LOCKUP", "Machine Check")
 # Markers that start a line: tried at position 0 only, which costs a fraction of a search.
+# Lines a fault handler or checker prints just before the header (arch/x86/mm/fault.c,
+# lib/string_helpers.c): the report begins with them, not after them.
+_LEAD_IN = (r"kernel tried to execute NX-protected page|unable to execute userspace code \(SMEP\?\)"
+            r"|(?:\w+: )?detected buffer overflow")
+_LEAD_IN_RE = re.compile(_LEAD_IN)
 _START_OF_LINE = (
     r"BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
     # A kernel WARNING names where it fired (CPU/at/file:line) or is a lockdep/RCU splat; other
@@ -53,7 +58,7 @@ _START_OF_LINE = (
     r"|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
     r"|\[ INFO: (?:possible|inconsistent|suspicious)"  # old lockdep banners
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
-    r"|INFO: task \S.* (?:blocked|can't die) for more than"
+    r"|INFO: task \S.* (?:blocked|can't die) (?:in I/O wait )?for more than"
     r"|(?:Oops|Internal error): "
     r"|(?:Oops: )?general protection fault"
     r"|Unable to handle kernel "
@@ -70,6 +75,10 @@ _START_OF_LINE = (
     r"|(?:do_IRQ: stack overflow|kernel stack overflow)"
     r"|Unhandled fault: "
     r"|Kernel panic - not syncing"
+    # Bugs reported in one line, with no stack (syzkaller counts them too)
+    r"|unregister_netdevice: waiting for \S+ to become free|VFS: Close: file count is 0"
+    r"|VFS: Busy inodes after unmount|rust_kernel: panicked at "
+    r"|" + _LEAD_IN
 )
 _END_NOW = r"---\[ end Kernel panic|Rebooting in \d+ seconds"
 _END_GRACE = r"---\[ end trace|Kernel Offset: "
@@ -91,6 +100,11 @@ def classify(text: str) -> int:
     if m.group("s") is not None:
         return PANIC if text.startswith(_PANIC_PREFIX) else START
     return END_NOW if m.group("n") is not None else END_GRACE
+
+
+def is_lead_in(text: str) -> bool:
+    """A line that opens a report but is not its header: the header follows."""
+    return _LEAD_IN_RE.match(text) is not None
 
 
 def is_start(text: str) -> bool:
@@ -150,7 +164,8 @@ _CPU_LINE = re.compile(
 )
 _HARDWARE = re.compile(r"^Hardware name: (.+?)(?:, BIOS .*)?$")
 _MODULE_SUFFIX = re.compile(r"\[(\w+)\]\s*$")
-_WARNING_LEVEL = ("WARNING", "possible deadlock", "inconsistent lock state", "INFO: suspicious RCU usage")
+_WARNING_LEVEL = ("WARNING", "possible deadlock", "inconsistent lock state", "INFO: suspicious RCU usage",
+                  "unregister_netdevice")
 
 
 def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:

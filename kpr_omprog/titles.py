@@ -320,6 +320,9 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^irq \d+: nobody cared"), "irq: nobody cared", _TRACE_ONLY),
     Format(_rx(r"unregister_netdevice: waiting for \S+ to become free"),
            "unregister_netdevice: waiting for DEV to become free"),
+    # Rust symbols are mangled in traces; the source file of the panic is stable across builds.
+    Format(_rx(r"rust_kernel: panicked at (?P<f>[\w/.-]+\.rs):"), "rust panic",
+           (_rx(r"panicked at (?P<f>[\w/.-]+\.rs):"),)),
     Format(_rx(r"^VFS: Close: file count is 0"), "VFS: Close: file count is zero (use-after-free)"),
     Format(_rx(r"^VFS: Busy inodes after unmount"), "VFS: Busy inodes after unmount (use-after-free)"),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: (?P<f>[\w.]+)\+"),
@@ -342,7 +345,8 @@ _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.patt
 # instead of the alternation above, which is tried at every position of the line.
 _HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
                     "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
-                    "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ")
+                    "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ",
+                    "rust_kernel")
 for _f in FORMATS:
     assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
 
@@ -472,9 +476,37 @@ def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern
     return out
 
 
+_PLUMBING = re.compile(r"(?:__x64_|__ia32_|__arm64_|__se_|__do_|_{0,3})sys_|ksys_|do_syscall_|entry_SYSCALL"
+                       r"|x64_sys_call"
+                       r"|vfs_(?:read|write|readv|writev|iter_read|iter_write|ioctl|open)$|do_sys_|full_proxy_"
+                       r"|debugfs_(?:attr_)?(?:read|write)|do_el0_svc|el0|invoke_syscall")
+_END_TRACE = "---[ end trace"
+# What a warning can lead to at once in the same incident (a fortify WARNING, then its BUG()).
+_FATAL_KINDS = ("kernel BUG", "BUG: ", "invalid opcode", "general protection fault", "Oops", "Internal error")
+
+
+def _fatal_after_warning(lines: Sequence[str], index: int) -> tuple[int, Format, re.Match[str]] | None:
+    """A fatal crash that begins right after the warning at ``index`` has ended: the
+    assembler keeps the two as one incident, and the fatal one names it, as it does on
+    kernels that print no warning first (6.1's fortify_panic), so both group together."""
+    end = next((k for k in range(index + 1, min(len(lines), index + 200)) if lines[k].startswith(_END_TRACE)), None)
+    if end is None:
+        return None
+    for j in range(end + 1, min(len(lines), end + 4)):
+        if not _maybe_header(lines[j]):
+            continue
+        for fmt in FORMATS:
+            m = fmt.header.search(lines[j])
+            if m is not None:
+                return (j, fmt, m) if fmt.kind.startswith(_FATAL_KINDS) else None
+    return None
+
+
 def blame(lines: Sequence[str]) -> Blame:
     """Find the report's header line, its kind and its guilty function."""
     found = _find_header(lines)
+    if found is not None and found[1].kind.startswith("WARNING"):
+        found = _fatal_after_warning(lines, found[0]) or found
     if found is None:
         header = next((x for x in lines if x.strip()), "")
         return Blame(kind=header, category="kernel crash", frame=None, header_index=0, corrupted=True,
@@ -496,7 +528,8 @@ def blame(lines: Sequence[str]) -> Blame:
         frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
     raw = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
     if raw is None and frames:
-        raw = frames[0]
+        # Syscall, VFS and debugfs plumbing only carries the call: any other frame is the culprit.
+        raw = next((f for f in frames if not _PLUMBING.match(f)), frames[0])
     if raw is None and "f" in m.groupdict() and m.group("f"):
         raw = m.group("f")
     frame = canonical_function(raw) + fmt.frame_suffix if raw else None

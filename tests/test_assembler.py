@@ -285,3 +285,57 @@ def test_same_input_same_output() -> None:
     items = [(d, A if i % 3 else B, 1 + i * 0.01) for i, d in enumerate(classic(OOPS * 3))]
     first = [r.to_dict() for r in run(Assembler(), items)]
     assert first == [r.to_dict() for r in run(Assembler(), items)]
+
+
+# A 6.x fortify overflow: __fortify_report WARNs, then __fortify_panic BUG()s in the same task
+# within microseconds (lib/string_helpers.c); both parts print "cut here".
+FORTIFY_WARN = ["------------[ cut here ]------------",
+                "strnlen: detected buffer overflow: 17 byte read of buffer size 16",
+                "WARNING: CPU: 0 PID: 3004 at lib/string_helpers.c:1029 __fortify_report+0x6c/0x74",
+                "CPU: 0 PID: 3004 Comm: prog Not tainted 6.12.0-1-amd64 #1 Debian 6.12.9-1",
+                "RIP: 0010:__fortify_report+0x6c/0x74",
+                "Call Trace:", " <TASK>", " __fortify_panic+0x10/0x14", " ext4_fileattr_get+0x70/0x78",
+                " __ext4_ioctl+0x2f0/0x1200", " </TASK>", "---[ end trace 0000000000000000 ]---"]
+
+
+def fortify_bug(pid: str = "3004") -> list[str]:
+    return ["------------[ cut here ]------------", "kernel BUG at lib/string_helpers.c:1037!",
+            "Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI",
+            f"CPU: 0 PID: {pid} Comm: prog Tainted: G        W          6.12.0-1-amd64 #1 Debian 6.12.9-1",
+            "RIP: 0010:__fortify_panic+0x10/0x14", "Call Trace:", " <TASK>", " ext4_fileattr_get+0x70/0x78",
+            " </TASK>", "---[ end trace 0000000000000000 ]---",
+            "Kernel panic - not syncing: Fatal exception", "---[ end Kernel panic - not syncing: Fatal exception ]---"]
+
+
+def stamped(lines: list[str], t0: float, step: float) -> list[bytes]:
+    return [b"[%12.6f] %s\n" % (t0 + i * step, x.encode()) for i, x in enumerate(lines)]
+
+
+def test_a_warning_and_the_bug_it_leads_to_at_once_are_one_incident() -> None:
+    data = stamped(FORTIFY_WARN + fortify_bug(), 86.95, 0.00002)
+    asm = Assembler()
+    [r] = run(asm, [(d, A, 100 + i * 0.0001) for i, d in enumerate(data)])
+    assert r.lines[0] == FORTIFY_WARN[0] and r.lines[-1].startswith("---[ end Kernel panic")
+    assert asm.stats.incidents_joined == 1 and asm.stats.incidents_split == 0
+
+
+@pytest.mark.parametrize("case", ["another task", "a line between", "a visible gap", "a second warning"])
+def test_separate_incidents_after_an_end_marker_stay_separate(case: str) -> None:
+    second = fortify_bug()
+    if case == "another task":
+        second = fortify_bug(pid="3005")
+    elif case == "a line between":
+        second = ["lkdtm: Performing direct entry BUG", *second]
+    elif case == "a second warning":
+        second = FORTIFY_WARN
+    first = stamped(FORTIFY_WARN, 86.95, 0.00002)
+    gap = 0.5 if case == "a visible gap" else 0.00002
+    rest = stamped(second, 86.95 + len(FORTIFY_WARN) * 0.00002 + gap, 0.00002)
+    asm = Assembler()
+    reports = run(asm, [(d, A, 100 + i * 0.0001) for i, d in enumerate(first + rest)])
+    assert len(reports) == 2, [r.lines[:2] for r in reports]
+    # (a line in the end marker's grace belongs to the first report, as always)
+    assert reports[0].lines[:len(FORTIFY_WARN)] == tuple(FORTIFY_WARN)
+    assert reports[1].lines[0].startswith("---") and reports[1].lines[-3:] == tuple(second[-3:])
+    if case == "another task":
+        assert asm.stats.incidents_split == 1

@@ -147,3 +147,113 @@ def test_a_warning_message_is_not_a_kernel_warning() -> None:
     assert not crash.is_start("WARNING: fbcon: Driver 'vkmsdrmfb' missed to adjust virtual screen size")
     assert crash.is_start("WARNING: CPU: 1 PID: 88 at drivers/misc/lkdtm/bugs.c:83 lkdtm_WARNING+0xe/0x20")
     assert crash.is_start("WARNING: possible circular locking dependency detected")
+
+
+# The 2025 WARNING spellings (anchors-2026.md §7; lore 20251110114633.202485143@infradead.org)
+WARN_2025 = [WARN_NEW[0], "WARNING: drivers/misc/lkdtm/bugs.c:83 at lkdtm_WARNING+0xe/0x20 [lkdtm], CPU#1: sh/88",
+             *WARN_NEW[2:]]
+WARN_2025_NO_FUNC = [WARN_NEW[0], "WARNING: drivers/misc/lkdtm/bugs.c:83 at 0x0, CPU#1: sh/88", *WARN_NEW[2:]]
+
+
+@pytest.mark.parametrize("lines", [WARN_2025, WARN_2025_NO_FUNC])
+def test_the_2025_warning_spellings_title_like_the_old_one(lines: list[str]) -> None:
+    assert crash.is_start(lines[1])
+    info = analyze(lines)
+    assert info.title == "WARNING in lkdtm_WARNING"
+    assert info.fingerprint == analyze(WARN_NEW).fingerprint == analyze(WARN_OLD).fingerprint
+
+
+def test_never_guilty_names_match_whole_tokens_not_parts_of_a_culprit() -> None:
+    from kpr_omprog.frames import is_skipped
+    for helper in ("__memcpy", "memcpy_orig", "fortify_memcpy_chk", "_copy_to_user", "vsnprintf", "vprintk_emit",
+                   "__kmalloc_noprof", "_raw_spin_lock_irqsave", "__x86_indirect_thunk_rax", "should_failslab",
+                   "kasan_report", "__fortify_report", "hlock_class"):
+        assert is_skipped(helper), helper
+    # a culprit whose name merely contains a helper's (syzkaller's substring match skips these)
+    for culprit in ("sget_userns", "mydrvmemcpy", "nvme_stringify_ctrl", "ext4_fileattr_get", "tls_copyin_buf"):
+        assert not is_skipped(culprit), culprit
+
+
+USERCOPY_VIA_DEBUGFS = """usercopy: Kernel memory exposure attempt detected from SLUB object 'kmalloc-64' (offset 0, size 64)
+------------[ cut here ]------------
+kernel BUG at mm/usercopy.c:102!
+invalid opcode: 0000 [#1] PREEMPT SMP NOPTI
+CPU: 0 PID: 91 Comm: cat Not tainted 6.1.0-56-amd64 #1  Debian 6.1.192-2
+RIP: 0010:usercopy_abort+0x6e/0x70
+Call Trace:
+ <TASK>
+ __check_heap_object+0xd7/0x110
+ __check_object_size.cold+0x4f/0xe8
+ mydrv_stats_read.cold+0x2a/0x4c [mydrv]
+ full_proxy_read+0x59/0x80
+ vfs_read+0xa1/0x1a0
+ ksys_read+0x6f/0xf0
+ do_syscall_64+0x5b/0xc0
+ entry_SYSCALL_64_after_hwframe+0x64/0xce
+ </TASK>
+Kernel panic - not syncing: Fatal exception""".splitlines()
+
+# Every frame between the checker and the syscall is skipped: plumbing is the last resort.
+ONLY_PLUMBING_LEFT = [*USERCOPY_VIA_DEBUGFS[:10], *USERCOPY_VIA_DEBUGFS[11:]]
+
+USER_RIP = """BUG: unable to handle page fault for address: 00007ffd4c3b2000
+#PF: supervisor instruction fetch in kernel mode
+#PF: error_code(0x0011) - permissions violation
+Oops: 0011 [#1] PREEMPT SMP NOPTI
+CPU: 1 PID: 120 Comm: sh Not tainted 6.1.0-56-amd64 #1  Debian 6.1.192-2
+RIP: 0010:0x7ffd4c3b2000
+Call Trace:
+ <TASK>
+ lkdtm_EXEC_USERSPACE+0x6f/0x90 [lkdtm]
+ lkdtm_do_action+0x15/0x30 [lkdtm]
+ direct_entry.cold+0x3a/0x60 [lkdtm]
+ full_proxy_write+0x56/0x80
+ vfs_write+0xe2/0x3e0
+ </TASK>
+Kernel panic - not syncing: Fatal exception""".splitlines()
+
+
+@pytest.mark.parametrize(("lines", "title"), [
+    (USERCOPY_VIA_DEBUGFS, "BUG: bad usercopy in mydrv_stats_read"),
+    (ONLY_PLUMBING_LEFT, "BUG: bad usercopy in vfs_read"),
+    # RIP holds no symbol (user space address): the trace names the culprit
+    (USER_RIP, "BUG: unable to handle kernel paging request in lkdtm_EXEC_USERSPACE"),
+])
+def test_the_culprit_is_a_module_function_not_the_plumbing(lines: list[str], title: str) -> None:
+    assert analyze(lines).title == title
+
+
+def test_lead_in_lines_open_the_report_but_do_not_name_it() -> None:
+    nx = ["kernel tried to execute NX-protected page - exploit attempt? (uid: 0)", *USER_RIP]
+    assert crash.is_start(nx[0]) and crash.is_lead_in(nx[0])
+    assert analyze(nx).title == analyze(USER_RIP).title
+    assert crash.is_start("unable to execute userspace code (SMEP?) (uid: 0)")
+    assert crash.is_start("detected buffer overflow in strscpy")
+
+
+def test_one_fortify_overflow_groups_alike_on_6_1_and_6_12() -> None:
+    # 6.1: fortify_panic() prints one line and BUG()s; 6.12: __fortify_report WARNs first.
+    v61 = ["detected buffer overflow in strnlen", "------------[ cut here ]------------",
+           "kernel BUG at lib/string_helpers.c:1027!", "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI",
+           "CPU: 0 PID: 300 Comm: prog Not tainted 6.1.0-56-amd64 #1 Debian 6.1.192-2",
+           "RIP: 0010:fortify_panic+0x13/0x20", "Call Trace:", " <TASK>", " ext4_fileattr_get+0x70/0x78",
+           " __ext4_ioctl+0x2f0/0x1200", " </TASK>", "Kernel panic - not syncing: Fatal exception"]
+    v612 = ["------------[ cut here ]------------", "strnlen: detected buffer overflow: 17 byte read of buffer size 16",
+            "WARNING: CPU: 0 PID: 300 at lib/string_helpers.c:1029 __fortify_report+0x6c/0x74",
+            "CPU: 0 PID: 300 Comm: prog Not tainted 6.12.9-amd64 #1 Debian 6.12.9-1",
+            "RIP: 0010:__fortify_report+0x6c/0x74", "Call Trace:", " <TASK>", " __fortify_panic+0x10/0x14",
+            " ext4_fileattr_get+0x70/0x78", " </TASK>", "---[ end trace 0000000000000000 ]---",
+            "------------[ cut here ]------------", "kernel BUG at lib/string_helpers.c:1037!",
+            "Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI",
+            "CPU: 0 PID: 300 Comm: prog Tainted: G        W          6.12.9-amd64 #1 Debian 6.12.9-1",
+            "RIP: 0010:__fortify_panic+0x10/0x14", "Call Trace:", " <TASK>", " ext4_fileattr_get+0x70/0x78",
+            " </TASK>", "---[ end trace 0000000000000000 ]---", "Kernel panic - not syncing: Fatal exception"]
+    a, b = analyze(v61), analyze(v612)
+    assert a.title == b.title == "kernel BUG in ext4_fileattr_get"
+    assert a.fingerprint == b.fingerprint and a.level == b.level == "fatal"
+
+
+def test_hung_task_in_io_wait_is_a_hung_task() -> None:
+    lines = ["INFO: task udevd:5612 blocked in I/O wait for more than 143 seconds.", *HUNG_RTNL[1:]]
+    assert crash.is_start(lines[0])
+    assert analyze(lines).title == "INFO: task hung in rtnl_lock"
