@@ -174,7 +174,7 @@ def test_never_guilty_names_match_whole_tokens_not_parts_of_a_culprit() -> None:
         assert not is_skipped(culprit), culprit
 
 
-USERCOPY_VIA_DEBUGFS = """usercopy: Kernel memory exposure attempt detected from SLUB object 'kmalloc-64' (offset 0, size 64)
+USERCOPY_VIA_DEBUGFS = """usercopy: Kernel memory exposure attempt detected from SLUB object 'kmalloc-64' (offset 0)
 ------------[ cut here ]------------
 kernel BUG at mm/usercopy.c:102!
 invalid opcode: 0000 [#1] PREEMPT SMP NOPTI
