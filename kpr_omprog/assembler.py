@@ -121,10 +121,14 @@ class Report:
     #: why it closed: end_marker, idle, max_age, max_lines, max_bytes, reboot, evicted,
     #: max_open_reports, open_bytes_budget, end_of_input
     closed_by: str
-    #: truncated, seq_gaps, fragments_lost, reboot_seen, undecodable, evicted
+    #: truncated, seq_gaps, lines_lost, fragments_lost, reboot_seen, undecodable, evicted
     flags: tuple[str, ...]
     kernel_release: str | None = None
     seq_gaps: int = 0
+    #: messages the sender sent that never arrived (its ``msgid`` sysdata skipped them)
+    lost_lines: int = 0
+    #: the sender's netconsole userdata (`` key=value``): how the host labels itself
+    userdata: tuple[tuple[str, str], ...] = ()
 
     @property
     def text(self) -> str:
@@ -148,6 +152,8 @@ class Report:
             "flags": list(self.flags),
             "kernel_release": self.kernel_release,
             "seq_gaps": self.seq_gaps,
+            "lost_lines": self.lost_lines,
+            "userdata": dict(self.userdata),
             "lines": len(self.lines),
             "context": list(self.context),
             "timestamps": list(self.timestamps),
@@ -198,6 +204,7 @@ class _Open:
         "last_seen",
         "lines",
         "lines_after_end",
+        "lost",
         "nbytes",
         "pid",
         "release",
@@ -205,6 +212,7 @@ class _Open:
         "serial",
         "start_line",
         "timestamps",
+        "userdata",
     )
 
     def __init__(self, serial: int, first: Line, context: tuple[str, ...], release: str | None) -> None:
@@ -221,6 +229,8 @@ class _Open:
         self.ended_at: float | None = None
         self.release = release
         self.seq_gaps = 0
+        self.lost = 0
+        self.userdata: tuple[tuple[str, str], ...] | None = None
         #: kernel time of the end marker, and lines since it
         self.end_ts: float | None = None
         self.lines_after_end = 0
@@ -248,6 +258,8 @@ class _Open:
         rest.lines_after_end = 0
         rest.release = self.release
         rest.seq_gaps = 0
+        rest.lost = 0
+        rest.userdata = self.userdata
         rest.pid = None
         rest.joined_at = self.joined_at = None
         rest.joined_pending = self.joined_pending = False
@@ -267,6 +279,11 @@ class _Open:
             self.flags.add("seq_gaps")
         if line.release and not self.release:
             self.release = line.release
+        if line.lost:
+            self.lost += line.lost
+            self.flags.add("lines_lost")
+        if line.userdata is not None:
+            self.userdata = line.userdata
 
 
 class _Host:
@@ -611,6 +628,8 @@ class Assembler:
         for x in host.recent:
             if x.release and not rep.release:
                 rep.release = x.release
+            if x.userdata is not None and rep.userdata is None:
+                rep.userdata = x.userdata
         host.recent.clear()
         host.report = rep
         rep.add(line)
@@ -658,4 +677,4 @@ class Assembler:
             host=host.ip, port=host.port, first_seen=rep.first_seen, last_seen=rep.last_seen,
             lines=tuple(rep.lines), timestamps=tuple(rep.timestamps), context=rep.context,
             start_line=rep.start_line, closed_by=reason, flags=tuple(sorted(rep.flags)),
-            kernel_release=release, seq_gaps=rep.seq_gaps))
+            kernel_release=release, seq_gaps=rep.seq_gaps, lost_lines=rep.lost, userdata=rep.userdata or ()))

@@ -86,6 +86,28 @@ def build_string(lines: tuple[str, ...] | list[str]) -> str | None:
     return None
 
 
+#: userdata entries that become tags (the kernel allows 256 a target; Sentry wants few tags)
+USERDATA_TAGS = 16
+_TAG_KEY_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def userdata_tags(userdata: tuple[tuple[str, str], ...], ours: dict[str, str]) -> dict[str, str]:
+    """A host's netconsole userdata (datacenter, rack, role...) as tags: keys cut to Sentry's
+    32 characters of [A-Za-z0-9_.:-], at most USERDATA_TAGS of them, never replacing one of
+    our own tags (such a key becomes ``userdata.<key>``)."""
+    out: dict[str, str] = {}
+    for key, value in userdata:
+        if len(out) >= USERDATA_TAGS:
+            break
+        key = _TAG_KEY_BAD.sub("_", key)[:32]
+        if not key:
+            continue
+        if key in ours:
+            key = f"userdata.{key}"[:32]
+        out[key] = _tag(value)
+    return out
+
+
 def _tag(value: Any) -> str:
     return " ".join(str(value).split())[:TAG_LIMIT] or "-"
 
@@ -109,6 +131,7 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
         tags["module"] = _tag(info.module)
     if info.corrupted:
         tags["corrupted"] = "yes"
+    tags.update(userdata_tags(report.userdata, tags))
     tags.update(parsed.tags)
     extra: dict[str, Any] = {
         "lines": len(report.lines),
@@ -120,6 +143,8 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
     }
     if report.seq_gaps:
         extra["seq_gaps"] = report.seq_gaps
+    if report.lost_lines:
+        extra["lost_lines"] = report.lost_lines
     if parsed.failed:
         extra["failed_hooks"] = ", ".join(parsed.failed)[:1000]
     for k, v in parsed.extra.items():

@@ -67,6 +67,11 @@ class Line:
     fragments_lost: bool = False
     #: extended sequence numbers skipped before this line (not necessarily loss)
     seq_gap: int = 0
+    #: messages the sender transmitted but we never received, from its ``msgid=`` sysdata
+    #: (which counts only what was actually sent): real loss on the network
+    lost: int = 0
+    #: the sender's configfs userdata (`` key=value`` lines), as it labels itself
+    userdata: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +88,10 @@ class DecodeStats:
     oversized: int = 0
     duplicates: int = 0
     reboots: int = 0
+    #: lines a host sent twice, once per format (a basic and an extended target both at us)
+    dual_format_duplicates: int = 0
+    #: messages lost on the network, from gaps in ``msgid=``
+    msgid_lost: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -102,6 +111,8 @@ class DecoderLimits:
     piece_timeout: float = 0.5
     #: extended sequence numbers going back by more than this mean a reboot
     reorder_window: int = 32
+    #: userdata entries kept per record (the kernel allows 256); the rest are dropped
+    max_userdata: int = 32
 
 
 @dataclass(slots=True)
@@ -129,13 +140,19 @@ class HostDecoder:
     """Turns one host's datagrams into :class:`Line` objects (sans-IO)."""
 
     __slots__ = (
+        "_both",
         "_frags",
+        "_last_key",
+        "_last_msgid",
         "_last_seq",
         "_last_ts",
         "_partial",
         "_partial_at",
+        "_recent",
         "_release",
         "_seen",
+        "_seen_formats",
+        "_userdata",
         "limits",
         "stats",
     )
@@ -150,6 +167,15 @@ class HostDecoder:
         self._last_ts: float | None = None
         self._release: str | None = None
         self._seen = False
+        self._last_msgid: int | None = None
+        self._userdata: tuple[tuple[str, str], ...] | None = None
+        # Dual-format dedupe: 1 = classic seen, 2 = extended seen; once both, the last
+        # (usec, text) keys of each format, so the second copy of a line is dropped.
+        self._seen_formats = 0
+        self._both = False
+        self._recent: tuple[dict[tuple[float, str], None], dict[tuple[float, str], None]] | None = None
+        # the last line of the first format, to seed the dedupe when the second format appears
+        self._last_key: tuple[float, str] | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -286,8 +312,45 @@ class HostDecoder:
             line.reboot = True
             self.stats.reboots += 1
         self._seen = True
+        if not self._seen_formats & 1:
+            self._note_format(0)
+        if ts is not None:
+            # float("86.950000") == 86950000 / 1e6: both formats give the same key
+            if self._both:
+                if self._duplicate(0, ts, text):
+                    return
+            else:
+                self._last_key = (ts, text)
         self.stats.lines += 1
         out.append(line)
+
+    # -- dual formats -----------------------------------------------------------------------
+
+    def _note_format(self, fmt: int) -> None:
+        first = self._seen_formats
+        self._seen_formats |= 1 << fmt
+        if self._seen_formats == 3:
+            self._both = True
+            self._recent = ({}, {})
+            if self._last_key is not None:
+                self._recent[first - 1][self._last_key] = None
+            self._last_key = None
+
+    def _duplicate(self, fmt: int, ts: float, text: str) -> bool:
+        """True when the other format already delivered this line (same kernel time, same
+        text); else remember it. O(1); each format remembers its last 256 lines."""
+        assert self._recent is not None
+        key = (ts, text)
+        other = self._recent[1 - fmt]
+        if key in other:
+            del other[key]
+            self.stats.dual_format_duplicates += 1
+            return True
+        mine = self._recent[fmt]
+        mine[key] = None
+        if len(mine) > 256:
+            del mine[next(iter(mine))]
+        return False
 
     # -- extended -----------------------------------------------------------------------
 
@@ -365,9 +428,56 @@ class HostDecoder:
         level, s, usec, release = pending.header
         self._emit_extended(level, s, usec, release, bytes(data), pending.first_at, out, lost=lost)
 
+    def _metadata(self, meta: bytes, release: str | None) -> tuple[int, str | None]:
+        """Read the `` KEY=VALUE`` lines after an extended record's text: printk's dictionary
+        (``SUBSYSTEM=``, ``DEVICE=``), then configfs userdata, then sysdata (``cpu=``,
+        ``taskname=``, ``release=``, ``msgid=``), which the kernel writes last. Returns the
+        messages lost before this one (from ``msgid``) and the release. O(len(meta))."""
+        user: list[tuple[str, str]] = []
+        sysdata: dict[str, str] = {}
+        for raw in meta.split(b"\n"):
+            if raw[:1] != b" " or b"=" not in raw:
+                continue
+            key_b, _, value_b = raw[1:].partition(b"=")
+            key = key_b.decode("ascii", "replace")
+            value = value_b.decode("utf-8", "replace")
+            if key in ("cpu", "taskname", "release", "msgid"):
+                # sysdata comes last: a user key of the same name is overridden by the kernel's
+                if key in sysdata and key != "msgid":
+                    user.append((key, sysdata[key]))
+                sysdata[key] = value
+            elif key not in ("SUBSYSTEM", "DEVICE") and len(user) < self.limits.max_userdata:
+                user.append((key, value))
+        if user:
+            labels = tuple(user)
+            if labels != self._userdata:
+                self._userdata = labels
+        lost = 0
+        msgid = sysdata.get("msgid", "")
+        if msgid.isdigit() and len(msgid) <= 10:
+            n = int(msgid)
+            last = self._last_msgid
+            if last is not None:
+                gap = (n - last - 1) & 0xFFFFFFFF  # a u32 that wraps
+                if 0 < gap < 1 << 31:
+                    lost = gap
+                    self.stats.msgid_lost += gap
+            if last is None or (n - last) & 0xFFFFFFFF < 1 << 31:
+                self._last_msgid = n
+        rel = sysdata.get("release")
+        if rel and release is None:
+            release = rel[:64]
+            self._release = release
+        return lost, release
+
     def _emit_extended(self, level: int, seq: int, usec: int, release: str | None, body: bytes,
                        at: float, out: list[Line], lost: bool) -> None:
-        text_raw, _, _dictionary = body.partition(b"\n")
+        text_raw, _, meta = body.partition(b"\n")
+        if not self._seen_formats & 2:
+            self._note_format(1)
+        msg_lost = 0
+        if meta:
+            msg_lost, release = self._metadata(meta, release)
         if b"\\x" in text_raw:
             text_raw = _EXT_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text_raw)
         reboot = False
@@ -380,6 +490,7 @@ class HostDecoder:
             if seq + self.limits.reorder_window < last:
                 reboot = True
                 self.stats.reboots += 1
+                self._last_msgid = None
             elif seq > last + 1:
                 gap = seq - last - 1
         if last is None or reboot or seq > last:
@@ -391,10 +502,16 @@ class HostDecoder:
                 self.stats.oversized += 1
                 raw = raw[: self.limits.max_line_bytes]
             text, bad = _to_text(raw.rstrip(b"\r"), self.stats)
+            if self._both:
+                if self._duplicate(1, ts, text):
+                    continue
+            else:
+                self._last_key = (ts, text)
             self.stats.lines += 1
             out.append(Line(text, at, ts, level & 7, seq, release or self._release,
                             reboot=reboot and i == 0, undecodable=bad, fragments_lost=lost,
-                            seq_gap=gap if i == 0 else 0))
+                            seq_gap=gap if i == 0 else 0, lost=msg_lost if i == 0 else 0,
+                            userdata=self._userdata))
 
 
 _DIGITS_BYTES = frozenset(bytes((d,)) for d in _DIGITS)

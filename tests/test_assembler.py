@@ -339,3 +339,26 @@ def test_separate_incidents_after_an_end_marker_stay_separate(case: str) -> None
     assert reports[1].lines[0].startswith("---") and reports[1].lines[-3:] == tuple(second[-3:])
     if case == "another task":
         assert asm.stats.incidents_split == 1
+
+
+def test_a_panic_sent_in_one_burst_is_closed_by_its_end_marker_not_a_pause() -> None:
+    # nbcon (2026): a panicking kernel may flush the whole crash at once, just before reboot.
+    asm = Assembler(AssemblerConfig(idle_timeout=30.0))
+    out: list[Report] = []
+    for d in classic(["boot noise", *OOPS]):
+        out += asm.feed(d, A, 50.0)  # every line in the same instant
+    assert out == []  # "Kernel Offset:" may still be followed by a line or two...
+    [r] = asm.expire(50.0 + AssemblerConfig().end_grace)  # ...for end_grace, not idle_timeout
+    assert r.closed_by == "end_marker" and r.lines[-1] == OOPS[-1]
+
+
+def test_lost_messages_and_userdata_reach_the_report() -> None:
+    asm = Assembler()
+    recs = [b"6,1,1000,-;boot noise\n dc=ams1\n rack=r12\n msgid=1\n"]
+    for i, text in enumerate(OOPS):
+        msgid = 2 + i + (3 if i == 2 else 0) + (3 if i > 2 else 0)  # three messages lost before OOPS[2]
+        recs.append(b"4,%d,%d,-;%s\n dc=ams1\n rack=r12\n msgid=%d\n" % (2 + i, 2000 + i, text.encode(), msgid))
+    [r] = run(asm, [(d, A, 1.0 + i * 0.001) for i, d in enumerate(recs)])
+    assert r.lost_lines == 3 and "lines_lost" in r.flags
+    assert r.userdata == (("dc", "ams1"), ("rack", "r12"))
+    assert r.to_dict()["userdata"] == {"dc": "ams1", "rack": "r12"}

@@ -167,3 +167,67 @@ def test_classic_cut_at_arbitrary_points_gives_the_same_lines(lines: list[str], 
         got += d.feed(p, 1.0)
     got += d.flush()
     assert [x.text for x in got] == lines
+
+
+# -- 2024-2026 wire formats, from Documentation/networking/netconsole.rst and the selftests
+# (anchors-2026.md §1.2) -------------------------------------------------------------------
+
+def test_sysdata_lines_are_metadata_not_log_lines() -> None:
+    d = HostDecoder()
+    [line] = d.feed(b"12,607,22085407756,-;This is a message\n cpu=42\n taskname=echo\n"
+                    b" release=6.14.0-rc6-01219-g3c027fbd941d\n", at=1.0)
+    assert line.text == "This is a message"
+    assert line.release == "6.14.0-rc6-01219-g3c027fbd941d"
+    assert line.userdata is None
+
+
+def test_userdata_labels_the_host_and_a_colliding_user_key_is_kept() -> None:
+    d = HostDecoder()
+    [line] = d.feed(b"12,607,22085407756,-;This is a message\n foo=bar\n qux=baz\n cpu=1\n cpu=42\n", at=1.0)
+    assert line.text == "This is a message"
+    assert line.userdata == (("foo", "bar"), ("qux", "baz"), ("cpu", "1"))
+    # the printk dictionary is not userdata
+    [line] = d.feed(b"6,608,22085407800,-;e1000: eth0 up\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:03.0\n", at=1.1)
+    assert line.text == "e1000: eth0 up" and line.userdata == (("foo", "bar"), ("qux", "baz"), ("cpu", "1"))
+
+
+def test_a_msgid_gap_is_real_loss_and_wraps_as_a_u32() -> None:
+    def lost(msgids: list[int]) -> list[int]:
+        d = HostDecoder()
+        out = []
+        for seq, msgid in enumerate(msgids, 1):
+            [line] = d.feed(b"13,%d,%d,-;message\n msgid=%d\n" % (seq, seq * 1000, msgid), at=seq)
+            out.append(line.lost)
+        assert d.stats.msgid_lost == sum(out)
+        return out
+
+    assert lost([1, 2, 5, 6]) == [0, 0, 2, 0]
+    assert lost([0xFFFFFFFE, 0xFFFFFFFF, 1]) == [0, 0, 1]  # 0 was lost across the wrap
+    assert lost([7, 3, 8]) == [0, 0, 0]  # going back is reordering, not loss
+
+
+def test_fragments_split_a_metadata_line_and_reassemble_with_it() -> None:
+    body = b"A" * 960 + b"\n key=" + b"v" * 40 + b"\n msgid=7\n"
+    first, second = body[:967], body[967:]
+    d = HostDecoder()
+    out = d.feed(b"6.13.0-04048-g4f561a87745a,13,468,514729715,-,ncfrag=0/%d;" % len(body) + first, at=1.0)
+    out += d.feed(b"6.13.0-04048-g4f561a87745a,13,468,514729715,-,ncfrag=967/%d;" % len(body) + second, at=1.0)
+    [line] = out
+    assert line.text == "A" * 960 and line.userdata == (("key", "v" * 40),)
+    assert line.release == "6.13.0-04048-g4f561a87745a" and not line.fragments_lost
+
+
+def test_a_host_with_a_basic_and_an_extended_target_gives_each_line_once() -> None:
+    crash = ["BUG: kernel NULL pointer dereference, address: 0000000000000000", "Oops: 0002 [#1] SMP",
+             "RIP: 0010:lkdtm_ACCESS_NULL+0x5/0x20 [lkdtm]", "---[ end trace 0000000000000000 ]---"]
+    d = HostDecoder()
+    out = []
+    for i, text in enumerate(crash):
+        usec = 86_950_000 + i * 12
+        classic = b"[%5d.%06d] %s\n" % (usec // 1_000_000, usec % 1_000_000, text.encode())
+        extended = b"4,%d,%d,-;%s\n" % (100 + i, usec, text.encode())
+        # the two consoles are written in either order
+        for d_gram in ((classic, extended) if i % 2 else (extended, classic)):
+            out += d.feed(d_gram, at=1.0 + i * 0.001)
+    assert texts(out) == crash
+    assert d.stats.dual_format_duplicates == len(crash)

@@ -447,3 +447,23 @@ def test_events_we_drop_ourselves_are_told_to_the_server_in_a_client_report(tmp_
     assert len(reports_sent) == 2
     assert {d["reason"]: d["quantity"] for d in reports_sent[-1]["discarded_events"]} == {
         "event_processor": 3, "send_error": 1}
+
+
+def test_userdata_becomes_bounded_tags_and_lost_lines_an_extra() -> None:
+    from kpr_omprog.event import USERDATA_TAGS, build_event
+    from kpr_omprog.hooks import Parsers as P
+
+    asm = Assembler()
+    labels = b"".join(b" %s=%s\n" % (k, v) for k, v in
+                      [(b"dc", b"ams1"), (b"host", b"spoofed"), (b"weird key!", b"x" * 300)]
+                      + [(b"k%d" % i, b"v") for i in range(40)])
+    asm.feed(b"4,1,1000,-;BUG: kernel NULL pointer dereference, address: 0000000000000000\n" + labels
+             + b" msgid=1\n", ("10.4.0.9", 6666), 1.0)
+    asm.feed(b"4,2,1001,-;Oops: 0002 [#1] SMP\n" + labels + b" msgid=4\n", ("10.4.0.9", 6666), 1.0)
+    [r] = asm.close_all()
+    event, _ = build_event(r, P().run(["10.4.0.9", 6666], r.text))
+    tags = event["tags"]
+    assert tags["dc"] == "ams1" and tags["host"] == "10.4.0.9" and tags["userdata.host"] == "spoofed"
+    assert tags["weird_key_"] == "x" * 200
+    assert len([k for k in tags if k[0] == "k" and k[1:].isdigit()]) == USERDATA_TAGS - 3
+    assert event["extra"]["lost_lines"] == 2
