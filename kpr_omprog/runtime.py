@@ -361,7 +361,8 @@ class Intake:
                 "undecodable": a.decode.undecodable, "malformed_headers": a.decode.malformed_headers,
                 "lines_lost": a.decode.msgid_lost,
                 "dual_format_duplicates": a.decode.dual_format_duplicates,
-                "incidents_joined": a.incidents_joined, "reports_folded": g.folded_by_host + g.folded_by_crash, "summaries": g.summaries,
+                "incidents_joined": a.incidents_joined, "reports_folded": g.folded_by_host + g.folded_by_crash,
+                "summaries": g.summaries,
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
                 "journal_failures": self.journal_failures}
 
