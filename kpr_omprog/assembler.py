@@ -295,7 +295,9 @@ class _Host:
         self.port = port
         self.key = key
         self.decoder = decoder
-        self.recent: deque[Line] = deque(maxlen=context_lines)
+        # Lines before a crash: Line objects, or (at, ts, text) for the noise lines the fast
+        # path kept without building one
+        self.recent: deque[Line | tuple[float, float, str]] = deque(maxlen=context_lines)
         self.report: _Open | None = None
         self.release: str | None = None
         #: the earliest deadline of this host that sits in the assembler's heap
@@ -343,6 +345,17 @@ class Assembler:
         host.port = source[1]
         decoder = host.decoder
         if host.report is None and host.scheduled is None and decoder.idle:
+            quick = decoder.idle_line(datagram)
+            if quick is not None:
+                text = quick[1]
+                if crash.classify(text) == crash.NONE and not text.startswith("Linux version "):
+                    # The usual noise line: no Line object, the text cut for context.
+                    host.recent.append((at, quick[0], text if len(text) <= CONTEXT_LINE_CHARS
+                                        else text[:CONTEXT_LINE_CHARS]))
+                    return closed
+                self._line(host, Line(text, at, quick[0]), closed)
+                self._schedule(host)
+                return closed
             # The common case under load: a host with nothing open and nothing pending
             # sends a line that is not a crash. Same steps as _line, without the calls.
             recent = host.recent
@@ -623,9 +636,11 @@ class Assembler:
             self.stats.open_reports_limited += 1
             self._close(oldest, "max_open_reports", closed)
         self._serial += 1
-        context = tuple(x.text for x in host.recent)
+        context = tuple(x.text if isinstance(x, Line) else x[2] for x in host.recent)
         rep = _Open(self._serial, line, context, host.release)
         for x in host.recent:
+            if not isinstance(x, Line):
+                continue
             if x.release and not rep.release:
                 rep.release = x.release
             if x.userdata is not None and rep.userdata is None:

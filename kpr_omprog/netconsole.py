@@ -196,6 +196,39 @@ class HostDecoder:
         self._feed_classic(payload, at, out)
         return out
 
+    def idle_line(self, payload: bytes) -> tuple[float, str] | None:
+        """The usual noise datagram, cheaply: one whole timestamped classic line, valid UTF-8,
+        from a host with nothing pending that sends one format. Returns its kernel time and
+        text without building a :class:`Line` (the caller builds one only if it keeps more
+        than the text), or None when :meth:`feed` must take the datagram (anything else, a
+        reboot included). O(len(payload)), no regular expression.
+
+            >>> d = HostDecoder(); _ = d.feed(b"[    1.000000] first\\n", at=1.0)
+            >>> d.idle_line(b"[    1.500000] hello\\n")
+            (1.5, 'hello')
+        """
+        if (self._seen_formats != 1 or self._partial or self._frags or payload[:1] != b"["
+                or payload[-1:] != b"\n" or payload.count(b"\n", 0, -1)):
+            return None
+        end = payload.find(b"]", 1, 24)
+        if end < 0:
+            return None
+        try:
+            ts = float(payload[1:end])
+            text = payload[end + 2 if payload[end + 1:end + 2] == b" " else end + 1:-1].decode()
+        except ValueError:  # not a timestamp, or not UTF-8 (UnicodeDecodeError)
+            return None
+        last = self._last_ts
+        if ((last is not None and ts + 1.0 < last) or text[:1] == "[" or len(text) > self.limits.max_line_bytes
+                or "\x00" in text or text[-1:] == "\r" or ts != ts or ts < 0):
+            return None  # a reboot, a caller id, an oversized line, a NUL, a CR, nan
+        self._last_ts = ts
+        self._last_key = (ts, text)
+        stats = self.stats
+        stats.datagrams += 1
+        stats.lines += 1
+        return ts, text
+
     @property
     def idle(self) -> bool:
         """Nothing pending: :meth:`expire` and :meth:`deadline` have nothing to do."""

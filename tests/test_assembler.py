@@ -362,3 +362,24 @@ def test_lost_messages_and_userdata_reach_the_report() -> None:
     assert r.lost_lines == 3 and "lines_lost" in r.flags
     assert r.userdata == (("dc", "ams1"), ("rack", "r12"))
     assert r.to_dict()["userdata"] == {"dc": "ams1", "rack": "r12"}
+
+
+def test_the_noise_fast_path_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpr_omprog.netconsole import HostDecoder
+
+    odd = [b"[    9.000000] before a reboot\n", b"[    1.000000] after a reboot\n",
+           b"[    1.000001][  T42] caller id noise\n", b"[    1.000002] cr\r\n", b"[    1.000003] nul \x00 byte\n",
+           b"[    1.000004] bad utf-8 \xff\xfe\n", b"[    1.000005] \n",
+           b"[    1.000006] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)\n",
+           b"[nonsense] not a time\n", b"[    1.000007] " + b"x" * 2000 + b"\n"]
+    data = [*odd, *classic(OOPS, t0=2)]
+
+    def reports() -> list[Report]:
+        return run(Assembler(), [(d, A, 10 + i * 0.001) for i, d in enumerate(data)])
+
+    fast = reports()
+    monkeypatch.setattr(HostDecoder, "idle_line", lambda self, payload: None)
+    slow = reports()
+    assert [(r.context, r.lines, r.flags, r.kernel_release) for r in fast] == \
+        [(r.context, r.lines, r.flags, r.kernel_release) for r in slow]
+    assert len(fast) == 1 and len(fast[0].context) == 10 and fast[0].context[0] == "after a reboot"
