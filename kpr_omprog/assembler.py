@@ -175,6 +175,8 @@ class AssemblerStats:
     #: reports closed because max_open_reports or open_bytes_budget was reached
     open_reports_limited: int = 0
     open_bytes_limited: int = 0
+    #: crash starts in a datagram that had already opened a report (one report a datagram)
+    starts_ignored: int = 0
     #: crashes joined to the report whose end marker they followed at once (same incident)
     incidents_joined: int = 0
     #: ...and split off again because they came from another task
@@ -186,6 +188,7 @@ class AssemblerStats:
                 "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
                 "datagrams_cut": self.datagrams_cut, "open_reports_limited": self.open_reports_limited,
                 "open_bytes_limited": self.open_bytes_limited, "incidents_joined": self.incidents_joined,
+                "starts_ignored": self.starts_ignored,
                 "incidents_split": self.incidents_split, **self.decode.as_dict()}
 
 
@@ -323,6 +326,7 @@ class Assembler:
         # Hosts with an open report, oldest report first, and the text they hold together.
         self._opened: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
         self._open_bytes = 0
+        self._opened_now = False
 
     # -- public -------------------------------------------------------------------------
 
@@ -332,6 +336,7 @@ class Assembler:
         Returns the reports this datagram closed (often none).
         """
         closed: list[Report] = []
+        self._opened_now = False
         if len(datagram) > self.config.max_datagram_bytes:
             # Worst case per datagram: O(max_datagram_bytes) of decoding, whatever was sent.
             datagram = datagram[:self.config.max_datagram_bytes]
@@ -387,6 +392,7 @@ class Assembler:
     def expire(self, now: float) -> list[Report]:
         """Close every report whose time is up at ``now``; return them in closing order."""
         closed: list[Report] = []
+        self._opened_now = False
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             d, _, key = heapq.heappop(heap)
@@ -628,6 +634,14 @@ class Assembler:
         self._open_bytes += rest.nbytes
 
     def _open(self, host: _Host, line: Line, closed: list[Report]) -> None:
+        if self._opened_now:
+            # One datagram opens at most one report: the kernel sends one record a datagram,
+            # and a crash spans many. A datagram packed with crash starts and end markers
+            # makes one report, not one per pair; the rest of its lines are context.
+            self.stats.starts_ignored += 1
+            host.recent.append(line)
+            return
+        self._opened_now = True
         if len(self._opened) >= self.config.max_open_reports:
             # The oldest open report closes whole, flagged, to make room.
             oldest = next(iter(self._opened.values()))

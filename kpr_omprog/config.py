@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .assembler import AssemblerConfig
+from .netconsole import DecoderLimits
 from .ratelimit import RateLimitConfig
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "OmprogConfig",
@@ -198,7 +199,13 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a table [{key}]")
             if key == "assembler" and "decoder" in value:
-                raise ConfigError("assembler.decoder: unknown key")
+                # [assembler.decoder]: the per-host decoding bounds (DecoderLimits)
+                value = dict(value)
+                dec = value.pop("decoder")
+                if not isinstance(dec, dict):
+                    raise ConfigError("assembler.decoder: expected a table [assembler.decoder]")
+                limits = _section(dec, DecoderLimits, "assembler.decoder", cfg.assembler.decoder)
+                cfg = replace(cfg, assembler=replace(cfg.assembler, decoder=limits))
             cfg = replace(cfg, **{key: _section(value, sections[key], key, getattr(cfg, key))})
         elif key in ("dsn", "state_dir", "environment", "log_format", "log_level", "metrics_file"):
             top[key] = _check_type(key, value, str)

@@ -37,6 +37,8 @@ COUNTERS = {
     "lines_lost": "Messages senders sent that never arrived (gaps in their msgid sysdata)",
     "dual_format_duplicates": "Lines a host sent twice (a basic and an extended target), the copy dropped",
     "incidents_joined": "Crashes joined to the warning they followed at once (one incident, one report)",
+    "lines_joined": "Datagrams with more lines than decoder.max_lines_per_datagram (the rest kept as one line)",
+    "starts_ignored": "Crash starts in a datagram that had already opened a report (one report a datagram)",
     "datagrams_cut": "Datagrams longer than assembler.max_datagram_bytes, cut",
     "hosts_evicted": "Hosts forgotten at assembler.max_hosts",
     "reports_folded": "Reports folded by the rate limit (counted in a summary)",

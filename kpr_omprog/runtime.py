@@ -245,6 +245,7 @@ class Intake:
         self._metrics_path = metrics_path
         self._metrics_interval = metrics_interval
         self._next_metrics = 0.0
+        self._bound_steps: dict[str, int] = {}
         self.journal_failures = 0
         self.duplicates = 0
         #: the newest receive time replayed from the journal
@@ -332,7 +333,26 @@ class Intake:
                     log.error("journal_write_failed", error=str(e), rows=len(batch), failures=self.journal_failures,
                               why="the disk is full or unwritable: open reports would not survive a restart")
 
+    # Bounds the assembler applies inside a datagram: counted there, logged here (once a
+    # batch) when a count passes 1, 10, 100, 1000, then every 10,000.
+    _DATAGRAM_BOUNDS = (
+        ("lines_joined", "assembler.decoder.max_lines_per_datagram",
+         "a datagram held more lines than a kernel sends; the rest were kept as one line"),
+        ("starts_ignored", "one report a datagram",
+         "a datagram held several crash starts; one report was made, the rest kept as context"),
+    )
+
+    def _log_datagram_bounds(self) -> None:
+        stats = self.assembler.stats
+        for name, bound, why in self._DATAGRAM_BOUNDS:
+            count = getattr(stats.decode, name) if name == "lines_joined" else getattr(stats, name)
+            step = self._bound_steps.get(name, 1)
+            if count >= step:
+                log.warning("datagram_bound", what=name, count=count, bound=bound, why=why)
+                self._bound_steps[name] = 10 * count if count < 1000 else count + 10_000
+
     def expire(self, now: float) -> None:
+        self._log_datagram_bounds()
         self._closed(self.assembler.expire(now), now)
         self.pipeline.send_summaries(now)
         if self._metrics_path is not None and time.monotonic() >= self._next_metrics:
@@ -361,7 +381,8 @@ class Intake:
                 "undecodable": a.decode.undecodable, "malformed_headers": a.decode.malformed_headers,
                 "lines_lost": a.decode.msgid_lost,
                 "dual_format_duplicates": a.decode.dual_format_duplicates,
-                "incidents_joined": a.incidents_joined, "reports_folded": g.folded_by_host + g.folded_by_crash,
+                "incidents_joined": a.incidents_joined, "lines_joined": a.decode.lines_joined,
+                "starts_ignored": a.starts_ignored, "reports_folded": g.folded_by_host + g.folded_by_crash,
                 "summaries": g.summaries,
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
                 "journal_failures": self.journal_failures}

@@ -383,3 +383,14 @@ def test_the_noise_fast_path_changes_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert [(r.context, r.lines, r.flags, r.kernel_release) for r in fast] == \
         [(r.context, r.lines, r.flags, r.kernel_release) for r in slow]
     assert len(fast) == 1 and len(fast[0].context) == 10 and fast[0].context[0] == "after a reboot"
+
+
+def test_one_datagram_opens_at_most_one_report() -> None:
+    def packed(t: int) -> bytes:  # four separate crashes (a second apart) in one datagram
+        return b"".join(b"[%5d.000000] BUG: unable to handle page fault for address: 0000000000001234\n"
+                        b"[%5d.000001] ---[ end trace 0 ]---\n" % (t + i, t + i) for i in range(4))
+    asm = Assembler()
+    out = run(asm, [(packed(10), A, 1.0), (packed(20), A, 2.0)])
+    assert len(out) == 2 and asm.stats.starts_ignored == 6 and asm.stats.incidents_joined == 0
+    assert all(r.lines == ("BUG: unable to handle page fault for address: 0000000000001234",
+                           "---[ end trace 0 ]---") for r in out)

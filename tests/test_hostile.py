@@ -530,3 +530,16 @@ def test_metrics_of_a_running_receiver_move_with_a_real_crash(tmp_path: Path) ->
     final = _metrics(exported)
     assert final["kpr_omprog_malformed_input_total"] == 1
     assert final["kpr_omprog_reports_closed_total{reason=end_marker}"] == 1
+
+
+def test_the_decoder_bounds_are_settings_and_a_typo_is_one_line(tmp_path: Path) -> None:
+    from kpr_omprog.config import load
+
+    conf = tmp_path / "c.toml"
+    conf.write_text("[assembler]\nidle_timeout = 3.0\n[assembler.decoder]\nmax_lines_per_datagram = 16\n")
+    cfg = load(conf)
+    assert cfg.assembler.idle_timeout == 3.0 and cfg.assembler.decoder.max_lines_per_datagram == 16
+    conf.write_text("[assembler.decoder]\nmax_lines_per_datagramm = 16\n")
+    r = run_cli("check-config", "--config", str(conf))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "assembler.decoder.max_lines_per_datagramm: unknown key" in r.stderr

@@ -161,7 +161,7 @@ def test_classic_cut_at_arbitrary_points_gives_the_same_lines(lines: list[str], 
     stream = b"".join(b"[%5d.%06d] " % (i, i) + t.encode() + b"\n" for i, t in enumerate(lines))
     cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=20, unique=True)))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    d = HostDecoder()
+    d = HostDecoder(DecoderLimits(max_lines_per_datagram=10_000))  # pieces of many lines: not the point here
     got = []
     for p in pieces:
         got += d.feed(p, 1.0)
@@ -231,3 +231,25 @@ def test_a_host_with_a_basic_and_an_extended_target_gives_each_line_once() -> No
             out += d.feed(d_gram, at=1.0 + i * 0.001)
     assert texts(out) == crash
     assert d.stats.dual_format_duplicates == len(crash)
+
+
+def test_a_datagram_of_many_lines_costs_eight_lines() -> None:
+    d = HostDecoder()
+    out = d.feed(b"\n" * 4000 + b"[    1.000000] one\n", at=1.0)
+    assert texts(out) == ["one"]  # empty lines carry nothing
+    many = b"".join(b"[    1.%06d] line %d\n" % (i, i) for i in range(40))
+    out = d.feed(many, at=2.0)
+    assert len(out) == 8 and d.stats.lines_joined == 1
+    assert out[-1].text.startswith("line 7\n[    1.000008] line 8\n") and out[-1].text.endswith("line 39")
+    # the same cap for a record whose escaped text holds newlines
+    out = d.feed(b"6,9,3000000,-;" + b"x\\x0a" * 1000 + b"\n", at=3.0)
+    assert len(out) == 8 and d.stats.lines_joined == 2
+
+
+def test_escapes_decode_alike_fast_or_exact() -> None:
+    d = HostDecoder()
+    [a] = d.feed(b"6,1,1,-;caf\\xc3\\xa9 tab\\x09end back\\x5cslash\n", at=1.0)
+    assert a.text == "caf\u00e9 tab\tend back\\slash"
+    # not the kernel's escapes: kept as sent, the valid \xNN still decoded
+    [b] = d.feed(b"6,2,2,-;odd \\q and \\x4 and \\x41\n", at=1.0)
+    assert b.text == "odd \\q and \\x4 and A"
