@@ -98,7 +98,9 @@ fi
 # A venv an older install built on another interpreter (a pyenv one) is built again.
 if [ -f "$PREFIX/pyvenv.cfg" ] && ! grep -qx "home = $(dirname "$PY")" "$PREFIX/pyvenv.cfg"; then run rm -rf "$PREFIX"; fi
 [ -x "$PREFIX/bin/python" ] || run "$PY" -m venv "$PREFIX"
-run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
+# [fast]: orjson for omprog lines; a platform without its wheel installs without it
+run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE[fast]" \
+  || run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
 run install -d -m 0755 "$(dirname "$LINK")"
 run ln -sfn "$PREFIX/bin/kpr-omprog" "$LINK"
 run install -d -m 0755 "$CONF_DIR"

@@ -50,7 +50,7 @@ fi
 export KPR_DEBIAN_ROOT="$DEBIAN_ROOT"
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test,fast]"
 
 # Bugsink (a Sentry-compatible server) in a venv of its own: its wheel ships top-level
 # packages (events, issues, ...) that must not shadow the project's.

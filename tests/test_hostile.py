@@ -543,3 +543,24 @@ def test_the_decoder_bounds_are_settings_and_a_typo_is_one_line(tmp_path: Path) 
     r = run_cli("check-config", "--config", str(conf))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "assembler.decoder.max_lines_per_datagramm: unknown key" in r.stderr
+
+
+@given(st.one_of(st.binary(max_size=300),
+                 st.builds(lambda ip, raw, rec: json.dumps({"ip": ip, "raw": raw, "received": rec}).encode(),
+                           st.text(max_size=20), st.text(max_size=100), st.text(max_size=40)),
+                 st.builds(lambda raw: b'{"ip":"10.0.0.1","raw":"' + raw + b'"}', st.binary(max_size=60))))
+@settings(max_examples=400, deadline=None)
+def test_the_fast_json_parser_agrees_with_the_standard_one(line: bytes) -> None:
+    import kpr_omprog.sources.omprog as om
+
+    def parse(fast: object) -> object:
+        saved, om._fast_loads = om._fast_loads, fast  # type: ignore[assignment]
+        try:
+            return om.parse_omprog_line(line)
+        except MalformedLine as e:
+            return ("malformed", str(e))
+        finally:
+            om._fast_loads = saved  # type: ignore[assignment]
+
+    assert om._fast_loads is not None, "tests/run.sh installs kpr-omprog[fast]"
+    assert parse(om._fast_loads) == parse(None)

@@ -24,6 +24,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -79,6 +80,15 @@ class InFlight:
 
 #: the longest sender address rsyslog writes (an IPv6 address with a zone is shorter)
 MAX_IP_CHARS = 64
+
+# orjson (the optional extra kpr-omprog[fast], which install.sh installs) parses an omprog
+# line 5-7 times faster than json (tests/benchmarks: 0.4 against 2.2-2.8 us); the standard
+# library stays the exact fallback for whatever orjson refuses.
+_fast_loads: Callable[[bytes], Any] | None
+try:
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on the install
+    _fast_loads = None
 #: a receive time further back than this (Sentry's 30-day retention) is replaced by ours
 PAST_LIMIT = 30 * 86400.0
 
@@ -96,12 +106,19 @@ def parse_omprog_line(line: bytes) -> tuple[bytes, str, float | None]:
     ...
     kpr_omprog.sources.omprog.MalformedLine: not JSON: nested too deeply
     """
-    try:
-        obj = json.loads(line.decode("utf-8", "surrogateescape"))
-    except ValueError as e:
-        raise MalformedLine(f"not JSON: {e}") from None
-    except RecursionError:
-        raise MalformedLine("not JSON: nested too deeply") from None
+    obj: Any = None
+    if _fast_loads is not None:
+        try:
+            obj = _fast_loads(line)
+        except ValueError:  # invalid UTF-8, a lone surrogate, NaN, deep nesting: the exact parser decides
+            obj = None
+    if obj is None:
+        try:
+            obj = json.loads(line.decode("utf-8", "surrogateescape"))
+        except ValueError as e:
+            raise MalformedLine(f"not JSON: {e}") from None
+        except RecursionError:
+            raise MalformedLine("not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise MalformedLine("not a JSON object")
     raw, ip, received = obj.get("raw"), obj.get("ip"), obj.get("received")
