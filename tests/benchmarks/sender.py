@@ -18,6 +18,7 @@ import os
 import random
 import re
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -82,7 +83,13 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.5)
     ap.add_argument("--max-seconds", type=float, default=60)
     ap.add_argument("--cpu", type=int, default=None)
+    ap.add_argument("--write-schedule", metavar="FILE", help="write the schedule for csender.c and exit")
     a = ap.parse_args()
+    if a.write_schedule:
+        with open(a.write_schedule, "wb") as f:
+            for h, d in schedule(a.hosts, a.count, a.noise):
+                f.write(struct.pack("<IH", h, len(d)) + d)
+        return
     if a.host not in ("127.0.0.1", "::1"):
         raise SystemExit("loopback targets only")
     if a.cpu is not None:
