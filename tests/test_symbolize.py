@@ -200,3 +200,33 @@ def test_a_symbolizer_that_does_not_answer_costs_at_most_the_time_limit(kmod: Pa
     assert pipe.symbolizer is not None and pipe.symbolizer.timeouts == 1
     assert pipe.symbolizer.running == 0  # close() killed it
 
+
+def test_symbols_command_says_which_releases_have_symbols(kmod: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = Store(str(state / "kpr-omprog.sqlite3"))
+    pipe = Pipeline(Config(symbols=with_debug(kmod)), Parsers(), store)
+    try:
+        pipe.handle(crash(), time.time())
+        other = crash()
+        other = replace(other, host="10.1.1.1", kernel_release=other.kernel_release and "6.1.0-99-amd64",
+                        lines=tuple(x.replace(RELEASE, "6.1.0-99-amd64") for x in other.lines))
+        pipe.handle(other, time.time())
+    finally:
+        pipe.close()
+        store.close()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[symbols]\ndirs = ["{kmod.parent}"]\nstandard_root = "/nonexistent"\n')
+    cmd = [sys.executable, "-m", "kpr_omprog.cli", "symbols", "--config", str(conf), "--state-dir", str(state)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3, r.stdout
+    other_line = next(x for x in lines if x.startswith("6.1.0-99-amd64 "))
+    ours = next(x for x in lines if x.startswith(f"{RELEASE} "))
+    assert "no symbols" in other_line and "with source lines: 0" in other_line
+    assert "no symbols" not in ours and "module debug files: 1" in ours and "with source lines: 1" in ours
+    assert "install linux-image-<release>-dbg" in lines[2]
+    r = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
+    rows = {x["release"]: x for x in map(json.loads, r.stdout.splitlines())}
+    assert rows[RELEASE]["has_symbols"] and not rows["6.1.0-99-amd64"]["has_symbols"]
