@@ -110,7 +110,7 @@ class SymbolsConfig:
     #: symbolizer processes kept running at most (the least recently used is stopped)
     max_processes: int = 4
     #: a symbolizer process holding more memory than this is restarted after use
-    max_memory_bytes: int = 2 << 30
+    max_memory_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,8 +48,9 @@ SENTINEL = "0xffffffffffffffff"
 
 _SITE = re.compile(r"(?:^|[\s:(])(?P<fn>[A-Za-z_$][\w.$]*)\+0x(?P<off>[0-9a-f]+)/0x[0-9a-f]+\)?"
                    r"(?:\s+\[(?P<mod>\w+)(?:\s+[0-9a-f]+)?\])?")
-# Debian/Ubuntu (debian/build/build_<flavour>/, /build/linux-<hash>/) and RHEL (/usr/src/debug/kernel-*/linux-*/)
-_BUILD_DIR = re.compile(r"^(?:.*?/)?debian/build/build_[^/]+/|^/build/linux-[^/]+/"
+# Debian/Ubuntu (debian/build/build_<flavour>/, /build/[reproducible-path/]linux-<version>/)
+# and RHEL (/usr/src/debug/kernel-*/linux-*/)
+_BUILD_DIR = re.compile(r"^(?:.*?/)?debian/build/build_[^/]+/|^/build/(?:[^/]+/)?linux-[^/]+/"
                         r"|^/usr/src/debug/kernel-[^/]+/linux-[^/]+/")
 _LOCATION = re.compile(r"^(?P<path>.+?):(?P<line>\d+)(?::\d+)?(?: \(discriminator \d+\))?$")
 
@@ -164,6 +165,8 @@ def clean_path(path: str) -> str:
     'fs/read_write.c'
     >>> clean_path("./include/linux/list.h"), clean_path("/build/linux-AbC12/mm/slub.c")
     ('include/linux/list.h', 'mm/slub.c')
+    >>> clean_path("/build/reproducible-path/linux-6.1.192/arch/x86/entry/entry_64.S")
+    'arch/x86/entry/entry_64.S'
     >>> clean_path("/usr/src/debug/kernel-5.14.0-427.el9/linux-5.14.0-427.el9.x86_64/fs/xfs/xfs_log.c")
     'fs/xfs/xfs_log.c'
     """
