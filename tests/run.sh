@@ -40,9 +40,9 @@ export KPR_KERNEL_DIR="$KERNEL_DIR"
 
 # Debug information of a real kernel module for the symbolization tests: the headers
 # package of that same kernel (with its -common and kbuild packages, about 70 MB unpacked,
-# cached) and tests/kmod/kprcrash.c built against them with -g; the symbolizers measured
-# (binutils, elfutils, llvm) are installed too.
-for pkg in gcc make binutils elfutils llvm; do
+# cached) and tests/kmod/kprcrash.c built against them with -g; elfutils for eu-addr2line,
+# the symbolizer the receiver runs.
+for pkg in gcc make binutils elfutils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_kmod+=("$pkg")
 done
 if [ ${#need_kmod[@]} -gt 0 ]; then

@@ -27,11 +27,22 @@ from kpr_omprog.sources.replay import read_captures, replay
 from kpr_omprog.store import Store
 from kpr_omprog.symbolizer import Symbolizer
 from tests.bugsink import Bugsink
+from tests.qemu import KERNEL_DIR
 
 DATA = Path(__file__).parent / "data"
 SOURCE = Path(__file__).parent / "kmod" / "kprcrash.c"
 RELEASE = "6.1.0-57-amd64"  # the kernel the capture came from
-KMOD_DIR = Path(os.environ.get("KPR_KMOD_DIR", Path.home() / ".cache" / "kpr-omprog-kmod" / RELEASE))
+
+
+def _kmod_dir() -> Path:
+    if os.environ.get("KPR_KMOD_DIR"):
+        return Path(os.environ["KPR_KMOD_DIR"])
+    release = KERNEL_DIR / "RELEASE"
+    return Path.home() / ".cache" / "kpr-omprog-kmod" / (release.read_text().strip() if release.exists() else RELEASE)
+
+
+#: where tests/run.sh built the module (for the kernel the live test boots)
+KMOD_DIR = _kmod_dir()
 
 
 def line_of(marker: str) -> int:
@@ -39,11 +50,18 @@ def line_of(marker: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def kmod() -> Path:
+def kmod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A symbols.dirs directory holding the built module as ``<release of the capture>/kprcrash.ko``.
+
+    Built for another release than the capture's (Debian moved on), its code is the same
+    unless the compiler or kernel changed it; if the lines below then differ, recapture
+    tests/data/kprcrash-NULL_ext_oopspanic.jsonl with the live test's guest."""
     ko = KMOD_DIR / "kprcrash.ko"
     assert ko.exists(), f"{ko} missing: tests/run.sh builds tests/kmod against the kernel's headers package"
-    assert KMOD_DIR.name == RELEASE, f"{KMOD_DIR} is not for {RELEASE}, the release of the captured oops"
-    return KMOD_DIR
+    root = tmp_path_factory.mktemp("debug")
+    (root / RELEASE).mkdir()
+    (root / RELEASE / "kprcrash.ko").symlink_to(ko)
+    return root
 
 
 def crash() -> Report:
@@ -70,13 +88,13 @@ def frames(event: dict[str, Any]) -> list[dict[str, Any]]:
 
 def with_debug(kmod: Path, **kw: Any) -> SymbolsConfig:
     # the configured directory: <dir>/<release>/kprcrash.ko; no distribution layout here
-    return SymbolsConfig(dirs=(str(kmod.parent),), standard_root="/nonexistent", **kw)
+    return SymbolsConfig(dirs=(str(kmod),), standard_root="/nonexistent", **kw)
 
 
 def test_module_frames_get_the_module_source_file_and_line(kmod: Path, tmp_path: Path) -> None:
     event, pipe = stored_event(tmp_path, with_debug(kmod), crash())
     by_fn = {f["raw_function"]: f for f in frames(event)}
-    src = str(kmod / "kprcrash.c")  # where the module was compiled
+    src = str(KMOD_DIR / "kprcrash.c")  # where the module was compiled
     # return addresses: the line of the call, as decode_stacktrace.sh shows it
     assert (by_fn["kpr_crash_outer.isra.0"]["abs_path"], by_fn["kpr_crash_outer.isra.0"]["lineno"]) == (
         src, line_of("KPR_CALL_LINE"))
@@ -91,7 +109,7 @@ def test_module_frames_get_the_module_source_file_and_line(kmod: Path, tmp_path:
     assert ctx["function"] == "kpr_poke" and ctx["line"] == line_of("KPR_FAULT_LINE")
     assert ctx["stack"] == [f"kpr_poke {src}:{line_of('KPR_FAULT_LINE')} [inline]",
                             f"kpr_crash_deep {src}:{line_of('return kpr_poke(')}"]
-    assert ctx["debug_files"] == {"kprcrash.ko": str(kmod / "kprcrash.ko")}
+    assert ctx["debug_files"] == {"kprcrash.ko": str(kmod / RELEASE / "kprcrash.ko")}
     assert pipe.symbolizer is not None and (pipe.symbolizer.hits, pipe.symbolizer.misses) == (1, 0)
     assert pipe.symbolizer.running == 0  # close() stopped its process
 
@@ -216,7 +234,7 @@ def test_symbols_command_says_which_releases_have_symbols(kmod: Path, tmp_path: 
         pipe.close()
         store.close()
     conf = tmp_path / "c.toml"
-    conf.write_text(f'[symbols]\ndirs = ["{kmod.parent}"]\nstandard_root = "/nonexistent"\n')
+    conf.write_text(f'[symbols]\ndirs = ["{kmod}"]\nstandard_root = "/nonexistent"\n')
     cmd = [sys.executable, "-m", "kpr_omprog.cli", "symbols", "--config", str(conf), "--state-dir", str(state)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
