@@ -30,6 +30,7 @@ commands:
   replay        print the reports a capture file holds, one JSON object per line
   capture       record live UDP datagrams in the capture format
   check-config  validate the config file
+  symbols       which kernel releases seen so far have debug files here (source lines)
 
 Without a DSN every report is kept in the local store (see `kpr-omprog reports`)."""
 
@@ -113,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "health check.")
     p.add_argument("--max-wait", type=float, default=3600, metavar="SECONDS",
                    help="a report undelivered for longer needs a human (default 3600)")
+    _add_store_args(p)
+
+    p = sub.add_parser("symbols", help="which kernel releases seen so far have debug files on this host",
+                       description="For every kernel release in the stored reports: whether its vmlinux and "
+                                   "module debug files are found (symbols.dirs and the distributions' layouts "
+                                   "under symbols.standard_root), so its stack traces get source lines, and how "
+                                   "many of its reports got them.")
+    p.add_argument("--json", action="store_true", help="one JSON object per release")
     _add_store_args(p)
 
     p = sub.add_parser("check-config", help="validate a config file and its hooks")
@@ -214,6 +223,33 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
         when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
         sys.stdout.write(f"{when}Z  {r['host']:<15} {r['level']:<7} {r['state']:<9} {r['title']}{err}\n")
+    return 0
+
+
+def _cmd_symbols(args: argparse.Namespace, cfg: Config) -> int:
+    from .symbolizer import find_debug_files
+
+    store = _store_for(cfg)
+    rows = store.kernel_releases()
+    if not rows and not args.json:
+        sys.stdout.write("no kernel release seen yet\n")
+    for r in rows:
+        files = find_debug_files(r["release"], cfg.symbols)
+        r.update(vmlinux=files.vmlinux, module_debug_files=len(files.modules), has_symbols=files.found)
+        if args.json:
+            r["looked_in"] = files.looked_in
+            sys.stdout.write(json.dumps(r) + "\n")
+            continue
+        state = "symbols" if files.found else "no symbols"
+        sys.stdout.write(f"{r['release']:<28} {state:<10}  vmlinux: {files.vmlinux or 'none'}; module debug files: "
+                         f"{len(files.modules)}; reports: {r['reports']}, with source lines: {r['symbolized']}\n")
+    missing = [r["release"] for r in rows if not r["has_symbols"]]
+    if missing and not args.json:
+        sys.stdout.write(f"no debug files for {len(missing)} release(s): install linux-image-<release>-dbg (Debian; "
+                         "Ubuntu: linux-image-unsigned-<release>-dbgsym) or kernel-debuginfo-<release> (RHEL, "
+                         f"Fedora), or put vmlinux and .ko files under <dir>/<release>/ for a symbols.dirs entry; "
+                         f"looked under {cfg.symbols.standard_root}"
+                         + (f" and {', '.join(cfg.symbols.dirs)}" if cfg.symbols.dirs else "") + "\n")
     return 0
 
 
@@ -372,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
                    "reports": _cmd_reports, "show": _cmd_show, "status": _cmd_status,
-                   "check-config": _cmd_check_config}[args.command]
+                   "check-config": _cmd_check_config, "symbols": _cmd_symbols}[args.command]
         return handler(args, cfg)
     except ConfigError as e:
         where = str(e)

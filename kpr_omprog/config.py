@@ -36,7 +36,7 @@ from .netconsole import DecoderLimits
 from .ratelimit import RateLimitConfig
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "OmprogConfig",
-           "UdpConfig", "load", "parse_listen", "redact_dsn"]
+           "SymbolsConfig", "UdpConfig", "load", "parse_listen", "redact_dsn"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/kpr-omprog/config.toml")
 
@@ -96,6 +96,25 @@ class HooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SymbolsConfig:
+    """Source lines for the stack from the crashing kernel's debug files on this host."""
+
+    #: seconds a report may wait for its source lines after it closed (0: no symbolization)
+    time_limit: float = 2.0
+    #: extra directories, searched before the standard layouts: ``<dir>/<release>/vmlinux``
+    #: or ``<dir>/vmlinux-<release>``, and modules' ``<name>.ko`` anywhere under ``<dir>/<release>/``
+    dirs: tuple[str, ...] = ()
+    #: where distribution debug packages install (``boot/vmlinux-<release>``, ``lib/modules/<release>/``)
+    standard_root: str = "/usr/lib/debug"
+    #: the symbolizer (elfutils); one process per debug file in use
+    tool: str = "eu-addr2line"
+    #: symbolizer processes kept running at most (the least recently used is stopped)
+    max_processes: int = 4
+    #: a symbolizer process holding more memory than this is restarted after use
+    max_memory_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     dsn: str | None = None
     state_dir: str = "/var/lib/kpr-omprog"
@@ -117,6 +136,7 @@ class Config:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    symbols: SymbolsConfig = field(default_factory=SymbolsConfig)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -193,7 +213,8 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     cfg = base or Config()
     top: dict[str, Any] = {}
     sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "omprog": OmprogConfig,
-                "rate_limit": RateLimitConfig, "delivery": DeliveryConfig, "hooks": HooksConfig}
+                "rate_limit": RateLimitConfig, "delivery": DeliveryConfig, "hooks": HooksConfig,
+                "symbols": SymbolsConfig}
     for key, value in data.items():
         if key in sections:
             if not isinstance(value, dict):
@@ -263,6 +284,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("journal_cap_bytes: must be at least 1048576 (1 MiB)")
     if d.disk_cap_bytes < 1 << 20:
         raise ConfigError("delivery.disk_cap_bytes: must be at least 1048576 (1 MiB)")
+    sy = cfg.symbols
+    if sy.time_limit < 0 or sy.time_limit > 60:
+        raise ConfigError("symbols.time_limit: must be between 0 (off) and 60 seconds")
+    if sy.max_processes < 1 or sy.max_processes > 64:
+        raise ConfigError("symbols.max_processes: must be between 1 and 64")
+    if sy.max_memory_bytes < 64 << 20:
+        raise ConfigError("symbols.max_memory_bytes: must be at least 67108864 (64 MiB)")
     h = cfg.hooks
     for name in ("title", "user", "fingerprint", "message", "check"):
         spec = getattr(h, name)

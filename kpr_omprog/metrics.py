@@ -46,6 +46,10 @@ COUNTERS = {
     "summaries_dropped": "Folded reports whose summary was pushed out by rate_limit.max_held",
     "journal_failures": "Journal writes that failed (disk full or journal_cap_bytes)",
     "clock_clamped": "omprog receive times too far ahead or behind, replaced by the receiver's clock",
+    "symbolization_hits": "Reports given source lines from the crashing kernel's debug files",
+    "symbolization_misses": ("Reports with addresses but no source lines (no debug files for the release, "
+                             "or none matched)"),
+    "symbolization_timeouts": "Reports sent before all their source lines came (symbols.time_limit)",
 }
 GAUGES = {
     "open_reports": "Crash reports being collected",

@@ -23,11 +23,12 @@ from typing import Any
 from .assembler import Assembler, Report
 from .config import Config, ConfigError
 from .event import build_event
-from .hooks import Parsers, load_hook
+from .hooks import Parsers, analyze_text, load_hook
 from .journal import Journal, JournalFull, Row
 from .logs import get_logger, worth_logging
 from .ratelimit import ReportGate
 from .store import Store, StoreFull
+from .symbolizer import Symbolizer
 
 __all__ = ["Intake", "Pipeline", "describe", "metrics_path", "open_journal", "open_runtime", "parsers_from_config"]
 
@@ -85,6 +86,8 @@ class Pipeline:
         self._overflow_bytes = 0
         #: reports the outbox refused that are held in the journal only (memory bound bit)
         self.overflow_spilled = 0
+        #: source lines from the crashing kernel's debug files (after a report closes)
+        self.symbolizer = Symbolizer(config.symbols) if config.symbols.time_limit > 0 else None
 
     def handle(self, report: Report, now: float, folded: int = 0) -> bool:
         """Store the report's event; False if it is waiting for room in the outbox.
@@ -113,11 +116,29 @@ class Pipeline:
 
     def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> bool:
         event, attachment = build_event(report, parsed, self.config.environment)
+        if self.symbolizer is not None:
+            self._symbolize(event, report)
         if suppressed:
             self.gate.stats.summaries += 1
             event["extra"]["suppressed_reports"] = suppressed
             event["tags"]["rate_limited"] = "yes"
         return self._put(event, attachment, report, parsed.title, event["level"], now)
+
+    def _symbolize(self, event: dict[str, Any], report: Report) -> None:
+        """Source lines into the event (bounded by symbols.time_limit); titles and
+        fingerprints are already made and never depend on them."""
+        assert self.symbolizer is not None
+        info = analyze_text(report.text)
+        try:
+            self.symbolizer.symbolize(event, report.text.split("\n"), info, report.kernel_release or info.release)
+        except Exception as e:  # a symbolizer problem never costs a report
+            log.error("symbolization_failed", host=report.host, error=f"{type(e).__name__}: {e}",
+                      what_happens="the report is sent without source lines")
+
+    def close(self) -> None:
+        """Stop the symbolizer processes."""
+        if self.symbolizer is not None:
+            self.symbolizer.close()
 
     def _log_folded(self, report: Report, bound: str, title: str | None = None) -> None:
         if self.delivery is not None:
@@ -385,7 +406,14 @@ class Intake:
                 "starts_ignored": a.starts_ignored, "reports_folded": g.folded_by_host + g.folded_by_crash,
                 "summaries": g.summaries,
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
-                "journal_failures": self.journal_failures}
+                "journal_failures": self.journal_failures, **self._symbol_counters()}
+
+    def _symbol_counters(self) -> dict[str, int]:
+        sy = self.pipeline.symbolizer
+        if sy is None:
+            return {}
+        return {"symbolization_hits": sy.hits, "symbolization_misses": sy.misses,
+                "symbolization_timeouts": sy.timeouts}
 
     def write_metrics(self) -> None:
         """Rewrite the metrics file (see :mod:`kpr_omprog.metrics`); a failure is logged, never raised."""

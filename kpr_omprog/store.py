@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS journal (
     data  BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_key ON journal(key);
+CREATE TABLE IF NOT EXISTS kernel_releases (  -- seen in reports, for `kpr-omprog symbols`
+    release     TEXT PRIMARY KEY,
+    first_seen  REAL NOT NULL,
+    last_seen   REAL NOT NULL,
+    reports     INTEGER NOT NULL,
+    symbolized  INTEGER NOT NULL             -- reports that got source lines
+);
 """
 
 #: the bytes counted against disk_cap_bytes: every row that still holds its event
@@ -231,6 +238,12 @@ class Store:
                 inserted = cur.rowcount == 1
                 if inserted:  # under the store's lock: delivery threads change it too
                     self._pending_bytes += size
+                    release = event.get("contexts", {}).get("os", {}).get("kernel_version")
+                    if release and release != "unknown":
+                        sym = 1 if "source" in event.get("contexts", {}) else 0
+                        db.execute("INSERT INTO kernel_releases VALUES (?,?,?,1,?) ON CONFLICT(release) DO UPDATE "
+                                   "SET last_seen = MAX(last_seen, excluded.last_seen), reports = reports + 1, "
+                                   "symbolized = symbolized + excluded.symbolized", (release, created, created, sym))
         except sqlite3.OperationalError as e:
             raise StoreFull(f"cannot write {self.path}: {e}") from None
         return inserted
@@ -324,6 +337,13 @@ class Store:
         out["event"] = json.loads(r[10]) if r[10] else None
         out["log"] = bytes(r[11]).decode("utf-8", "replace") if r[11] is not None else None
         return out
+
+    def kernel_releases(self) -> list[dict[str, Any]]:
+        """The kernel releases of the reports stored so far, newest first."""
+        keys = ("release", "first_seen", "last_seen", "reports", "symbolized")
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(keys)} FROM kernel_releases ORDER BY last_seen DESC").fetchall()
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def oldest(self, state: str) -> float | None:
         """When the oldest row in ``state`` was created (None if there is none)."""

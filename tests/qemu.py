@@ -40,7 +40,7 @@ i=0; while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt
 sleep 1
 echo "kpr-live: crashing now" > /dev/kmsg
 sleep 0.5
-echo c > /proc/sysrq-trigger
+if [ -x /crash.sh ]; then /crash.sh; else echo c > /proc/sysrq-trigger; fi
 sleep 10
 poweroff -f
 """
@@ -69,7 +69,9 @@ def _module(name: str) -> bytes:
     raise FileNotFoundError(f"{KERNEL_DIR}/{name}.ko missing: tests/run.sh fetches the kernel")
 
 
-def build_initramfs(out_path: Path) -> Path:
+def build_initramfs(out_path: Path, crash: str | None = None, modules: tuple[Path, ...] = ()) -> Path:
+    """The guest's root; ``crash``: a shell script run instead of the sysrq crash, with
+    ``modules`` (paths to .ko files) in /lib/modules."""
     with gzip.open(out_path, "wb", compresslevel=1) as out:
         ino = 1
         for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
@@ -81,6 +83,9 @@ def build_initramfs(out_path: Path) -> Path:
                  ("init", stat.S_IFREG | 0o755, INIT.encode())]
         files += [(f"lib/modules/{m}.ko", stat.S_IFREG | 0o644, _module(m)) for m in ("e1000", "configfs",
                                                                                        "netconsole")]
+        files += [(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, m.read_bytes()) for m in modules]
+        if crash is not None:
+            files.append(("crash.sh", stat.S_IFREG | 0o755, f"#!/bin/sh\n{crash}\n".encode()))
         for name, mode, data in files:
             _entry(out, ino, name, mode, data, (5, 1) if name == "dev/console" else (0, 0))
             ino += 1
@@ -132,16 +137,18 @@ def qemu_usable() -> str | None:
     return None if r.returncode == 0 else f"{QEMU} --version failed: {r.stderr.strip()}"
 
 
-def crash_guest(work: Path, port: int, extended: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Boot, send netconsole to 10.0.2.2:``port``, panic; returns when QEMU has exited."""
+def crash_guest(work: Path, port: int, extended: bool = True, timeout: float = 180, crash: str | None = None,
+                modules: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Boot, send netconsole to 10.0.2.2:``port``, panic; returns when QEMU has exited.
+    ``crash``/``modules``: see :func:`build_initramfs` (an oops panics: ``oops=panic``)."""
     vmlinuz = KERNEL_DIR / "vmlinuz"
     if not vmlinuz.exists():
         raise FileNotFoundError(f"{vmlinuz} missing: tests/run.sh fetches Debian's kernel into {KERNEL_DIR}")
-    initrd = build_initramfs(work / "initramfs.cpio.gz")
+    initrd = build_initramfs(work / "initramfs.cpio.gz", crash, modules)
     nc = f"{'+' if extended else ''}6666@10.0.2.15/eth0,{port}@10.0.2.2/"
     cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "512M", "-nodefaults",
            "-no-user-config", "-display", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
-           "-append", f"console=ttyS0 panic=-1 kpr_nc={nc}",
+           "-append", f"console=ttyS0 panic=-1 oops=panic kpr_nc={nc}",
            "-netdev", "user,id=n0,ipv6=off", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
            "-serial", f"file:{work / 'serial.txt'}", "-no-reboot"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

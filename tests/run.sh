@@ -8,6 +8,7 @@ ROOT=$PWD
 VENV=${KPR_TEST_VENV:-$ROOT/.venv}
 
 need_apt=()
+need_kmod=()
 for pkg in rsyslog qemu-system-x86 busybox-static debootstrap iproute2 util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
@@ -36,6 +37,44 @@ if [ ! -f "$KERNEL_DIR/vmlinuz" ]; then
   rm -rf "$kt"
 fi
 export KPR_KERNEL_DIR="$KERNEL_DIR"
+
+# Debug information of a real kernel module for the symbolization tests: the headers
+# package of that same kernel (with its -common and kbuild packages, about 70 MB unpacked,
+# cached) and tests/kmod/kprcrash.c built against them with -g; elfutils for eu-addr2line,
+# the symbolizer the receiver runs.
+for pkg in gcc make binutils elfutils; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_kmod+=("$pkg")
+done
+if [ ${#need_kmod[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_kmod[@]}"
+fi
+KRELEASE=$(cat "$KERNEL_DIR/RELEASE")
+HEADERS_DIR=${KPR_HEADERS_DIR:-$HOME/.cache/kpr-omprog-headers/$KRELEASE}
+if [ ! -f "$HEADERS_DIR/usr/src/linux-headers-$KRELEASE/Makefile" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  ht=$(mktemp -d); chmod 755 "$ht"
+  hpkgs=("linux-headers-$KRELEASE")
+  hpkgs+=($(apt-cache depends "linux-headers-$KRELEASE" 2>/dev/null | awk '/Depends: linux-(headers|kbuild)-/ {print $2}'))
+  if [ ${#hpkgs[@]} -lt 3 ]; then $SUDO apt-get update -q; hpkgs=("linux-headers-$KRELEASE"); \
+    hpkgs+=($(apt-cache depends "linux-headers-$KRELEASE" | awk '/Depends: linux-(headers|kbuild)-/ {print $2}')); fi
+  (cd "$ht" && apt-get download -q "${hpkgs[@]}")
+  rm -rf "$HEADERS_DIR.tmp"; mkdir -p "$HEADERS_DIR.tmp"
+  for deb in "$ht"/*.deb; do dpkg-deb -x "$deb" "$HEADERS_DIR.tmp"; done
+  # The arch package's Makefile includes the common one by its installed (absolute) path.
+  sed -i "s|^include /usr/src/|include $HEADERS_DIR/usr/src/|" "$HEADERS_DIR.tmp/usr/src/linux-headers-$KRELEASE/Makefile"
+  rm -rf "$HEADERS_DIR"; mv "$HEADERS_DIR.tmp" "$HEADERS_DIR"
+  rm -rf "$ht"
+fi
+KMOD_DIR=${KPR_KMOD_DIR:-$HOME/.cache/kpr-omprog-kmod/$KRELEASE}
+if [ ! -f "$KMOD_DIR/kprcrash.ko" ] || ! cmp -s tests/kmod/kprcrash.c "$KMOD_DIR/kprcrash.c"; then
+  rm -rf "$KMOD_DIR"; mkdir -p "$KMOD_DIR"
+  cp tests/kmod/kprcrash.c tests/kmod/Makefile "$KMOD_DIR/"
+  make -s -C "$HEADERS_DIR/usr/src/linux-headers-$KRELEASE" M="$KMOD_DIR" modules >"$KMOD_DIR/build.log" 2>&1 \
+    || { cat "$KMOD_DIR/build.log"; exit 1; }
+fi
+export KPR_KMOD_DIR="$KMOD_DIR"
 
 # A Debian 12 root with systemd, rsyslog and python3 for tests/test_install_systemd.py,
 # which boots it in QEMU and runs install.sh there as root (about 300 MB, cached).

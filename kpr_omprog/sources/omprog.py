@@ -293,6 +293,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         # Open reports stay in the journal: the next start rebuilds them.
         if delivery is not None:
             delivery.stop(2.0)
+        pipeline.close()
         store.close()
         journal.close()
         inflight.close()

@@ -148,6 +148,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
         intake.flush()
         if delivery is not None:
             delivery.stop(2.0)
+        pipeline.close()
         store.close()
         journal.close()
         for s in socks:
