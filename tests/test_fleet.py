@@ -1,0 +1,214 @@
+"""A fleet with real rsyslogd: the sharded receiver drop-in (N kpr-omprog processes behind
+``hash64mod``), and the relay drop-in in front of two receivers, into a real Bugsink.
+
+What must hold: every host's crash arrives exactly once and whole, a host's lines always
+reach the same shard (or receiver), and a receiver that is down while crashes arrive
+loses nothing (the relay's queue holds its hosts' frames until it is back).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kpr_omprog.assembler import Assembler
+from kpr_omprog.capture import CapturedDatagram
+from kpr_omprog.dropin import DropinError, receiver_dropin, relay_dropin
+from kpr_omprog.sources.replay import replay
+from kpr_omprog.store import Store
+from tests.bugsink import Bugsink
+from tests.rsyslogd import ROOT, RSYSLOGD, RelayRsyslogd, Rsyslogd, free_tcp_port
+from tests.senders import capture, play
+from tests.test_e2e import omprog_cmd
+from tests.waiting import wait_for
+
+#: six crashing hosts and what each sends
+CRASHES = {"127.0.0.2": "lkdtm-BUG_classic_oopspanic", "127.0.0.3": "sysrq-c_ext",
+           "127.0.0.4": "lkdtm-WARNING_ext_then-sysrq-c", "127.0.0.5": "lkdtm-ACCESS_NULL_ext_oopspanic",
+           "127.0.0.6": "sysrq-c_classic", "127.0.0.7": "lkdtm-BUG_ext_oopspanic"}
+
+
+def expected_logs(host: str, name: str) -> list[str]:
+    """The logs of the reports a host's capture makes, as the assembler makes them."""
+    rows = (CapturedDatagram(d, (host, 6666), at) for at, d in capture(name))
+    return sorted(r.render_log() for r in replay(rows, Assembler()))
+
+
+def delivered_hosts(state: Path) -> dict[str, int]:
+    """host -> reports in the outbox of ``state`` (one shard or one receiver)."""
+    path = state / "kpr-omprog.sqlite3"
+    if not path.exists():
+        return {}
+    s = Store(str(path))
+    try:
+        out: dict[str, int] = {}
+        for r in s.reports(1000):
+            out[str(r["host"])] = out.get(str(r["host"]), 0) + 1
+        return out
+    finally:
+        s.close()
+
+
+def check_exactly_once_and_whole(bugsink: Bugsink, crashes: dict[str, str], rounds: int = 1) -> None:
+    want = {host: expected_logs(host, name) * rounds for host, name in crashes.items()}
+    n = sum(len(v) for v in want.values())
+    events = bugsink.wait_events(n, timeout=60)
+    attachments = bugsink.attachments()
+    got: dict[str, list[str]] = {}
+    for e in events:
+        got.setdefault(e["data"]["user"]["ip_address"], []).append(
+            attachments[e["event_id"].replace("-", "")].decode())
+    assert {h: sorted(v) for h, v in got.items()} == {h: sorted(v) for h, v in want.items()}
+
+
+def rsyslogd_check(conf: Path) -> None:
+    r = subprocess.run([RSYSLOGD, "-N1", "-f", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_every_fleet_dropin_passes_rsyslogd_n1(tmp_path: Path) -> None:
+    shipped = (ROOT / "rsyslog.d" / "30-kpr-omprog.conf").read_text()
+    head = f'global(workDirectory="{tmp_path}")\nmodule(load="imuxsock" SysSock.Use="off")\n'
+    assert receiver_dropin(shipped) == shipped  # the default install is the shipped file
+    for shards, port in ((1, 10514), (2, None), (4, 10514), (16, None)):
+        text = receiver_dropin(shipped, shards, port)
+        assert text.count('action(type="omprog"') == shards
+        assert all(f"--shard {k}\"" in text for k in range(shards)) or shards == 1
+        (tmp_path / "r.conf").write_text(head + text)
+        rsyslogd_check(tmp_path / "r.conf")
+    relay = (ROOT / "rsyslog.d" / "40-kpr-omprog-relay.conf").read_text()
+    rsyslogd_check(_write(tmp_path / "shipped-relay.conf", head + relay))
+    for receivers in ([("192.0.2.11", 10514)], [("192.0.2.11", 10514), ("2001:db8::1", 10514), ("r3", 6514)]):
+        text = relay_dropin(relay, receivers)
+        assert text.count('action(type="omfwd"') == len(receivers)
+        rsyslogd_check(_write(tmp_path / "relay.conf", head + text))
+    with pytest.raises(DropinError):
+        receiver_dropin(shipped.replace('action(type="omprog"', 'action(type="omfile"'), 2)
+    bad = subprocess.run([sys.executable, str(ROOT / "kpr_omprog" / "dropin.py"), "relay", "--receivers", "x"],
+                         input="", capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "HOST:PORT" in bad.stderr
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_shards_each_host_on_one_shard_exactly_once_and_whole(fresh_bugsink: Bugsink, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    rs = Rsyslogd(tmp_path / "rs", omprog_cmd(state, fresh_bugsink.dsn), shards=2)
+    rs.check()
+    rs.start()
+    try:
+        # twice: a host's second crash must reach the shard its first one did
+        for _ in range(2):
+            play(("127.0.0.1", rs.port), {h: capture(name) for h, name in CRASHES.items()})
+        check_exactly_once_and_whole(fresh_bugsink, CRASHES, rounds=2)
+    finally:
+        rs.stop()
+    shards = [delivered_hosts(state / f"shard-{k}") for k in range(2)]
+    assert all(shards), f"a shard took no host: {shards}"
+    assert not set(shards[0]) & set(shards[1]), f"a host reached both shards: {shards}"
+    assert set(shards[0]) | set(shards[1]) == set(CRASHES)
+    assert not (state / "kpr-omprog.sqlite3").exists()  # nothing outside the shards' directories
+    # the store commands read every shard
+    env = {"PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "reports", "--json", "--state-dir", str(state)],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert {r["host"] for r in rows} == set(CRASHES) and {r["state"] for r in rows} == {"delivered"}
+    status = subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "status", "--state-dir", str(state)],
+                            capture_output=True, text=True, env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count("state_dir ") == 2 and status.stdout.endswith("ok\n")
+
+
+def test_relay_to_two_receivers_one_down_while_crashes_arrive(fresh_bugsink: Bugsink, tmp_path: Path) -> None:
+    ports = [free_tcp_port(), free_tcp_port()]
+    states = [tmp_path / f"state-{k}" for k in range(2)]
+    receivers = [Rsyslogd(tmp_path / f"receiver-{k}", omprog_cmd(states[k], fresh_bugsink.dsn),
+                          relayed_port=ports[k]) for k in range(2)]
+    relay = RelayRsyslogd(tmp_path / "relay", ports)
+    started: list[Rsyslogd] = []
+    try:
+        for r in [*receivers, relay]:
+            r.check()
+            r.start()
+            started.append(r)
+        target = ("127.0.0.1", relay.port)
+        play(target, {h: capture(name) for h, name in CRASHES.items()})
+        check_exactly_once_and_whole(fresh_bugsink, CRASHES)
+        first = [delivered_hosts(s) for s in states]
+        assert all(first), f"a receiver took no host: {first}"
+        assert not set(first[0]) & set(first[1]) and set(first[0]) | set(first[1]) == set(CRASHES)
+        # Receiver 1 goes down; every host crashes again meanwhile.
+        receivers[1].stop()
+        down = {h: capture(name) for h, name in CRASHES.items() if h in first[1]}
+        play(target, {h: capture(name) for h, name in CRASHES.items()})
+        wait_for(lambda: relay.stats("kpr_relay_1 queue").get("size", 0) >= sum(len(v) for v in down.values()),
+                 30, "the relay to hold the down receiver's hosts' frames",
+                 show=lambda: relay.stats("kpr_relay_1 queue"))
+        receivers[1].start()
+        check_exactly_once_and_whole(fresh_bugsink, CRASHES, rounds=2)
+        second = [delivered_hosts(s) for s in states]
+        assert {h: 2 * n for h, n in first[0].items()} == second[0]
+        assert {h: 2 * n for h, n in first[1].items()} == second[1]
+        # the relay's ip never stands in for a sender's
+        assert set(second[0]) | set(second[1]) == set(CRASHES)
+    finally:
+        for r in reversed(started):
+            r.stop()
+
+
+def test_shards_queues_saved_on_shutdown_keep_every_line(tmp_path: Path) -> None:
+    """The shards' action queues hold the line made in the UDP ruleset ($.kpr_line): saved
+    to disk at shutdown and replayed at the next start, it must still be there."""
+    state = tmp_path / "state"
+    rs = Rsyslogd(tmp_path / "rs", [sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(state),
+                                    "--log-format", "json"], shards=2, stats=True)
+    crashes = {h: CRASHES[h] for h in ("127.0.0.2", "127.0.0.3", "127.0.0.6")}
+    rs.start()
+    try:
+        # Both shards' programs run and have journaled the first lines; then they are killed
+        # and cannot start again. (Held before their first start, rsyslogd 8.2302 crashed
+        # with SIGSEGV here, the shipped unsharded drop-in too.)
+        play(("127.0.0.1", rs.port), {h: capture(name)[:5] for h, name in crashes.items()})
+        wait_for(lambda: len([p for p in rs.program_pids() if rs.started_pid(p)]) == 2, 30,
+                 "both shards' programs to start")
+        rs.hold_program()
+        rs.kill_program()
+        sent = play(("127.0.0.1", rs.port), {h: capture(name)[5:] for h, name in crashes.items()})
+        # each shard's action worker holds one batch (queue.dequeueBatchSize) out of its queue
+        wait_for(lambda: sum(rs.stats(f"kpr_omprog_{k} queue").get("size", 0) for k in range(2)) >= sent - 2 * 16,
+                 30, "rsyslog to queue every line while no program runs",
+                 show=lambda: (sent, [rs.stats(f"kpr_omprog_{k} queue") for k in range(2)]))
+        rs.stop()
+        assert rs.queued_files(), "rsyslog saved no queue"
+        rs.release_program()
+        rs.start()
+        want = {h: expected_logs(h, name) for h, name in crashes.items()}
+
+        def stored_logs() -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for k in range(2):
+                path = state / f"shard-{k}" / "kpr-omprog.sqlite3"
+                if not path.exists():
+                    continue
+                s = Store(str(path))
+                try:
+                    for r in s.reports(1000):
+                        full = s.report(str(r["event_id"]))
+                        assert full is not None
+                        out.setdefault(str(r["host"]), []).append(str(full["log"]))
+                finally:
+                    s.close()
+            return {h: sorted(v) for h, v in out.items()}
+
+        wait_for(lambda: stored_logs() == want, 60, "every report whole in the shards' outboxes",
+                 show=lambda: {h: len(v) for h, v in stored_logs().items()})
+    finally:
+        rs.stop()
