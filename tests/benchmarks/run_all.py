@@ -24,6 +24,7 @@ import bench_hostile
 import bench_latency
 import bench_memory
 import bench_rsyslog
+import bench_shards
 import bench_storm
 import bench_udp
 from common import Row
@@ -31,6 +32,7 @@ from common import Row
 BENCHES = {
     "udp": bench_udp.run,
     "rsyslog": bench_rsyslog.run,
+    "shards": bench_shards.run,
     "assembler": bench_assembler.rows,
     "latency": bench_latency.run,
     "memory": bench_memory.run,
