@@ -190,7 +190,12 @@ def _cmd_omprog(args: argparse.Namespace, cfg: Config) -> int:
     from .sources.omprog import run_omprog
 
     logs.configure(cfg.log_format, cfg.log_level)
-    return run_omprog(cfg, parsers_from_config(cfg), config_path=args.config)
+    parsers = parsers_from_config(cfg)
+    if args.shard is not None:
+        from .shards import adopt_unsharded
+
+        adopt_unsharded(os.path.dirname(cfg.state_dir), cfg.state_dir)
+    return run_omprog(cfg, parsers, config_path=args.config)
 
 
 def _cmd_udp(args: argparse.Namespace, cfg: Config) -> int:

@@ -20,8 +20,13 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 
-__all__ = ["MAX_SHARDS", "STORE_FILE", "shard_dir", "shard_metrics_file", "store_dirs"]
+from .logs import get_logger
+
+__all__ = ["MAX_SHARDS", "STORE_FILE", "adopt_unsharded", "shard_dir", "shard_metrics_file", "store_dirs"]
+
+log = get_logger()
 
 #: the outbox file in every state directory (the unsharded one and each shard's)
 STORE_FILE = "kpr-omprog.sqlite3"
@@ -57,3 +62,46 @@ def store_dirs(state_dir: str) -> list[str]:
     out.extend(os.path.join(state_dir, n) for _, n in shards
                if os.path.exists(os.path.join(state_dir, n, STORE_FILE)))
     return out
+
+
+#: the rows a receiver still has to send or keep: what a shard takes over
+_UNDELIVERED = "state IN ('pending', 'local', 'dead')"
+
+
+def adopt_unsharded(state_dir: str, own_dir: str) -> int:
+    """Move the unsharded outbox's undelivered reports into this shard's; how many.
+
+    An install that goes from one receiver to shards would otherwise leave them where no
+    receiver delivers them. Under the unsharded directory's lock: none runs there, and
+    one shard at a time takes them. Inserted, then deleted: a crash in between leaves a
+    copy in both, and Sentry drops the second (same event id). Open reports in the old
+    journal are not taken (a host's lines now go to one shard; see README).
+    """
+    old_path = os.path.join(state_dir, STORE_FILE)
+    if not os.path.exists(old_path):
+        return 0
+    from .store import Store, StoreError
+
+    try:
+        old = Store(old_path, exclusive=True)
+    except StoreError as e:
+        log.warning("unsharded_outbox_not_adopted", error=str(e), what_happens="retried at the next start")
+        return 0
+    try:
+        own_path = os.path.join(own_dir, STORE_FILE)
+        Store(own_path).close()  # the directory, the file and the schema
+        db = sqlite3.connect(own_path, isolation_level=None, timeout=30)
+        try:
+            db.execute("ATTACH DATABASE ? AS old", (old_path,))
+            db.execute("BEGIN IMMEDIATE")
+            moved = db.execute(f"INSERT OR IGNORE INTO main.reports SELECT * FROM old.reports WHERE {_UNDELIVERED}"
+                               ).rowcount
+            db.execute(f"DELETE FROM old.reports WHERE {_UNDELIVERED}")
+            db.execute("COMMIT")
+        finally:
+            db.close()
+    finally:
+        old.close()
+    if moved:
+        log.info("unsharded_reports_adopted", count=moved, source=old_path, into=own_path)
+    return int(moved)

@@ -212,3 +212,23 @@ def test_shards_queues_saved_on_shutdown_keep_every_line(tmp_path: Path) -> None
                  show=lambda: {h: len(v) for h, v in stored_logs().items()})
     finally:
         rs.stop()
+
+
+def test_a_shard_takes_over_the_unsharded_outbox(tmp_path: Path) -> None:
+    """Going from one receiver to shards: its undelivered reports are delivered by a shard."""
+    state = tmp_path / "state"
+    old = Store(str(state / "kpr-omprog.sqlite3"))
+    for n in range(2):
+        old.put({"event_id": f"{n:032x}"}, b"log", host=f"10.0.0.{n}", title="t", level="fatal", created=1.0,
+                now=1.0, local=True)
+    old.close()
+    r = subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--shard", "1", "--state-dir", str(state),
+                        "--log-format", "json"], input=b"", capture_output=True, env={"PYTHONPATH": str(ROOT)},
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert b'"unsharded_reports_adopted"' in r.stderr
+    assert delivered_hosts(state / "shard-1") == {"10.0.0.0": 1, "10.0.0.1": 1}
+    assert delivered_hosts(state) == {}
+    r = subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--shard", "64", "--state-dir", str(state)],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--shard 64" in r.stderr
