@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Listen for netconsole datagrams on UDP and report crashes to Sentry.")
     p.add_argument("--listen", action="append", metavar="ADDR:PORT",
                    help="address to listen on, e.g. 0.0.0.0:514 or [::]:514 (repeatable; default from config)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="N receiving processes on the port (SO_REUSEPORT), a host always on the same one; "
+                        "state of worker K in <state_dir>/shard-K (default udp.workers, 1)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     _add_config_args(p)
     _add_runtime_args(p)
 
@@ -149,13 +153,17 @@ def _config(args: argparse.Namespace) -> Config:
         cfg = replace(cfg, dsn=args.dsn or None)
     if getattr(args, "state_dir", None):
         cfg = replace(cfg, state_dir=args.state_dir)
-    if getattr(args, "shard", None) is not None:
+    if getattr(args, "workers", None) is not None:
+        cfg = replace(cfg, udp=replace(cfg.udp, workers=args.workers))
+    shard = getattr(args, "shard", None)
+    shard = getattr(args, "worker", None) if shard is None else shard
+    if shard is not None:
         from .shards import MAX_SHARDS, shard_dir, shard_metrics_file
 
-        if not 0 <= args.shard < MAX_SHARDS:
-            raise ConfigError(f"--shard {args.shard}: must be 0-{MAX_SHARDS - 1}")
-        cfg = replace(cfg, state_dir=shard_dir(cfg.state_dir, args.shard),
-                      metrics_file=shard_metrics_file(cfg.metrics_file, args.shard) if cfg.metrics_file else "")
+        if not 0 <= shard < MAX_SHARDS:
+            raise ConfigError(f"--shard {shard}: must be 0-{MAX_SHARDS - 1}")
+        cfg = replace(cfg, state_dir=shard_dir(cfg.state_dir, shard),
+                      metrics_file=shard_metrics_file(cfg.metrics_file, shard) if cfg.metrics_file else "")
     if getattr(args, "log_format", None):
         cfg = replace(cfg, log_format=args.log_format)
     if getattr(args, "listen", None) and args.command == "udp":
@@ -203,7 +211,28 @@ def _cmd_udp(args: argparse.Namespace, cfg: Config) -> int:
     from .sources.udp import run_udp
 
     logs.configure(cfg.log_format, cfg.log_level)
-    return run_udp(cfg, parsers_from_config(cfg))
+    parsers = parsers_from_config(cfg)  # a bad hook fails here, once, not in N workers
+    if args.worker is None and cfg.udp.workers > 1:
+        from .sources.workers import run_workers
+
+        return run_workers(_worker_argv(args), cfg.udp.workers)
+    return run_udp(cfg, parsers, reuseport=args.worker is not None)
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The supervisor's own ``udp`` arguments, for its workers (``--workers`` left out)."""
+    argv: list[str] = args.argv
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if not a.startswith("--workers="):
+            out.append(a)
+    return out
 
 
 def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
@@ -393,6 +422,7 @@ def _cmd_capture(args: argparse.Namespace, cfg: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.command:
         parser.print_help()
         return 2

@@ -9,9 +9,13 @@ loses nothing (the relay's queue holds its hosts' frames until it is back).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +25,7 @@ from kpr_omprog.dropin import DropinError, receiver_dropin, relay_dropin
 from kpr_omprog.sources.replay import replay
 from kpr_omprog.store import Store
 from tests.bugsink import Bugsink
-from tests.rsyslogd import ROOT, RSYSLOGD, RelayRsyslogd, Rsyslogd, free_tcp_port
+from tests.rsyslogd import ROOT, RSYSLOGD, RelayRsyslogd, Rsyslogd, free_tcp_port, free_udp_port
 from tests.senders import capture, play
 from tests.test_e2e import omprog_cmd
 from tests.waiting import wait_for
@@ -232,3 +236,82 @@ def test_a_shard_takes_over_the_unsharded_outbox(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--shard", "64", "--state-dir", str(state)],
                        capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--shard 64" in r.stderr
+
+
+def test_udp_workers_keep_each_host_on_one_worker_and_stop_cleanly(tmp_path: Path) -> None:
+    """``kpr-omprog udp --workers 2``: SO_REUSEPORT, a state directory per worker, every
+    report once and whole, a killed worker started again, SIGTERM stops them all."""
+    state = tmp_path / "state"
+    port = free_udp_port()
+    names = list(CRASHES.values())
+    # 12 hosts: the kernel's hash puts them all on one worker with a chance of 2 in 4096
+    crashes = {f"127.0.0.{10 + i}": names[i % len(names)] for i in range(12)}
+    sport = free_udp_port("127.0.0.10")  # one fixed source port per host, as netconsole has
+    log = tmp_path / "udp.log"
+    with open(log, "wb") as err:
+        sup = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "udp", "--workers", "2", "--listen",
+                                f"127.0.0.1:{port}", "--state-dir", str(state), "--log-format", "json"],
+                               stderr=err, env={"PYTHONPATH": str(ROOT)})
+    try:
+        def events(name: str) -> list[dict[str, Any]]:
+            return [x for x in map(_json, log.read_text().splitlines()) if x.get("event") == name]
+
+        wait_for(lambda: len(events("udp_started")) == 2, 30, "both workers to listen", proc=sup)
+        play(("127.0.0.1", port), {h: capture(name) for h, name in crashes.items()}, sport=sport)
+        want = {h: expected_logs(h, name) for h, name in crashes.items()}
+        wait_for(lambda: _stored_logs(state, 2) == want, 60, "every report whole in the workers' outboxes",
+                 proc=sup, show=lambda: {h: len(v) for h, v in _stored_logs(state, 2).items()})
+        shards = [delivered_hosts(state / f"shard-{k}") for k in range(2)]
+        assert all(shards) and not set(shards[0]) & set(shards[1]), shards
+        # a worker killed is started again
+        victim = events("udp_started")[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(events("udp_started")) == 3, 30, "the killed worker to be started again", proc=sup)
+        assert events("udp_worker_died")[0]["exit_code"] == -signal.SIGKILL
+        pids = [x["pid"] for x in events("udp_started")[1:]]
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(60) == 0
+        assert len(events("udp_stopped")) == 2 and events("udp_workers_stopped")
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+
+
+def test_udp_workers_a_port_in_use_stops_them_all_in_one_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "udp", "--workers", "2", "--listen",
+                            f"127.0.0.1:{port}", "--state-dir", str(tmp_path), "--log-format", "json"],
+                           capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 1
+    assert "cannot listen on UDP" in r.stderr and "udp_worker_failed_at_start" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _json(line: str) -> dict[str, Any]:
+    try:
+        out = json.loads(line)
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _stored_logs(state: Path, shards: int) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k in range(shards):
+        path = state / f"shard-{k}" / "kpr-omprog.sqlite3"
+        if not path.exists():
+            continue
+        s = Store(str(path))
+        try:
+            for r in s.reports(1000):
+                full = s.report(str(r["event_id"]))
+                if full is not None:
+                    out.setdefault(str(r["host"]), []).append(str(full["log"]))
+        finally:
+            s.close()
+    return {h: sorted(v) for h, v in out.items()}

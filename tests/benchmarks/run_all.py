@@ -31,6 +31,7 @@ from common import Row
 
 BENCHES = {
     "udp": bench_udp.run,
+    "workers": bench_udp.run_workers,
     "rsyslog": bench_rsyslog.run,
     "shards": bench_shards.run,
     "assembler": bench_assembler.rows,
