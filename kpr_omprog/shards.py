@@ -24,7 +24,7 @@ import sqlite3
 
 from .logs import get_logger
 
-__all__ = ["MAX_SHARDS", "STORE_FILE", "adopt_unsharded", "shard_dir", "shard_metrics_file", "store_dirs"]
+__all__ = ["MAX_SHARDS", "STORE_FILE", "adopt_unsharded", "shard_dir", "shard_metrics_file", "shard_of", "store_dirs"]
 
 log = get_logger()
 
@@ -34,6 +34,7 @@ STORE_FILE = "kpr-omprog.sqlite3"
 MAX_SHARDS = 64
 
 _SHARD = re.compile(r"shard-(\d+)")
+_SHARD_FILE = re.compile(r".*-shard-(\d+)(\.[^.]*)?")
 
 
 def shard_dir(state_dir: str, shard: int) -> str:
@@ -46,6 +47,18 @@ def shard_metrics_file(metrics_file: str, shard: int) -> str:
     N processes do not overwrite one file."""
     stem, ext = os.path.splitext(metrics_file)
     return f"{stem}-shard-{shard}{ext}"
+
+
+def shard_of(metrics_file: str) -> str | None:
+    """The shard a metrics file belongs to (in ``shard-K/``, or named as by
+    :func:`shard_metrics_file`), or None.
+
+    >>> shard_of("/var/lib/kpr-omprog/shard-2/metrics.prom"), shard_of("/t/kpr-shard-3.prom"), shard_of("/t/m.prom")
+    ('2', '3', None)
+    """
+    m = _SHARD.fullmatch(os.path.basename(os.path.dirname(metrics_file))) or _SHARD_FILE.fullmatch(
+        os.path.basename(metrics_file))
+    return m.group(1) if m else None
 
 
 def store_dirs(state_dir: str) -> list[str]:

@@ -112,6 +112,11 @@ def test_shards_each_host_on_one_shard_exactly_once_and_whole(fresh_bugsink: Bug
         for _ in range(2):
             play(("127.0.0.1", rs.port), {h: capture(name) for h, name in CRASHES.items()})
         check_exactly_once_and_whole(fresh_bugsink, CRASHES, rounds=2)
+        # each shard's metrics carry its label: node_exporter reads both files from one directory
+        for k in range(2):
+            prom = state / f"shard-{k}" / "metrics.prom"
+            wait_for(lambda prom=prom, k=k: prom.exists() and f'kpr_omprog_datagrams_total{{shard="{k}"}}'
+                     in prom.read_text(), 30, f"shard {k}'s metrics file")
     finally:
         rs.stop()
     shards = [delivered_hosts(state / f"shard-{k}") for k in range(2)]
