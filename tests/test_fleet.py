@@ -281,8 +281,44 @@ def test_udp_workers_keep_each_host_on_one_worker_and_stop_cleanly(tmp_path: Pat
             assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text()
     finally:
         if sup.poll() is None:
-            sup.kill()
-            sup.wait()
+            sup.send_signal(signal.SIGTERM)
+            try:
+                sup.wait(60)
+            except subprocess.TimeoutExpired:
+                sup.kill()
+                sup.wait()
+
+
+def test_udp_workers_die_with_their_supervisor(tmp_path: Path) -> None:
+    """A supervisor killed outright leaves no worker holding the port and the state."""
+    log = tmp_path / "udp.log"
+    with open(log, "wb") as err:
+        sup = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "udp", "--workers", "2", "--listen",
+                                f"127.0.0.1:{free_udp_port()}", "--state-dir", str(tmp_path / "state"),
+                                "--log-format", "json"], stderr=err, env={"PYTHONPATH": str(ROOT)})
+    pids: list[int] = []
+    try:
+        def started() -> list[int]:
+            return [x["pid"] for x in map(_json, log.read_text().splitlines()) if x.get("event") == "udp_started"]
+
+        wait_for(lambda: len(started()) == 2, 30, "both workers to listen", proc=sup)
+        pids = started()
+    finally:
+        sup.kill()
+        sup.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    try:
+        wait_for(lambda: all(gone(p) for p in pids), 30, "the workers to stop with their supervisor")
+    finally:
+        for p in pids:
+            if not gone(p):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_udp_workers_a_port_in_use_stops_them_all_in_one_line(tmp_path: Path) -> None:

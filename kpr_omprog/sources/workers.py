@@ -53,7 +53,8 @@ def run_workers(argv: Sequence[str], workers: int) -> int:
 
     def start(k: int) -> tuple[subprocess.Popen[bytes], float]:
         # stdout/stderr are the supervisor's: one log stream, each line names its pid
-        return subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", *argv, "--worker", str(k)]), time.monotonic()
+        return subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", *argv, "--worker", str(k)],
+                                preexec_fn=_die_with_parent), time.monotonic()
 
     procs = {k: start(k) for k in range(workers)}
     log.info("udp_workers_started", workers=workers, pids=[p.pid for p, _ in procs.values()])
@@ -93,3 +94,14 @@ def run_workers(argv: Sequence[str], workers: int) -> int:
         log.info("udp_workers_stopped", workers=workers, restarts=restarts, signal=stop["signal"] or None)
     return code
 
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so that
+    no worker goes on holding the port and its state directory alone (Linux prctl)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own stop still stops them
