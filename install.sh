@@ -6,7 +6,8 @@
 set -euo pipefail
 usage() {
   cat <<'USAGE'
-usage: ./install.sh [--standalone] [--port N] [--dry-run] [--uninstall]
+usage: ./install.sh [--standalone] [--port N] [--shards N] [--relayed-port N] [--dry-run] [--uninstall]
+       ./install.sh --relay HOST:PORT,HOST:PORT,... [--port N] [--dry-run]
 
 Installs kpr-omprog into /opt/kpr-omprog (a virtual environment on the system's python3),
 links /usr/local/bin/kpr-omprog, writes /etc/kpr-omprog/config.toml (never overwritten)
@@ -16,6 +17,14 @@ datagram sent to the port reaches kpr-omprog.
 
   --standalone  no rsyslog: a systemd unit runs `kpr-omprog udp` as user kpr-omprog
   --port N      UDP port to receive netconsole on (default 514)
+  --shards N    N kpr-omprog processes behind rsyslog, a host always on the same one
+                (hash64mod of its ip); state of shard K in /var/lib/kpr-omprog/shard-K.
+                Default: half the cores, 1 to 8 (this machine: AUTO_SHARDS); a reinstall
+                keeps the count the installed drop-in has
+  --relayed-port N  also take a relay's frames on TCP port N (a receiver behind --relay)
+  --relay LIST  this machine is a RELAY, not a receiver: forward netconsole to the
+                receivers in LIST (HOST:PORT of their --relayed-port, comma-separated),
+                each host always to the same one; installs no package
   --dry-run     print every step, change nothing
   --uninstall   remove the package, the drop-in or unit, and the link; keep config and reports
 
@@ -29,19 +38,37 @@ PREFIX=$R/opt/kpr-omprog; CONF_DIR=$R/etc/kpr-omprog; STATE=$R/var/lib/kpr-ompro
 DROPIN=$R/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=$R/etc/systemd/system/kpr-omprog.service
 SYSCTL=$R/etc/sysctl.d/60-kpr-omprog.conf; RCVBUF=8388608
 RSYSLOG_CONF=$R/etc/rsyslog.conf; LINK=$R/usr/local/bin/kpr-omprog
-MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0
+RELAY_DROPIN=$R/etc/rsyslog.d/40-kpr-omprog-relay.conf
+MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0; SHARDS=""; RELAYED_PORT=""; RELAY=""
+# Half the cores: a shard at full rate keeps a core busy, and rsyslogd (its input and one
+# worker thread per shard) and the host need the rest. Measured on 2 cores: 2 shards took
+# 1.5x the lines of 1, 4 shards no more than 1 (README, "A fleet").
+CORES=$(nproc 2>/dev/null || echo 1); AUTO_SHARDS=$(( CORES / 2 ))
+[ "$AUTO_SHARDS" -ge 1 ] || AUTO_SHARDS=1; [ "$AUTO_SHARDS" -le 8 ] || AUTO_SHARDS=8
+number() {  # number NAME VALUE MIN MAX
+  case "$2" in ''|*[!0-9]*) echo "install.sh: $1 needs a number ($3-$4)" >&2; exit 2 ;; esac
+  [ "$2" -ge "$3" ] && [ "$2" -le "$4" ] || { echo "install.sh: $1 $2: not $3-$4" >&2; exit 2; }
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     --standalone) MODE=standalone ;;
     --port) PORT=${2:-}; shift
             case "$PORT" in ''|*[!0-9]*) echo "install.sh: --port needs a number (1-65535)" >&2; exit 2 ;; esac
             [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || { echo "install.sh: --port $PORT: not 1-65535" >&2; exit 2; } ;;
+    --shards) SHARDS=${2:-}; shift; number --shards "$SHARDS" 1 64 ;;
+    --relayed-port) RELAYED_PORT=${2:-}; shift; number --relayed-port "$RELAYED_PORT" 1 65535 ;;
+    --relay) RELAY=${2:-}; shift; MODE=relay
+             [ -n "$RELAY" ] || { echo "install.sh: --relay needs HOST:PORT,HOST:PORT,..." >&2; exit 2; } ;;
     --dry-run) DRY=1 ;;
     --uninstall) UNINSTALL=1 ;;
-    -h|--help) usage; exit 0 ;;
+    -h|--help) usage | sed "s/AUTO_SHARDS/$AUTO_SHARDS of $CORES cores/"; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac; shift
 done
+case "$MODE" in
+  standalone) [ -z "$SHARDS$RELAYED_PORT" ] || { echo "install.sh: --shards and --relayed-port are for rsyslog mode (standalone: kpr-omprog udp)" >&2; exit 2; } ;;
+  relay) [ -z "$SHARDS$RELAYED_PORT" ] || { echo "install.sh: --relay forwards only: --shards and --relayed-port belong on the receivers" >&2; exit 2; } ;;
+esac
 run() { echo "+ $*"; [ "$DRY" = 1 ] || "$@"; }
 [ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || [ -n "$R" ] || { echo "install.sh: run as root (sudo ./install.sh)" >&2; exit 1; }
 SYSTEMD=0; [ -z "$R" ] && [ -d /run/systemd/system ] && SYSTEMD=1
@@ -68,7 +95,7 @@ restart_rsyslog() {
 if [ "$UNINSTALL" = 1 ]; then
   [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; restart daemon-reload || true; }
   [ -f "$SYSCTL" ] && run rm -f "$SYSCTL"  # the running value stays until reboot
-  [ -f "$DROPIN" ] && { run rm -f "$DROPIN"; restart_rsyslog || true; }
+  [ -f "$DROPIN" ] || [ -f "$RELAY_DROPIN" ] && { run rm -f "$DROPIN" "$RELAY_DROPIN"; restart_rsyslog || true; }
   [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/kpr-omprog" ] && run rm -f "$LINK"
   run rm -rf "$PREFIX"
   left=$(pgrep -f "$PREFIX/bin/kpr-omprog" 2>/dev/null | tr '\n' ' ' || true)
@@ -79,13 +106,49 @@ if [ "$UNINSTALL" = 1 ]; then
   exit 0
 fi
 
+# drops module(load="MOD") from drop-in $2 if anything but our drop-ins loads MOD: rsyslog
+# refuses to load a module twice and `rsyslogd -N1` fails
+drop_loaded() {
+  for f in "$RSYSLOG_CONF" "$R"/etc/rsyslog.d/*.conf; do
+    [ -f "$f" ] && [ "$f" != "$DROPIN" ] && [ "$f" != "$RELAY_DROPIN" ] || continue
+    if grep -Eqs "^[[:space:]]*(module\\(load=\"$1\"|\\\$ModLoad[[:space:]]+$1)" "$f"; then
+      sed -i "s|^module(load=\"$1\")|# $1 is already loaded by the main config|" "$2"; return
+    fi
+  done
+}
+
 # The system's interpreter, not the first python3 on PATH (a pyenv one in root's home
 # would leave a venv the service user cannot run).
 apt_install() { run apt-get update -q; DEBIAN_FRONTEND=noninteractive run apt-get install -y -q "$@"; }
 PY=/usr/bin/python3
 [ -x "$PY" ] || apt_install python3
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-if [ "$MODE" = rsyslog ] && ! command -v rsyslogd >/dev/null; then apt_install rsyslog; fi
+if [ "$MODE" != standalone ] && ! command -v rsyslogd >/dev/null; then apt_install rsyslog; fi
+check_rsyslog_conf() {  # rsyslogd -N1 on the whole configuration, naming the drop-in to look at
+  if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
+    rsyslogd -N1 -f "$RSYSLOG_CONF" >/dev/null || { echo "rsyslogd -N1 failed; $1 left for you to inspect" >&2; exit 1; }
+  fi
+}
+if [ "$MODE" = relay ]; then
+  # A relay runs no kpr-omprog: rsyslog alone forwards to the receivers.
+  [ ! -f "$DROPIN" ] || { echo "install.sh: $DROPIN is installed: a machine is a receiver or a relay, not both (./install.sh --uninstall first)" >&2; exit 2; }
+  tmp=$(mktemp)
+  sed -e "s|port=\"514\" ruleset=\"kpr_omprog_relay\"|port=\"$PORT\" ruleset=\"kpr_omprog_relay\"|" \
+      "$HERE/rsyslog.d/40-kpr-omprog-relay.conf" | "$PY" "$HERE/kpr_omprog/dropin.py" relay --receivers "$RELAY" > "$tmp" \
+    || { rm -f "$tmp"; exit 2; }
+  drop_loaded imudp "$tmp"
+  run install -D -m 0644 "$tmp" "$RELAY_DROPIN"; rm -f "$tmp"
+  check_rsyslog_conf "$RELAY_DROPIN"
+  restart_rsyslog
+  if [ -z "$R" ] && [ "$DRY" != 1 ]; then
+    for _ in $(seq 1 100); do port_bound "$PORT" && break; sleep 0.1; done
+    port_bound "$PORT" || { echo "install.sh: rsyslog is not listening on UDP $PORT; see rsyslogd -N1 -f $RSYSLOG_CONF" >&2; exit 1; }
+  fi
+  [ "$DRY" = 1 ] && { echo "dry run: nothing was changed"; exit 0; }
+  echo "kpr-omprog relay installed: UDP port $PORT -> $RELAY (TCP, each host always to the same receiver)"
+  echo "  drop-in: $RELAY_DROPIN; on each receiver: ./install.sh --relayed-port PORT"
+  exit 0
+fi
 RUNAS=kpr-omprog
 if [ "$MODE" = rsyslog ]; then
   # omprog children run as rsyslogd's user (root on Debian, syslog on Ubuntu)
@@ -160,16 +223,24 @@ else
   sed -e "s|port=\"514\"|port=\"$PORT\"|" \
       -e "s|binary=\"/opt/kpr-omprog/bin/kpr-omprog omprog --omprog\"|binary=\"$PREFIX/bin/kpr-omprog omprog --omprog --config $CONF_DIR/config.toml\"|" \
       -e "s|output=\"/var/log/kpr-omprog/|output=\"$LOGDIR/|" "$HERE/rsyslog.d/30-kpr-omprog.conf" > "$tmp"
-  for f in "$RSYSLOG_CONF" "$R"/etc/rsyslog.d/*.conf; do  # imudp loaded by anything but our drop-in?
-    [ -f "$f" ] && [ "$f" != "$DROPIN" ] || continue
-    if grep -Eqs '^[[:space:]]*(module\(load="imudp"|\$ModLoad[[:space:]]+imudp)' "$f"; then
-      sed -i 's|^module(load="imudp")|# imudp is already loaded by the main config|' "$tmp"; break
+  if [ -z "$SHARDS" ]; then  # a reinstall keeps the installed layout (shard K's state is in shard-K)
+    SHARDS=$AUTO_SHARDS
+    if [ -f "$DROPIN" ]; then
+      SHARDS=$(grep -c -- '--omprog --shard ' "$DROPIN" || true); [ "$SHARDS" -ge 1 ] || SHARDS=1
     fi
-  done
-  run install -D -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
-  if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
-    rsyslogd -N1 -f "$RSYSLOG_CONF" >/dev/null || { echo "rsyslogd -N1 failed; $DROPIN left for you to inspect" >&2; exit 1; }
   fi
+  if [ -z "$RELAYED_PORT" ] && [ -f "$DROPIN" ]; then
+    RELAYED_PORT=$(sed -n 's/^input(type="imtcp" port="\([0-9]*\)" ruleset="kpr_omprog_relayed".*/\1/p' "$DROPIN" | head -1)
+  fi
+  if [ "$SHARDS" != 1 ] || [ -n "$RELAYED_PORT" ]; then
+    "$PY" "$HERE/kpr_omprog/dropin.py" receiver --shards "$SHARDS" ${RELAYED_PORT:+--relayed-port "$RELAYED_PORT"} \
+      < "$tmp" > "$tmp.fleet" || { rm -f "$tmp" "$tmp.fleet"; exit 2; }
+    mv "$tmp.fleet" "$tmp"
+  fi
+  drop_loaded imudp "$tmp"; drop_loaded imtcp "$tmp"; drop_loaded fmhash "$tmp"
+  run install -D -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
+  echo "rsyslog drop-in: $SHARDS shard(s)${RELAYED_PORT:+, relayed frames on TCP $RELAYED_PORT}"
+  check_rsyslog_conf "$DROPIN"
   restart_rsyslog
   if [ -z "$R" ] && [ "$DRY" != 1 ]; then
     # Check it, as an operator would: rsyslog listens, and a datagram reaches kpr-omprog
@@ -195,7 +266,7 @@ else
 fi
 [ "$DRY" = 1 ] && { echo "dry run: nothing was changed"; exit 0; }
 cat <<DONE
-kpr-omprog installed ($MODE mode, UDP port $PORT).
+kpr-omprog installed ($MODE mode, UDP port $PORT$( [ "$MODE" = rsyslog ] && echo ", $SHARDS shard(s)${RELAYED_PORT:+, relayed TCP $RELAYED_PORT}")).
   package:  $PREFIX     config: $CONF_DIR/config.toml     state: $STATE     logs: $LOGDIR
   Set the Sentry DSN:  dsn = "https://KEY@sentry.example/1" in $CONF_DIR/config.toml, then restart
   $( [ "$MODE" = standalone ] && echo "kpr-omprog (systemctl restart kpr-omprog)" || echo "rsyslog (systemctl restart rsyslog, or ./install.sh again)" ).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run as rsyslog's omprog program: read the drop-in's JSON lines on stdin, "
                                    "answer OK per line once it is safe, report crashes to Sentry.")
     p.add_argument("--omprog", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shard", type=int, metavar="K",
+                   help="shard K of the sharded drop-in: state in <state_dir>/shard-K (reports, show and "
+                        "status read every shard)")
     _add_config_args(p)
     _add_runtime_args(p)
 
@@ -87,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Listen for netconsole datagrams on UDP and report crashes to Sentry.")
     p.add_argument("--listen", action="append", metavar="ADDR:PORT",
                    help="address to listen on, e.g. 0.0.0.0:514 or [::]:514 (repeatable; default from config)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="N receiving processes on the port (SO_REUSEPORT), a host always on the same one; "
+                        "state of worker K in <state_dir>/shard-K (default udp.workers, 1)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     _add_config_args(p)
     _add_runtime_args(p)
 
@@ -154,6 +162,17 @@ def _config(args: argparse.Namespace) -> Config:
         cfg = replace(cfg, dsn=args.dsn or None)
     if getattr(args, "state_dir", None):
         cfg = replace(cfg, state_dir=args.state_dir)
+    if getattr(args, "workers", None) is not None:
+        cfg = replace(cfg, udp=replace(cfg.udp, workers=args.workers))
+    shard = getattr(args, "shard", None)
+    shard = getattr(args, "worker", None) if shard is None else shard
+    if shard is not None:
+        from .shards import MAX_SHARDS, shard_dir, shard_metrics_file
+
+        if not 0 <= shard < MAX_SHARDS:
+            raise ConfigError(f"--shard {shard}: must be 0-{MAX_SHARDS - 1}")
+        cfg = replace(cfg, state_dir=shard_dir(cfg.state_dir, shard),
+                      metrics_file=shard_metrics_file(cfg.metrics_file, shard) if cfg.metrics_file else "")
     if getattr(args, "log_format", None):
         cfg = replace(cfg, log_format=args.log_format)
     if getattr(args, "listen", None) and args.command == "udp":
@@ -188,7 +207,12 @@ def _cmd_omprog(args: argparse.Namespace, cfg: Config) -> int:
     from .sources.omprog import run_omprog
 
     logs.configure(cfg.log_format, cfg.log_level)
-    return run_omprog(cfg, parsers_from_config(cfg), config_path=args.config)
+    parsers = parsers_from_config(cfg)
+    if args.shard is not None:
+        from .shards import adopt_unsharded
+
+        adopt_unsharded(os.path.dirname(cfg.state_dir), cfg.state_dir)
+    return run_omprog(cfg, parsers, config_path=args.config)
 
 
 def _cmd_udp(args: argparse.Namespace, cfg: Config) -> int:
@@ -196,29 +220,58 @@ def _cmd_udp(args: argparse.Namespace, cfg: Config) -> int:
     from .sources.udp import run_udp
 
     logs.configure(cfg.log_format, cfg.log_level)
-    return run_udp(cfg, parsers_from_config(cfg))
+    parsers = parsers_from_config(cfg)  # a bad hook fails here, once, not in N workers
+    if args.worker is None and cfg.udp.workers > 1:
+        from .sources.workers import run_workers
+
+        return run_workers(_worker_argv(args), cfg.udp.workers)
+    return run_udp(cfg, parsers, reuseport=args.worker is not None)
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The supervisor's own ``udp`` arguments, for its workers (``--workers`` left out)."""
+    argv: list[str] = args.argv
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if not a.startswith("--workers="):
+            out.append(a)
+    return out
 
 
 def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
-    import os
     from datetime import UTC, datetime
 
-    store = _store_for(cfg)
-    rows = store.reports(args.limit, host=args.host, since=_since(args.since), title=args.title)
+    stores = _stores_for(cfg)
+    since = _since(args.since)
+    rows = sorted((r for _, store in stores
+                   for r in store.reports(args.limit, host=args.host, since=since, title=args.title)),
+                  key=lambda r: r["created"], reverse=True)[:args.limit]
     if args.json:
         for r in rows:
             sys.stdout.write(json.dumps(r) + "\n")
         return 0
-    counts = store.counts()
+    counts: dict[str, int] = {}
+    for _, store in stores:
+        for state, n in store.counts().items():
+            counts[state] = counts.get(state, 0) + n
     sys.stdout.write("stored: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + "\n")
-    journal = os.path.join(cfg.state_dir, "journal.bin")
-    held = os.path.getsize(journal) if os.path.exists(journal) else 0
     cap = cfg.delivery.disk_cap_bytes
-    full = store.pending_bytes >= cap * 0.95
-    sys.stdout.write(f"outbox: {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB (delivery.disk_cap_bytes)"
-                     + ("  FULL: new reports wait in the journal until there is room" if full else "")
-                     + f"; journal: {held / 1024:.1f} KiB of open reports"
-                     + (" and reports waiting for the outbox" if full else "") + "\n")
+    for folder, store in stores:
+        journal = os.path.join(folder, "journal.bin")
+        held = os.path.getsize(journal) if os.path.exists(journal) else 0
+        full = store.pending_bytes >= cap * 0.95
+        shard = f"{os.path.basename(folder)} " if len(stores) > 1 else ""
+        sys.stdout.write(f"{shard}outbox: {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB "
+                         "(delivery.disk_cap_bytes)"
+                         + ("  FULL: new reports wait in the journal until there is room" if full else "")
+                         + f"; journal: {held / 1024:.1f} KiB of open reports"
+                         + (" and reports waiting for the outbox" if full else "") + "\n")
     for r in rows:
         when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
@@ -270,22 +323,25 @@ def _since(value: str | None) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
-def _store_for(cfg: Config) -> Any:
-    import os
-
+def _stores_for(cfg: Config) -> list[tuple[str, Any]]:
+    """(directory, store) of the state directory and of each of its shards (see shards.py)."""
+    from .shards import STORE_FILE, store_dirs
     from .store import Store
 
-    path = os.path.join(cfg.state_dir, "kpr-omprog.sqlite3")
-    if not os.path.exists(path):
-        raise ConfigError(f"state_dir {cfg.state_dir}: no store yet ({path} does not exist)")
-    return Store(path, cfg.delivery.disk_cap_bytes, cfg.delivery.dead_retention)
+    dirs = store_dirs(cfg.state_dir)
+    if not dirs:
+        path = os.path.join(cfg.state_dir, STORE_FILE)
+        raise ConfigError(f"state_dir {cfg.state_dir}: no store yet ({path} does not exist, nor shard-K/{STORE_FILE})")
+    return [(d, Store(os.path.join(d, STORE_FILE), cfg.delivery.disk_cap_bytes, cfg.delivery.dead_retention))
+            for d in dirs]
 
 
 def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     from datetime import UTC, datetime
 
-    store = _store_for(cfg)
-    r = store.report(args.event_id.replace("-", "").lower())
+    wanted = args.event_id.replace("-", "").lower()
+    found = [r for _, store in _stores_for(cfg) if (r := store.report(wanted)) is not None]
+    r = found[0] if len(found) == 1 else None
     if r is None:
         raise ConfigError(f"no single stored report with an event id starting {args.event_id!r} "
                           "(see kpr-omprog reports --json)")
@@ -314,36 +370,37 @@ def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    import os
-
     from .store import state_dir_holder
 
-    store = _store_for(cfg)
+    stores = _stores_for(cfg)
     now = time.time()
-    counts = store.counts()
     problems = []
-    holder = state_dir_holder(cfg.state_dir)
     out = sys.stdout
-    out.write(f"state_dir {cfg.state_dir}\n")
-    out.write(f"receiver  {'running, pid ' + holder if holder else 'none holds the state directory'}"
-              + ("" if holder else " (under rsyslog it starts at the first datagram)") + "\n")
-    waiting = counts.get("pending", 0)
-    oldest = store.oldest("pending")
-    age = now - oldest if oldest is not None else 0.0
-    out.write(f"outbox    {waiting} waiting for Sentry" + (f", the oldest for {age:,.0f} s" if waiting else "")
-              + f"; {counts.get('local', 0)} kept locally (no DSN); {counts.get('delivered', 0)} delivered; "
-              f"{counts.get('dead', 0)} dead\n")
-    cap = cfg.delivery.disk_cap_bytes
-    out.write(f"disk      {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB (delivery.disk_cap_bytes)\n")
-    journal = os.path.join(cfg.state_dir, "journal.bin")
-    size = os.path.getsize(journal) if os.path.exists(journal) else 0
-    out.write(f"journal   {size / 1024:.1f} KiB of open reports\n")
-    if counts.get("dead", 0):
-        problems.append(f"{counts['dead']} reports dead-lettered (kpr-omprog reports shows why)")
-    if waiting and age > args.max_wait:
-        problems.append(f"a report has waited {age:,.0f} s for Sentry (is the DSN right, is Sentry reachable?)")
-    if store.pending_bytes >= 0.95 * cap:
-        problems.append("the outbox is full: new reports wait in the journal")
+    for folder, store in stores:
+        counts = store.counts()
+        holder = state_dir_holder(folder)
+        out.write(f"state_dir {folder}\n")
+        out.write(f"receiver  {'running, pid ' + holder if holder else 'none holds the state directory'}"
+                  + ("" if holder else " (under rsyslog it starts at the first datagram)") + "\n")
+        waiting = counts.get("pending", 0)
+        oldest = store.oldest("pending")
+        age = now - oldest if oldest is not None else 0.0
+        out.write(f"outbox    {waiting} waiting for Sentry" + (f", the oldest for {age:,.0f} s" if waiting else "")
+                  + f"; {counts.get('local', 0)} kept locally (no DSN); {counts.get('delivered', 0)} delivered; "
+                  f"{counts.get('dead', 0)} dead\n")
+        cap = cfg.delivery.disk_cap_bytes
+        out.write(f"disk      {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB (delivery.disk_cap_bytes)\n")
+        journal = os.path.join(folder, "journal.bin")
+        size = os.path.getsize(journal) if os.path.exists(journal) else 0
+        out.write(f"journal   {size / 1024:.1f} KiB of open reports\n")
+        where = f"{folder}: " if len(stores) > 1 else ""
+        if counts.get("dead", 0):
+            problems.append(f"{where}{counts['dead']} reports dead-lettered (kpr-omprog reports shows why)")
+        if waiting and age > args.max_wait:
+            problems.append(f"{where}a report has waited {age:,.0f} s for Sentry (is the DSN right, is Sentry "
+                            "reachable?)")
+        if store.pending_bytes >= 0.95 * cap:
+            problems.append(f"{where}the outbox is full: new reports wait in the journal")
     for p in problems:
         out.write(f"NEEDS A HUMAN: {p}\n")
     out.write("ok\n" if not problems else "")
@@ -401,6 +458,7 @@ def _cmd_capture(args: argparse.Namespace, cfg: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.command:
         parser.print_help()
         return 2
@@ -426,8 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `kpr-omprog reports | head`: the reader left; nothing more to say. stdout is
         # pointed at /dev/null so the interpreter's own flush at exit does not fail again.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0

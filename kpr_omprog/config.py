@@ -52,6 +52,8 @@ class UdpConfig:
     rcvbuf: int = 8 << 20
     #: sender networks allowed; empty means every sender
     allow: tuple[str, ...] = ()
+    #: receiving processes on the port (SO_REUSEPORT), each with state in <state_dir>/shard-K
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +269,8 @@ def validate(cfg: Config) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"udp.allow: {net!r} is not a network (e.g. 10.0.0.0/8)") from None
+    if not 1 <= cfg.udp.workers <= 64:
+        raise ConfigError(f"udp.workers: {cfg.udp.workers} must be 1-64")
     if cfg.omprog.max_line_bytes < 65536:
         raise ConfigError("omprog.max_line_bytes: must be at least 65536")
     if cfg.omprog.max_clock_skew <= 0:

@@ -25,6 +25,8 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from .shards import shard_of
+
 __all__ = ["render", "write"]
 
 #: counter name (without prefix and _total) -> help
@@ -92,6 +94,22 @@ class _Snapshot:
                                 "How long the oldest report waiting for Sentry has waited", value=oldest_age)
 
 
+class _Labelled:
+    def __init__(self, registry: CollectorRegistry, shard: str) -> None:
+        self.registry, self.shard = registry, shard
+
+    def collect(self) -> Iterator[Metric]:
+        for m in self.registry.collect():
+            m.samples = [s._replace(labels={**s.labels, "shard": self.shard}) for s in m.samples]
+            yield m
+
+
+def _labelled(registry: CollectorRegistry, shard: str) -> CollectorRegistry:
+    out = CollectorRegistry(auto_describe=False)
+    out.register(_Labelled(registry, shard))
+    return out
+
+
 def _registry(*args: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(*args))
@@ -106,6 +124,13 @@ def render(counters: dict[str, int], gauges: Mapping[str, float], closed: dict[s
 
 def write(path: str, counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int],
           attempts: dict[str, int], outbox: dict[str, int], oldest_age: float) -> None:
-    """Replace ``path`` with the snapshot (written beside it, then renamed)."""
-    write_to_textfile(path, _registry(counters, gauges, closed, attempts, outbox, oldest_age))
+    """Replace ``path`` with the snapshot (written beside it, then renamed).
+
+    A shard's file (see :mod:`kpr_omprog.shards`) gives every sample a ``shard`` label:
+    node_exporter refuses the same series from two files of its directory."""
+    registry = _registry(counters, gauges, closed, attempts, outbox, oldest_age)
+    shard = shard_of(path)
+    if shard is not None:
+        registry = _labelled(registry, shard)
+    write_to_textfile(path, registry)
     os.chmod(path, 0o644)  # node_exporter runs as its own user

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kpr_omprog.dropin import receiver_dropin, relay_dropin
+
 ROOT = Path(__file__).parent.parent
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 SHIPPED = 'binary="/opt/kpr-omprog/bin/kpr-omprog omprog --omprog"'
@@ -44,11 +46,31 @@ def udp_bound(port: int) -> bool:
     return False
 
 
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_listening(port: int) -> bool:
+    """True when some socket listens on TCP ``port`` (state 0A in /proc/net/tcp)."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                if any(line.split()[1].endswith(suffix) and line.split()[3] == "0A" for line in list(f)[1:]):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 class Rsyslogd:
     """``Rsyslogd(work, program_args).start()``; ``.port`` is where to send datagrams."""
 
     def __init__(self, work: Path, program: list[str] | None = None, port: int | None = None,
-                 stats: bool = False, program_stderr: bool = False) -> None:
+                 stats: bool = False, program_stderr: bool = False, shards: int = 1,
+                 relayed_port: int | None = None) -> None:
         if not os.path.exists(RSYSLOGD):
             raise RuntimeError(f"{RSYSLOGD} missing: tests/run.sh installs Debian's rsyslog")
         self.work = work
@@ -73,6 +95,9 @@ class Rsyslogd:
             if old not in dropin:
                 raise AssertionError(f"the shipped drop-in no longer contains {old!r}")
             dropin = dropin.replace(old, new)
+        # install.sh --shards N / --relayed-port P: the same transform of the shipped file
+        self.relayed_port = relayed_port
+        dropin = receiver_dropin(dropin, shards, relayed_port, "127.0.0.1" if relayed_port else None)
         self.conf = work / "rsyslog.conf"
         self.stats_file = work / "impstats.json"
         extra = (f'module(load="impstats" interval="1" format="json" log.syslog="off" log.file="{self.stats_file}"'
@@ -95,6 +120,9 @@ class Rsyslogd:
         # Ready once its UDP input is bound: rsyslog starts the omprog program only at the
         # first message, and queues whatever arrives before the program answers OK.
         self._wait(lambda: udp_bound(self.port), 20, f"rsyslogd to bind UDP port {self.port}")
+        if self.relayed_port:
+            port = self.relayed_port
+            self._wait(lambda: tcp_listening(port), 20, f"rsyslogd to listen on TCP port {port}")
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -178,3 +206,29 @@ class Rsyslogd:
 
     def queued_files(self) -> list[str]:
         return sorted(p.name for p in self.spool.iterdir() if p.name.startswith("kpr_omprog"))
+
+
+class RelayRsyslogd(Rsyslogd):
+    """A private rsyslogd running the shipped relay drop-in, forwarding to ``receivers``
+    (loopback TCP ports of receivers started with ``relayed_port``)."""
+
+    def __init__(self, work: Path, receivers: list[int], port: int | None = None) -> None:
+        self.work = work
+        self.spool = work / "spool"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_udp_port()
+        self.relayed_port = None
+        text = (ROOT / "rsyslog.d" / "40-kpr-omprog-relay.conf").read_text()
+        old = 'input(type="imudp" port="514"'
+        if old not in text:
+            raise AssertionError(f"the shipped relay drop-in no longer contains {old!r}")
+        text = text.replace(old, f'input(type="imudp" address="127.0.0.1" port="{self.port}"')
+        text = relay_dropin(text, [("127.0.0.1", p) for p in receivers])
+        self.conf = work / "rsyslog.conf"
+        self.stats_file = work / "impstats.json"
+        self.conf.write_text(f'global(workDirectory="{self.spool}")\n'
+                             'module(load="imuxsock" SysSock.Use="off")\n'
+                             f'module(load="impstats" interval="1" format="json" log.syslog="off" '
+                             f'log.file="{self.stats_file}" resetCounters="off")\n' + text)
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = None

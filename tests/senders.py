@@ -24,13 +24,14 @@ def capture(name: str) -> list[tuple[float, bytes]]:
 
 
 def play(target: tuple[str, int], plays: dict[str, list[tuple[float, bytes]]], speed: float = 1.0,
-         timeout: float = 60.0) -> int:
-    """Send every stream in ``plays`` (source ip -> timed datagrams) to ``target``; datagrams sent."""
+         timeout: float = 60.0, sport: int = 0) -> int:
+    """Send every stream in ``plays`` (source ip -> timed datagrams) to ``target``; datagrams sent.
+    ``sport``: the source port (netconsole sends from a fixed one, 6665 by default)."""
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     socks = {}
     for src in plays:
         s = socket.socket(family, socket.SOCK_DGRAM)
-        s.bind((src, 0))
+        s.bind((src, sport))
         socks[src] = s
     merged = sorted((at / speed, n, src, data) for src, rows in plays.items() for n, (at, data) in enumerate(rows))
     start = time.monotonic()

@@ -37,7 +37,7 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
     (stage / "etc" / "rsyslog.conf").write_text(
         f'global(workDirectory="{spool}")\nmodule(load="imuxsock" SysSock.Use="off")\n'
         f'include(file="{stage}/etc/rsyslog.d/*.conf")\n')
-    r = install(stage, "--port", str(port))
+    r = install(stage, "--port", str(port), "--shards", "1")  # the default depends on the cores
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kpr-omprog installed (rsyslog mode" in r.stdout
     exe = stage / "opt" / "kpr-omprog" / "bin" / "kpr-omprog"
@@ -119,3 +119,49 @@ def test_a_host_that_loads_imudp_itself_keeps_a_valid_config_across_reinstalls(t
     assert n1.returncode == 0, n1.stderr
     r = install(stage, "--port")
     assert r.returncode == 2 and "--port needs a number" in r.stderr
+
+
+def _staged_rsyslog(tmp_path: Path) -> Path:
+    stage = tmp_path / "root"
+    (stage / "etc").mkdir(parents=True)
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    (stage / "etc" / "rsyslog.conf").write_text(
+        f'global(workDirectory="{spool}")\nmodule(load="imuxsock" SysSock.Use="off")\n'
+        f'include(file="{stage}/etc/rsyslog.d/*.conf")\n')
+    return stage
+
+
+def test_shards_and_relayed_port_are_written_checked_and_kept_by_a_reinstall(tmp_path: Path) -> None:
+    stage = _staged_rsyslog(tmp_path)
+    r = install(stage, "--port", str(free_udp_port()), "--shards", "3", "--relayed-port", "10514")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 shard(s), relayed TCP 10514" in r.stdout
+    exe = stage / "opt" / "kpr-omprog" / "bin" / "kpr-omprog"
+    conf = stage / "etc" / "kpr-omprog" / "config.toml"
+    dropin = stage / "etc" / "rsyslog.d" / "30-kpr-omprog.conf"
+    text = dropin.read_text()
+    for k in range(3):
+        assert f'binary="{exe} omprog --omprog --shard {k} --config {conf}"' in text
+    assert 'input(type="imtcp" port="10514" ruleset="kpr_omprog_relayed"' in text
+    r = install(stage, "--port", str(free_udp_port()))  # no --shards: the installed layout stays
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 shard(s), relayed TCP 10514" in r.stdout and dropin.read_text().count("--omprog --shard ") == 3
+    for bad, say in ((["--shards", "0"], "--shards 0: not 1-64"), (["--shards", "x"], "--shards needs a number"),
+                     (["--relay", "r1:10514", "--shards", "2"], "belong on the receivers"),
+                     (["--relay", "r1:10514"], "a receiver or a relay, not both")):
+        r = install(stage, *bad)
+        assert r.returncode == 2 and say in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)
+
+
+def test_relay_install_writes_the_relay_dropin_and_checks_it(tmp_path: Path) -> None:
+    stage = _staged_rsyslog(tmp_path)
+    port = free_udp_port()
+    r = install(stage, "--relay", "10.0.0.11:10514,[2001:db8::12]:10514,recv3:6514", "--port", str(port))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "relay installed" in r.stdout and not (stage / "opt").exists()  # no package on a relay
+    text = (stage / "etc" / "rsyslog.d" / "40-kpr-omprog-relay.conf").read_text()
+    assert text.count('action(type="omfwd"') == 3 and 'target="2001:db8::12"' in text
+    assert f'port="{port}" ruleset="kpr_omprog_relay"' in text and "hash64mod($fromhost-ip, 3)" in text
+    r = install(stage, "--relay", "10.0.0.11")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr

@@ -301,7 +301,9 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         log.info("omprog_stopped", lines=lines, malformed=counts.get("malformed_input", 0),
                  clock_clamped=counts.get("clock_clamped", 0),
                  open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
-                 busy_seconds=round(max(0.0, last_line_at - first_line_at), 6), counters=intake.counters())
+                 busy_seconds=round(max(0.0, last_line_at - first_line_at), 6),
+                 # the span of several shards' bursts is first of the firsts to last of the lasts
+                 first_line_at=first_line_at, last_line_at=last_line_at, counters=intake.counters())
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 
@@ -17,10 +18,13 @@ log = get_logger()
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-def bind(addr: str, port: int, rcvbuf: int) -> socket.socket:
-    """A UDP socket bound to ``addr:port`` with a receive buffer of ``rcvbuf`` bytes if allowed."""
+def bind(addr: str, port: int, rcvbuf: int, reuseport: bool = False) -> socket.socket:
+    """A UDP socket bound to ``addr:port`` with a receive buffer of ``rcvbuf`` bytes if allowed;
+    ``reuseport``: one of the ``udp --workers`` sockets sharing the port (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
@@ -65,8 +69,10 @@ def is_allowed_factory(networks: tuple[str, ...]) -> Callable[[str], bool] | Non
     return allowed
 
 
-def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]], None] | None = None) -> int:
-    """Listen on every ``cfg.udp.listen`` address until SIGTERM/SIGINT."""
+def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]], None] | None = None,
+            reuseport: bool = False) -> int:
+    """Listen on every ``cfg.udp.listen`` address until SIGTERM/SIGINT (``reuseport``: as one
+    of the ``--workers``, see :mod:`kpr_omprog.sources.workers`)."""
     import selectors
     import signal
     import time
@@ -75,7 +81,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     from ..config import parse_listen
     from ..runtime import Intake, metrics_path, open_journal, open_runtime
 
-    socks = [bind(*parse_listen(item), cfg.udp.rcvbuf) for item in cfg.udp.listen]
+    socks = [bind(*parse_listen(item), cfg.udp.rcvbuf, reuseport) for item in cfg.udp.listen]
     for s in socks:
         s.setblocking(False)
     allowed = is_allowed_factory(cfg.udp.allow)
@@ -94,7 +100,8 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     sel = selectors.DefaultSelector()
     for s in socks:
         sel.register(s, selectors.EVENT_READ)
-    log.info("udp_started", listen=list(cfg.udp.listen), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
+    log.info("udp_started", listen=list(cfg.udp.listen), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir,
+             pid=os.getpid())
     if ready is not None:
         ready(socks)
     refused = 0

@@ -26,7 +26,8 @@ def main() -> None:
             first = time.time()
         out.write(b"OK\n")
         last = time.time()
-    sys.stderr.write(json.dumps({"event": "omprog_stopped", "lines": n, "busy_seconds": last - first}) + "\n")
+    sys.stderr.write(json.dumps({"event": "omprog_stopped", "lines": n, "busy_seconds": last - first,
+                                 "first_line_at": first, "last_line_at": last}) + "\n")
 
 
 if __name__ == "__main__":

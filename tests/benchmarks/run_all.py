@@ -24,13 +24,16 @@ import bench_hostile
 import bench_latency
 import bench_memory
 import bench_rsyslog
+import bench_shards
 import bench_storm
 import bench_udp
 from common import Row, machine_speed
 
 BENCHES = {
     "udp": bench_udp.run,
+    "workers": bench_udp.run_workers,
     "rsyslog": bench_rsyslog.run,
+    "shards": bench_shards.run,
     "assembler": bench_assembler.rows,
     "latency": bench_latency.run,
     "memory": bench_memory.run,
