@@ -282,8 +282,17 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
 def _cmd_symbols(args: argparse.Namespace, cfg: Config) -> int:
     from .symbolizer import find_debug_files
 
-    store = _store_for(cfg)
-    rows = store.kernel_releases()
+    # every shard's outbox: a release seen by any of them, its counts summed
+    merged: dict[str, dict[str, Any]] = {}
+    for _, store in _stores_for(cfg):
+        for r in store.kernel_releases():
+            m = merged.setdefault(r["release"], dict(r, reports=0, symbolized=0))
+            m["first_seen"] = min(m["first_seen"], r["first_seen"])
+            m["last_seen"] = max(m["last_seen"], r["last_seen"])
+            m["reports"] += r["reports"]
+            m["symbolized"] += r["symbolized"]
+        store.close()
+    rows = sorted(merged.values(), key=lambda r: r["last_seen"], reverse=True)
     if not rows and not args.json:
         sys.stdout.write("no kernel release seen yet\n")
     for r in rows:
