@@ -464,6 +464,24 @@ def _cmd_capture(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _answer_start_before_exit(args: argparse.Namespace) -> None:
+    """Under rsyslog, a program that fails before its start ``OK`` makes rsyslogd 8.2302
+    crash (SIGSEGV, measured with the shipped drop-in; rsyslog issue 5017), taking the
+    host's own logging with it. So a receiver that cannot start (a config mistake, an
+    unwritable state directory) answers ``OK`` first and then exits: rsyslog sees an
+    ordinary failure, keeps the lines queued and starts it again every resumeInterval."""
+    if args.command != "omprog" or not getattr(args, "omprog", False):
+        return
+    started = sys.modules.get("kpr_omprog.sources.omprog")
+    if started is not None and getattr(started, "answered_start", False):
+        return  # its start OK is out: another would acknowledge a line not processed
+    try:
+        sys.stdout.write("OK\n")
+        sys.stdout.flush()
+    except OSError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -471,6 +489,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    rc = 1
+    try:
+        rc = _main(args)
+        return rc
+    finally:
+        if rc != 0:
+            _answer_start_before_exit(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,

@@ -207,3 +207,26 @@ def test_a_flooding_host_does_not_starve_another_hosts_crash(tmp_path: Path) -> 
                             capture("lkdtm-BUG_classic_oopspanic")), Assembler()))
     assert (host, got_title) == ("127.0.0.7", "kernel BUG in lkdtm_BUG")
     assert bytes(attachment).decode() == expected[0].render_log()
+
+
+def test_a_receiver_that_cannot_start_leaves_rsyslog_up_and_loses_nothing(tmp_path: Path) -> None:
+    # rsyslogd 8.2302 crashed (SIGSEGV) when its omprog program exited before its first OK.
+    conf = tmp_path / "config.toml"
+    conf.write_text("dsn = 5\n")  # a config mistake: the receiver cannot start
+    state = tmp_path / "state"
+    rs = Rsyslogd(tmp_path / "rs", [sys.executable, "-m", "kpr_omprog.cli", "omprog", "--omprog", "--config",
+                                    str(conf), "--state-dir", str(state), "--log-format", "json"],
+                  program_stderr=True, stats=True)
+    rs.start()
+    try:
+        sent = play(("127.0.0.1", rs.port), {"127.0.0.2": capture("sysrq-c_classic")}, speed=50)
+        failures = lambda: rs.program_log.read_text().count("dsn: expected a string") if rs.program_log.exists() else 0  # noqa: E731
+        _wait(lambda: failures() >= 3, 30, "three failed starts of the receiver")
+        assert rs.proc.poll() is None, "rsyslogd died"
+        assert rs.stats("kpr_omprog queue").get("size", 0) >= sent - 16  # the lines wait in rsyslog's queue
+        conf.write_text("")  # fixed: the next start runs
+        _wait(lambda: state.exists() and len(stored(state)) == 1, 60, "the crash once the receiver starts")
+        assert rs.proc.poll() is None
+        assert stored(state)[0]["host"] == "127.0.0.2"
+    finally:
+        rs.stop()

@@ -80,6 +80,8 @@ class InFlight:
 
 #: the longest sender address rsyslog writes (an IPv6 address with a zone is shorter)
 MAX_IP_CHARS = 64
+#: the start "OK" has been written (the CLI must not write one on a failed start then)
+answered_start = False
 
 # orjson (the optional extra kpr-omprog[fast], which install.sh installs) parses an omprog
 # line 5-7 times faster than json (tests/benchmarks: 0.4 against 2.2-2.8 us); the standard
@@ -225,6 +227,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                           why="the line is dropped so that rsyslog's queue moves on")
         inflight.done()
     ack.write(b"OK\n")
+    global answered_start
+    answered_start = True
     log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
     fd = stdin.fileno()
     os.set_blocking(fd, False)
