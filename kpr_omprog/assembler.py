@@ -44,6 +44,19 @@ _RELEASE_RES = (
 )
 
 
+# What may follow a crash's end marker and still be the crash: indented stack lines,
+# register dumps (RIP:, CR2:, pc :, x29:), and the panic's own lines.
+_AFTERMATH = re.compile(
+    r"\s|<|[A-Z][A-Z0-9]{1,4}:|[a-z]{1,3}\d* *: |Code: |Call [Tt]race|Modules linked in|CPU: |Hardware name"
+    r"|Kernel Offset|note: |Fixing recursive fault|Dumping ftrace|Stack:|Backtrace|Exception stack|irq event stamp"
+    r"|hardirqs |softirqs |SMP: stopping|Shutting down cpus|Sending NMI|NMI backtrace|Rebooting|---|\(ftrace buffer"
+    r"|Disabling lock debugging|Uhhuh|Fixing|Process |Task |pgd |\*pgd|Internal error|Unable to handle"
+    # SLUB's diagnostics after a slab WARNING (print_tracking, print_trailer)
+    r"|Allocated in |Freed in |Slab 0x|Object 0x|Redzone |Padding |FIX |INFO: "
+)
+# A separator printed right before a header ("=====" before SLUB's "BUG <cache>: ...",
+# lockdep's banners) opens the report with it.
+_SEPARATOR = re.compile(r"^[=-]{20,}$")
 _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 
 #: a context line (kept per idle host) is cut to this: the kernel prints at most 1024
@@ -573,6 +586,12 @@ class Assembler:
         if kind == crash.PANIC:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         elif rep.ended_at is not None:
+            if kind == crash.NONE and _AFTERMATH.match(text) is None:
+                # After the end marker, a line of another kind ("lkdtm: Overflow detected",
+                # the next test's trigger) is not this crash's: the report is whole.
+                self._close(host, "end_marker", closed)
+                host.recent.append(line)
+                return
             rep.lines_after_end += 1
         elif rep.joined_pending and kind == crash.START and not joining and not crash.is_lead_in(text):
             rep.joined_pending = False
@@ -650,6 +669,14 @@ class Assembler:
             self.stats.open_reports_limited += 1
             self._close(oldest, "max_open_reports", closed)
         self._serial += 1
+        recent = host.recent
+        separator: Line | None = None
+        if recent:
+            last = recent[-1]
+            text = last.text if isinstance(last, Line) else last[2]
+            if _SEPARATOR.match(text):
+                recent.pop()
+                separator = last if isinstance(last, Line) else Line(text, last[0], last[1])
         context = tuple(x.text if isinstance(x, Line) else x[2] for x in host.recent)
         rep = _Open(self._serial, line, context, host.release)
         for x in host.recent:
@@ -661,6 +688,8 @@ class Assembler:
                 rep.userdata = x.userdata
         host.recent.clear()
         host.report = rep
+        if separator is not None:
+            rep.add(separator)
         rep.add(line)
         self._idle.pop(host.key, None)
         self._opened[host.key] = host

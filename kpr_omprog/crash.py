@@ -77,7 +77,7 @@ _START_OF_LINE = (
     r"|Kernel panic - not syncing"
     # Bugs reported in one line, with no stack (syzkaller counts them too)
     r"|unregister_netdevice: waiting for \S+ to become free|VFS: Close: file count is 0"
-    r"|VFS: Busy inodes after unmount|rust_kernel: panicked at "
+    r"|VFS: Busy inodes after unmount|rust_kernel: panicked at |pagealloc: memory corruption"
     r"|" + _LEAD_IN
 )
 _END_NOW = r"---\[ end Kernel panic|Rebooting in \d+ seconds"

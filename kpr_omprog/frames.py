@@ -27,8 +27,11 @@ _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[i
 # The faulting instruction's function: x86 RIP/IP/EIP, arm64 pc, arm "PC is at", ppc NIP, mips epc, s390 PSW.
 _PC = re.compile(
     r"^(?:RIP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|pc : |PC is at |NIP:? *\[[0-9a-f]+\] |epc : |PSW: )"
-    r"\s*(?:\[<[0-9a-f]+>\]\s*)*([A-Za-z_$][\w.$]*)\+0x"
+    r"\s*(?:\[<[0-9a-f]+>\]\s*)*([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
 )
+# No function is this big: a larger "size" means the address is in data (executing a
+# buffer: lkdtm EXEC_DATA gives data_area+0x0/0xffffffffffff76e0), not in the function named.
+_MAX_FUNCTION_BYTES = 1 << 24
 _CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|llvm|lto_priv|localalias)(?:\.\d+)*$|\.cold$")
 _SYSCALL_PREFIX = re.compile(
     r"^(?:__x64_|__ia32_|__arm64_|__se_|__do_|__riscv_|__s390x_|__s390_|compat_)+(?=sys_)|^(?:compat_)?(?:SyS_|SYSC_)"
@@ -99,7 +102,7 @@ _NEVER_GUILTY = (
     "__unregister_client", "device_for_each_child", "rollback_registered", "unregister_netdev(?:ice)?",
     "sysfs_remove", "device_remove_file", "tty_unregister_device", "dummy_urb_enqueue", "usb_kill_urb",
     "usb_kill_anchored_urbs", "usb_control_msg", "usb_hcd_submit_urb", "usb_submit_urb", "kfree_skb",
-    "ida_free", "find_lock_entries", "truncate_inode_pages_range", "drop_nlink", "fast_dput",
+    "ida_free", "cache_from_obj", "find_lock_entries", "truncate_inode_pages_range", "drop_nlink", "fast_dput",
     "logic_in[bwlq]?", "logic_out[bwlq]?", "crc_itu_t",
     # stack and scheduler plumbing printed around every report
     "__stack_chk_fail", "stackleak_", "__schedule_bug", "check_preemption_disabled",
@@ -115,8 +118,7 @@ _SKIP_ANCHORED = (
     r"^(?:__)?bug$", r"^do_BUG", r"^__BUG", r"^BUG_", r"^(?:nmi_)?panic$", r"^vpanic$", r"^schedule$",
     r"^__schedule$", r"^read[bwlq]$", r"^write[bwlq]$", r"^(?:__)?crc\d+", r"^el1_abort$", r"^el1h_64_sync",
     r"^do_mem_abort$", r"^do_(?:kernel|translation)_fault$", r"^__do_kernel_fault$", r"^do_bad_area$",
-    r"^do_page_fault$", r"^__do_page_fault$", r"^page_fault$", r"^async_page_fault$", r"^lkdtm_do_action$",
-    r"^direct_entry$", r"^full_proxy_(?:write|read|ioctl|unlocked_ioctl)$", r"^_?atomic",
+    r"^do_page_fault$", r"^__do_page_fault$", r"^page_fault$", r"^async_page_fault$", r"^_?atomic",
     r"^(?:__)?(?:test_and_)?(?:set|clear|change)_bit", r"^crc_", r"^xas_", r"^__?kmem_cache", r"^kmem_cache",
     r"^__?kmalloc", r"^kzalloc", r"^kvmalloc", r"^kcalloc", r"^slab_alloc", r"^__slab_alloc",
     r"^do_tag_check_fault", r"^rb_", r"^__rb_", r"^timerqueue_", r"^unwind_", r"^dump_backtrace",
@@ -171,7 +173,9 @@ def arm_caller(line: str) -> str | None:
 def pc_function(line: str) -> str | None:
     """The function of a faulting-instruction line (``RIP: 0010:f+0x..``, ``pc : f+0x..``, ...)."""
     m = _PC.match(line)
-    return m.group(1) if m is not None else None
+    if m is None or (m.group(2) is not None and int(m.group(2), 16) > _MAX_FUNCTION_BYTES):
+        return None
+    return m.group(1)
 
 
 def is_trace_start(line: str) -> bool:

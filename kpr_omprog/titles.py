@@ -41,7 +41,7 @@ _BACKTRACE = re.compile(r"backtrace:|Backtrace:")
 # Other stacks inside a report: a trace part stops at them once it has read frames.
 _OTHER_STACK = re.compile(r"^\s*(?:Allocated by task|Freed by task|Uninit was (?:created|stored)|Last potentially)")
 _APIC_TIMER = re.compile(r"apic_timer_interrupt")
-_STALL_IRQ = re.compile(r"apic_timer_interrupt|Exception stack|el1h_64_irq")
+_STALL_IRQ = re.compile(r"apic_timer_interrupt|Exception stack|el1h_64_irq|NMI backtrace for cpu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,7 @@ _STALL_ANCHORS = re.compile(
 
 
 # Anchors are matched on names without syscall wrappers (__sys_setsockopt is setsockopt).
+_PROXY = re.compile(r"full_proxy_|debugfs_(?:attr_)?(?:read|write)")
 _SYSCALL_WRAPPER = re.compile(r"^(?:SYSC_|SyS_|sys_|__x64_|__ia32_|__arm64_|_{1,4}sys_|__se_|__do_sys_|compat_|ksys_)+")
 
 
@@ -115,7 +116,8 @@ def _stall(frames: list[str]) -> str | None:
             if "smp_call_function" in f:
                 prev = "smp_call_function"
             return prev  # blame() strips the syscall wrapper prefix
-        prev = f
+        if not _PROXY.match(f):  # a debugfs proxy between vfs_write and the file's own handler
+            prev = f
     return frames[0]
 
 
@@ -161,6 +163,9 @@ def _warning(header: str, kind: str, *skip: str) -> Format:
     return Format(_rx(header), kind, _WARNING, _TRACE_ONLY, _skip(*skip) if skip else None)
 
 
+# The checker's own functions, by name: a culprit called do_usercopy_* stays a culprit.
+_USERCOPY_SKIP = _skip("^usercopy_", "^_*check_object_size", "^_*check_heap_object", "^_*check_bogus_address",
+                       "^_*check_kernel_text_object", "^_*check_stack_object", "^_*check_page_span")
 _LOCKDEP_SKIP = _skip("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue")
 _ALLOC_SKIP = ("kmemleak", "kmalloc", "kcalloc", "kzalloc", "krealloc", "vmalloc", "vzalloc", "mmap", "kmem",
                "slab", "alloc", "create_object", "idr_get", "list_lru_init", "kasprintf", "kvasprintf",
@@ -216,7 +221,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
     Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
     Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"),
-           "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, TRACE),
+           "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, PC, TRACE),
            _skip("apic_timer_interrupt", "rcu"), _stall, strict=True),
     Format(_rx(r"INFO: task .* blocked (?:in I/O wait )?for more than"), "INFO: task hung", _TRACE_ONLY,
            extractor=_hang),
@@ -275,19 +280,25 @@ FORMATS: tuple[Format, ...] = (
                               "free_one_page", "dump_page", "skb_release", "skb_free", "page_pool")),
     Format(_rx(r"BUG: Bad page map"), "BUG: Bad page map"),
     Format(_rx(r"kernel BUG at mm/usercopy.c|^usercopy: Kernel memory"), "BUG: bad usercopy", _TRACE_ONLY,
-           skip=_skip("usercopy", "__check")),
+           skip=_USERCOPY_SKIP),
     Format(_rx(r"kernel BUG at lib/list_debug.c|^list_(?:add|del) corruption|^list_\w+ corruption"),
            "BUG: corrupted list", _RIP_THEN_TRACE, skip=_skip("list_")),
     Format(_rx(r"[Kk]ernel BUG at "), "kernel BUG", _RIP_THEN_TRACE,
            skip=_skip("^skb_", "fortify", "assert", "_panic$", "__phys_addr", "folio_unlock", "unlock_page")),
     Format(_rx(r"BUG kmalloc-.*: Object already free"), "BUG: Object already free"),
+    Format(_rx(r"^BUG [\w.:-]+ \([^)]*\): ([A-Za-z][\w -]*)"), "BUG: slab {0}",
+           (_rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x"), _rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x")),
+           skip=_skip(*_ALLOC_SKIP, "kfree", "free", "^_*slab_")),
+    Format(_rx(r"^pagealloc: memory corruption"), "BUG: pagealloc: memory corruption", _TRACE_ONLY,
+           skip=_skip("page", "poison", "alloc", "^_*slab_", "kmem_cache", "free")),
     Format(_rx(r"^kernel stack overflow|^Kernel panic - not syncing: kernel stack overflow"), "kernel stack overflow",
            _RIP_THEN_TRACE, extractor=_stall),
     # --- WARNINGs by file ------------------------------------------------------------------------
     _warning(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check|at)", "WARNING: ODEBUG bug",
              "debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "kmem_", "slab_", "kfree", "vunmap",
              "vfree", "__free_", "debug_check", "kobject_"),
-    _warning(r"WARNING: .*mm/usercopy\.c.* (?:usercopy_warn|at)", "WARNING: bad usercopy", "usercopy", "__check"),
+    Format(_rx(r"WARNING: .*mm/usercopy\.c.* (?:usercopy_warn|at)"), "WARNING: bad usercopy", _WARNING, _TRACE_ONLY,
+           _USERCOPY_SKIP),
     _warning(r"WARNING: .*lib/kobject\.c.* (?:kobject_|at)", "WARNING: kobject bug", "kobject_"),
     _warning(r"WARNING: .*fs/proc/generic\.c.* (?:proc_register|at)", "WARNING: proc registration bug", "proc_"),
     _warning(r"WARNING: .*lib/refcount\.c.* (?:refcount_|at)", "WARNING: refcount bug", "refcount", "kobject_"),
@@ -346,7 +357,7 @@ _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.patt
 _HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
                     "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
                     "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ",
-                    "rust_kernel")
+                    "rust_kernel", "BUG ")
 for _f in FORMATS:
     assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
 
@@ -432,7 +443,7 @@ def _match_part(part: _Part, line: str) -> tuple[bool, str | None]:
 
 
 def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern[str] | None,
-                strict: bool = False) -> list[str]:
+                strict: bool = False, unreliable: bool = False) -> list[str]:
     out: list[str] = []
 
     def add(name: str | None) -> None:
@@ -458,7 +469,7 @@ def _candidates(lines: Sequence[str], parts: tuple[_Part, ...], skip: re.Pattern
                 f = parse_frame(line, inline=False)
                 if f is not None:
                     read += 1
-                    if f.reliable:
+                    if f.reliable or unreliable:
                         add(f.function)
                         add(arm_caller(line))
                 i += 1
@@ -526,10 +537,15 @@ def blame(lines: Sequence[str]) -> Blame:
     frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict)
     if not frames and fmt.alt:
         frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
+    if not frames:
+        # Executing data or user memory leaves the unwinder only "? f+0x.." guesses: the
+        # best of them beats no function at all.
+        frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict, unreliable=True)
     raw = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
     if raw is None and frames:
         # Syscall, VFS and debugfs plumbing only carries the call: any other frame is the culprit.
-        raw = next((f for f in frames if not _PLUMBING.match(f)), frames[0])
+        raw = next((f for f in frames if not _PLUMBING.match(f)), None) \
+            or next((f for f in frames if not _PROXY.match(f)), frames[0])
     if raw is None and "f" in m.groupdict() and m.group("f"):
         raw = m.group("f")
     frame = canonical_function(raw) + fmt.frame_suffix if raw else None
