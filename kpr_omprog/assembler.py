@@ -47,7 +47,8 @@ _RELEASE_RES = (
 # What may follow a crash's end marker and still be the crash: indented stack lines,
 # register dumps (RIP:, CR2:, pc :, x29:), and the panic's own lines.
 _AFTERMATH = re.compile(
-    r"\s|<|[A-Z][A-Z0-9]{1,4}:|[a-z]{1,3}\d* *: |Code: |Call [Tt]race|Modules linked in|CPU: |Hardware name"
+    r"\s|<|(?:R[A-Z0-9]{1,3}|E[A-Z]{2}|[CDEFGS]S|CR\d|DR\d|PKRU) *:|(?:x\d{1,2}|r\d{1,2}|pc|lr|sp|fp|psr) *: "
+    r"|Code: |Call [Tt]race|Modules linked in|CPU: |Hardware name"
     r"|Kernel Offset|note: |Fixing recursive fault|Dumping ftrace|Stack:|Backtrace|Exception stack|irq event stamp"
     r"|hardirqs |softirqs |SMP: stopping|Shutting down cpus|Sending NMI|NMI backtrace|Rebooting|---|\(ftrace buffer"
     r"|Disabling lock debugging|Uhhuh|Fixing|Process |Task |pgd |\*pgd|Internal error|Unable to handle"
@@ -586,13 +587,16 @@ class Assembler:
         if kind == crash.PANIC:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         elif rep.ended_at is not None:
+            rep.lines_after_end += 1
             if kind == crash.NONE and _AFTERMATH.match(text) is None:
                 # After the end marker, a line of another kind ("lkdtm: Overflow detected",
-                # the next test's trigger) is not this crash's: the report is whole.
-                self._close(host, "end_marker", closed)
+                # the next test's trigger, another CPU's message) is not this crash's: it is
+                # kept as context for what comes next, while the report waits out its grace
+                # for the panic that may still follow.
+                if len(text) > CONTEXT_LINE_CHARS:
+                    line.text = text[:CONTEXT_LINE_CHARS]
                 host.recent.append(line)
                 return
-            rep.lines_after_end += 1
         elif rep.joined_pending and kind == crash.START and not joining and not crash.is_lead_in(text):
             rep.joined_pending = False
             if text.startswith("WARNING"):

@@ -394,3 +394,15 @@ def test_one_datagram_opens_at_most_one_report() -> None:
     assert len(out) == 2 and asm.stats.starts_ignored == 6 and asm.stats.incidents_joined == 0
     assert all(r.lines == ("BUG: unable to handle page fault for address: 0000000000001234",
                            "---[ end trace 0 ]---") for r in out)
+
+
+def test_a_foreign_line_after_the_end_marker_is_context_not_the_crash_and_splits_nothing() -> None:
+    # another CPU's message between an oops's end marker and its panic: one report, without it
+    end = OOPS.index("---[ end trace 0000000000000000 ]---")
+    lines = [*OOPS[:end + 1], "e1000: eth0 NIC Link is Down", *OOPS[end + 1:], "lkdtm: Performing direct entry BUG",
+             *OOPS[1:]]
+    reports = run(Assembler(), [(d, A, 10 + i * 0.001) for i, d in enumerate(classic(lines))])
+    assert len(reports) == 2
+    assert reports[0].lines == tuple(OOPS[1:])  # the panic joined, the link message left out
+    assert reports[1].context[-1] == "lkdtm: Performing direct entry BUG"
+    assert "e1000: eth0 NIC Link is Down" in reports[1].context
