@@ -194,9 +194,20 @@ def canonical_function(name: str) -> str:
     return _SYSCALL_PREFIX.sub("", name)
 
 
+# name -> skipped: the list is one large pattern (16 us a search on a slow core) and a
+# kernel's reports name the same few thousand functions again and again.
+_SKIPPED: dict[str, bool] = {}
+_SKIPPED_MAX = 16384
+
+
 def is_skipped(name: str, extra: re.Pattern[str] | None = None) -> bool:
     """True for a function that reports, locks, allocates or copies but is never the bug."""
-    return _SKIP.search(name) is not None or (extra is not None and extra.search(name) is not None)
+    skipped = _SKIPPED.get(name)
+    if skipped is None:
+        if len(_SKIPPED) >= _SKIPPED_MAX:
+            _SKIPPED.clear()  # bounded whatever names a hostile report carries
+        skipped = _SKIPPED[name] = _SKIP.search(name) is not None
+    return skipped or (extra is not None and extra.search(name) is not None)
 
 
 def call_trace(lines: list[str] | tuple[str, ...], start: int = 0) -> tuple[list[Frame], int]:
