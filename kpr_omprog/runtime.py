@@ -244,8 +244,12 @@ class Intake:
     """
 
     def __init__(self, pipeline: Pipeline, assembler: Assembler, journal: Journal | None = None,
-                 metrics_path: str | None = None, metrics_interval: float = 15.0) -> None:
+                 metrics_path: str | None = None, metrics_interval: float = 15.0, resends: bool = False) -> None:
         self.pipeline = pipeline
+        #: the front end may hand the same datagram twice (rsyslog re-sends the line in flight
+        #: when the receiver died before OK): drop a repeat of a host's last journaled row.
+        #: Not for UDP, where one host's identical datagrams in one batch share a time.
+        self._resends = resends
         self.assembler = assembler
         self.journal = journal
         self._by_ip = assembler.config.group_by == "ip"
@@ -308,7 +312,7 @@ class Intake:
         ip = source[0]
         key = ip if self._by_ip else f"{ip}:{source[1]}"
         journaled = self._journaled
-        if key in journaled and self._last.get(key) == (at, data):
+        if self._resends and key in journaled and self._last.get(key) == (at, data):
             # rsyslog re-sends the line in flight when the receiver died before "OK".
             self.duplicates += 1
             return

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kpr_omprog.assembler import Assembler
 from kpr_omprog.config import Config
 from kpr_omprog.hooks import Parsers
@@ -123,3 +125,21 @@ def test_held_summaries_go_out_at_shutdown(tmp_path: Path) -> None:
     import json
     events = [json.loads(e) for (e,) in s._db.execute("SELECT event FROM reports ORDER BY created")]
     assert [e["extra"].get("suppressed_reports", 0) for e in events] == [0, 3]
+
+
+@pytest.mark.parametrize("resends", [False, True])
+def test_identical_datagrams_at_one_time_are_kept_unless_the_front_end_resends(tmp_path: Path, resends: bool) -> None:
+    # UDP reads the clock once a batch: one host's identical datagrams in a batch share a time
+    # and are all real. Only omprog's front end (rsyslog re-sends its line in flight) drops a repeat.
+    store = Store(str(tmp_path / "s.sqlite3"))
+    i = Intake(Pipeline(Config(), Parsers(), store, None), Assembler(), Journal(str(tmp_path / "j.bin")),
+               resends=resends)
+    src = ("10.9.0.1", 6666)
+    i.feed(b"BUG: kernel NULL pointer dereference, address: 0000000000000000\n", src, 5.0, 5.0)
+    for _ in range(3):
+        i.feed(b"filler line without a timestamp\n", src, 6.0, 6.0)
+    i.flush()
+    [r] = i.assembler.close_all()
+    assert r.lines.count("filler line without a timestamp") == (1 if resends else 3)
+    assert i.duplicates == (2 if resends else 0)
+    store.close()

@@ -164,7 +164,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     signal.signal(signal.SIGINT, on_term)
     store, delivery, pipeline = open_runtime(cfg, parsers)
     journal = open_journal(cfg)
-    intake = Intake(pipeline, Assembler(cfg.assembler), journal, metrics_path(cfg), cfg.metrics_interval)
+    intake = Intake(pipeline, Assembler(cfg.assembler), journal, metrics_path(cfg), cfg.metrics_interval,
+                    resends=True)
     intake.recover(time.time())
     max_line, skew = cfg.omprog.max_line_bytes, cfg.omprog.max_clock_skew
     inflight = InFlight(os.path.join(cfg.state_dir, "omprog-inflight"), max_line)
