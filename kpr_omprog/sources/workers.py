@@ -32,7 +32,8 @@ log = get_logger()
 
 #: more workers than this is a typo, not a machine
 MAX_WORKERS = 64
-#: a worker that exits sooner than this after its start failed at start: everything stops
+#: a worker that exits with an error code sooner than this after its start failed at start:
+#: everything stops (one killed by a signal is started again)
 START_GRACE = 5.0
 #: a worker that died later is started again after this long
 RESTART_DELAY = 1.0
@@ -69,7 +70,9 @@ def run_workers(argv: Sequence[str], workers: int) -> int:
                 rc = p.poll()
                 if rc is None:
                     continue
-                if time.monotonic() - started < START_GRACE:
+                # A worker that could not start exits with its error's code (a port in use, a
+                # bad state directory: 1 or 2); one killed by a signal died, whenever it was.
+                if rc > 0 and time.monotonic() - started < START_GRACE:
                     log.error("udp_worker_failed_at_start", worker=k, pid=p.pid, exit_code=rc,
                               what_happens="every worker is stopped", fix="see the worker's error above")
                     code = rc or 1
