@@ -148,7 +148,6 @@ class HostDecoder:
     """Turns one host's datagrams into :class:`Line` objects (sans-IO)."""
 
     __slots__ = (
-        "_both",
         "_frags",
         "_last_key",
         "_last_msgid",
@@ -178,9 +177,9 @@ class HostDecoder:
         self._last_msgid: int | None = None
         self._userdata: tuple[tuple[str, str], ...] | None = None
         # Dual-format dedupe: 1 = classic seen, 2 = extended seen; once both, the last
-        # (usec, text) keys of each format, so the second copy of a line is dropped.
+        # (kernel time, text) keys of each format (None until then), so the second copy of a
+        # line is dropped.
         self._seen_formats = 0
-        self._both = False
         self._recent: tuple[dict[tuple[float, str], None], dict[tuple[float, str], None]] | None = None
         # the last line of the first format, to seed the dedupe when the second format appears
         self._last_key: tuple[float, str] | None = None
@@ -369,7 +368,7 @@ class HostDecoder:
             self._note_format(0)
         if ts is not None:
             # float("86.950000") == 86950000 / 1e6: both formats give the same key
-            if self._both:
+            if self._recent is not None:
                 if self._duplicate(0, ts, text):
                     return
             else:
@@ -383,7 +382,6 @@ class HostDecoder:
         first = self._seen_formats
         self._seen_formats |= 1 << fmt
         if self._seen_formats == 3:
-            self._both = True
             self._recent = ({}, {})
             if self._last_key is not None:
                 self._recent[first - 1][self._last_key] = None
@@ -556,7 +554,7 @@ class HostDecoder:
                 self.stats.oversized += 1
                 raw = raw[: self.limits.max_line_bytes]
             text, bad = _to_text(raw.rstrip(b"\r"), self.stats)
-            if self._both:
+            if self._recent is not None:
                 if self._duplicate(1, ts, text):
                     continue
             else:

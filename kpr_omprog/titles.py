@@ -100,8 +100,9 @@ _STALL_ANCHORS = re.compile(
 )
 
 
-# Anchors are matched on names without syscall wrappers (__sys_setsockopt is setsockopt).
+# A debugfs file's proxy between vfs_write and the file's own handler.
 _PROXY = re.compile(r"full_proxy_|debugfs_(?:attr_)?(?:read|write)")
+# Anchors are matched on names without syscall wrappers (__sys_setsockopt is setsockopt).
 _SYSCALL_WRAPPER = re.compile(r"^(?:SYSC_|SyS_|sys_|__x64_|__ia32_|__arm64_|_{1,4}sys_|__se_|__do_sys_|compat_|ksys_)+")
 
 

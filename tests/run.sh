@@ -8,8 +8,9 @@ ROOT=$PWD
 VENV=${KPR_TEST_VENV:-$ROOT/.venv}
 
 need_apt=()
-need_kmod=()
-for pkg in rsyslog qemu-system-x86 busybox-static debootstrap iproute2 util-linux; do
+# gcc, make, binutils: the symbolization tests' kernel module and the benchmarks' C sender;
+# elfutils: eu-addr2line, the symbolizer the receiver runs
+for pkg in rsyslog qemu-system-x86 busybox-static debootstrap iproute2 util-linux gcc make binutils elfutils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -40,16 +41,7 @@ export KPR_KERNEL_DIR="$KERNEL_DIR"
 
 # Debug information of a real kernel module for the symbolization tests: the headers
 # package of that same kernel (with its -common and kbuild packages, about 70 MB unpacked,
-# cached) and tests/kmod/kprcrash.c built against them with -g; elfutils for eu-addr2line,
-# the symbolizer the receiver runs.
-for pkg in gcc make binutils elfutils; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_kmod+=("$pkg")
-done
-if [ ${#need_kmod[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_kmod[@]}"
-fi
+# cached) and tests/kmod/kprcrash.c built against them with -g (the tools installed above).
 KRELEASE=$(cat "$KERNEL_DIR/RELEASE")
 HEADERS_DIR=${KPR_HEADERS_DIR:-$HOME/.cache/kpr-omprog-headers/$KRELEASE}
 if [ ! -f "$HEADERS_DIR/usr/src/linux-headers-$KRELEASE/Makefile" ]; then

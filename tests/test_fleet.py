@@ -200,25 +200,8 @@ def test_shards_queues_saved_on_shutdown_keep_every_line(tmp_path: Path) -> None
         rs.release_program()
         rs.start()
         want = {h: expected_logs(h, name) for h, name in crashes.items()}
-
-        def stored_logs() -> dict[str, list[str]]:
-            out: dict[str, list[str]] = {}
-            for k in range(2):
-                path = state / f"shard-{k}" / "kpr-omprog.sqlite3"
-                if not path.exists():
-                    continue
-                s = Store(str(path))
-                try:
-                    for r in s.reports(1000):
-                        full = s.report(str(r["event_id"]))
-                        assert full is not None
-                        out.setdefault(str(r["host"]), []).append(str(full["log"]))
-                finally:
-                    s.close()
-            return {h: sorted(v) for h, v in out.items()}
-
-        wait_for(lambda: stored_logs() == want, 60, "every report whole in the shards' outboxes",
-                 show=lambda: {h: len(v) for h, v in stored_logs().items()})
+        wait_for(lambda: _stored_logs(state, 2) == want, 60, "every report whole in the shards' outboxes",
+                 show=lambda: {h: len(v) for h, v in _stored_logs(state, 2).items()})
     finally:
         rs.stop()
 
@@ -351,8 +334,8 @@ def _stored_logs(state: Path, shards: int) -> dict[str, list[str]]:
         try:
             for r in s.reports(1000):
                 full = s.report(str(r["event_id"]))
-                if full is not None:
-                    out.setdefault(str(r["host"]), []).append(str(full["log"]))
+                assert full is not None
+                out.setdefault(str(r["host"]), []).append(str(full["log"]))
         finally:
             s.close()
     return {h: sorted(v) for h, v in out.items()}
