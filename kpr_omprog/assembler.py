@@ -57,6 +57,8 @@ _AFTERMATH = re.compile(
 )
 # A separator printed right before a header ("=====" before SLUB's "BUG <cache>: ...",
 # lockdep's banners) opens the report with it.
+_classify = crash.classify
+_NONE = crash.NONE
 _SEPARATOR = re.compile(r"^[=-]{20,}$")
 _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 
@@ -356,23 +358,26 @@ class Assembler:
             datagram = datagram[:self.config.max_datagram_bytes]
             self.stats.datagrams_cut += 1
         key = source[0] if self._by_ip else (source[0], source[1])
-        host = self._last_host = self._hosts.get(key)
+        host = self._hosts.get(key)
         if host is None:
-            host = self._last_host = self._host(source, at, closed)
+            host = self._host(source, at, closed)
         elif host.report is None:
             self._idle.move_to_end(key)
+        self._last_host = host
         host.port = source[1]
         decoder = host.decoder
-        if host.report is None and host.scheduled is None and decoder.idle:
+        if host.report is None and host.scheduled is None:
             quick = decoder.idle_line(datagram)
             if quick is not None:
                 text = quick[1]
-                if crash.classify(text) == crash.NONE and not text.startswith("Linux version "):
+                if _classify(text) == _NONE and not text.startswith("Linux version "):
                     # The usual noise line: no Line object, the text cut for context.
+                    if quick[2] is not None:
+                        host.release = quick[2]
                     host.recent.append((at, quick[0], text if len(text) <= CONTEXT_LINE_CHARS
                                         else text[:CONTEXT_LINE_CHARS]))
                     return closed
-                self._line(host, Line(text, at, quick[0]), closed)
+                self._line(host, decoder.line(quick, at), closed)
                 self._schedule(host)
                 return closed
             # The common case under load: a host with nothing open and nothing pending

@@ -42,7 +42,17 @@ _CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10}\.\d{1,9})\])?
 _NEW_LINE_START = re.compile(rb"^(?:<\d{1,3}>|\[\s*\d{1,10}\.\d{1,9}\])")
 _EXT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _DIGITS = frozenset(b"0123456789")
+#: A noise line the fast path took whole (:meth:`HostDecoder.idle_line`): kernel time, text,
+#: release, and for an extended record its level and sequence number (None for classic).
+Quick = tuple[float, str, str | None, int | None, int | None]
 _PREFIX_FIRST = (b"[", b"<")
+# The noise fast path's two shapes (HostDecoder.idle_line), matched whole: anything else
+# (a caller id, a CR, a NUL, several lines, escapes, fragments, metadata, a continued
+# record) takes the full decoder. Each is one pass over the datagram, no backtracking
+# beyond the last character: O(len(payload)) for any input.
+_IDLE_CLASSIC = re.compile(rb"\[ *(\d{1,10}\.\d{1,9})\] ?((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
+_IDLE_EXTENDED = re.compile(
+    rb"(?:(?!\d{1,64},)([^,;\x00\n]{1,64}),)?(\d{1,4}),(\d{1,19}),(\d{1,19}),-;([^\x00\n\\]*)(?<!\r)\n?").fullmatch
 
 
 @dataclass(slots=True)
@@ -203,38 +213,72 @@ class HostDecoder:
         self._feed_classic(payload, at, out)
         return out
 
-    def idle_line(self, payload: bytes) -> tuple[float, str] | None:
-        """The usual noise datagram, cheaply: one whole timestamped classic line, valid UTF-8,
-        from a host with nothing pending that sends one format. Returns its kernel time and
-        text without building a :class:`Line` (the caller builds one only if it keeps more
-        than the text), or None when :meth:`feed` must take the datagram (anything else, a
-        reboot included). O(len(payload)), no regular expression.
+    def idle_line(self, payload: bytes) -> Quick | None:
+        """The usual noise datagram, cheaply: one whole line, valid UTF-8, from a host with
+        nothing pending that sends one format: a timestamped classic line, or an extended
+        record that follows the last one (sequence + 1) with no escapes, fragments or
+        metadata. Returns its kernel time, text, release, level and sequence number (a
+        :data:`Quick`) without building a :class:`Line` (the caller asks :meth:`line` for one
+        only if it keeps more than the text), or None when :meth:`feed` must take the
+        datagram (anything else: a reboot, a gap, a duplicate, a new release), the decoder
+        then unchanged. One anchored regular expression: O(len(payload)).
 
             >>> d = HostDecoder(); _ = d.feed(b"[    1.000000] first\\n", at=1.0)
             >>> d.idle_line(b"[    1.500000] hello\\n")
-            (1.5, 'hello')
+            (1.5, 'hello', None, None, None)
         """
-        if (self._seen_formats != 1 or self._partial or self._frags or payload[:1] != b"["
-                or payload[-1:] != b"\n" or payload.count(b"\n", 0, -1)):
+        if self._partial or self._frags or len(payload) > self.limits.max_line_bytes:
             return None
-        end = payload.find(b"]", 1, 24)
-        if end < 0:
+        formats = self._seen_formats
+        if formats == 1:
+            m = _IDLE_CLASSIC(payload)
+            if m is None:
+                return None
+            stamp, raw = m.groups()
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                return None
+            ts = float(stamp)
+            last = self._last_ts
+            if last is not None and ts + 1.0 < last:
+                return None  # a reboot
+            self._last_ts = ts
+            release = level = seq = None
+        elif formats == 2:
+            m = _IDLE_EXTENDED(payload)
+            if m is None:
+                return None
+            rel, level_b, seq_b, usec, raw = m.groups()
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                return None
+            seq = int(seq_b)
+            last_seq = self._last_seq
+            if last_seq is None or seq != last_seq + 1:
+                return None  # the first record, a gap, a duplicate or a reboot
+            release = self._release
+            if rel is not None and rel.decode("ascii", "replace") != release:
+                return None  # a new release: feed() records it
+            self._last_seq = seq
+            self.stats.extended += 1
+            ts = int(usec) / 1e6
+            level = int(level_b) & 7
+        else:
             return None
-        try:
-            ts = float(payload[1:end])
-            text = payload[end + 2 if payload[end + 1:end + 2] == b" " else end + 1:-1].decode()
-        except ValueError:  # not a timestamp, or not UTF-8 (UnicodeDecodeError)
-            return None
-        last = self._last_ts
-        if ((last is not None and ts + 1.0 < last) or text[:1] == "[" or len(text) > self.limits.max_line_bytes
-                or "\x00" in text or text[-1:] == "\r" or ts != ts or ts < 0):
-            return None  # a reboot, a caller id, an oversized line, a NUL, a CR, nan
-        self._last_ts = ts
         self._last_key = (ts, text)
         stats = self.stats
         stats.datagrams += 1
         stats.lines += 1
-        return ts, text
+        return ts, text, release, level, seq
+
+    def line(self, quick: Quick, at: float) -> Line:
+        """The :class:`Line` that :meth:`feed` would have made of the datagram ``quick`` came from."""
+        ts, text, release, level, seq = quick
+        if seq is None:
+            return Line(text, at, ts)
+        return Line(text, at, ts, level, seq, release, userdata=self._userdata)
 
     @property
     def idle(self) -> bool:

@@ -385,6 +385,44 @@ def test_the_noise_fast_path_changes_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert len(fast) == 1 and len(fast[0].context) == 10 and fast[0].context[0] == "after a reboot"
 
 
+def test_the_extended_noise_fast_path_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kpr_omprog.netconsole import HostDecoder
+
+    rel = b"6.1.0-56-amd64,"
+    odd = [b"6,110,1000000,-;first\n", b"6,111,1000001,-;next in order\n", b"6,111,1000001,-;a duplicate\n",
+           b"6,115,1000002,-;after a gap\n", b"6,116,1000003,-;cr\r\n", b"6,117,1000004,-;escaped \\x41\n",
+           b"6,118,1000005,-;with metadata\n dc=ams1\n rack=r12\n", b"6,119,1000006,-;labelled noise\n",
+           b"6,120,1000007,c;continued\n", b"6,121,1000008,-;bad utf-8 \xff\n", b"6,122,1000009,-;nul \x00\n",
+           rel + b"6,123,1000010,-;a release appears\n", rel + b"6,124,1000011,-;the same release\n",
+           b"6.2.0-1-amd64,6,125,1000012,-;another release\n", b"6,126,1000013,-;no release field\n",
+           b"6,127,1000014,-;Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)\n",
+           b"6,3,1000015,-;a reboot: the numbers start again\n", b"6,4,1000016,-;" + b"x" * 20000 + b"\n",
+           b"14,5,1000017,-;a user-space level\n"]
+    crash = [b"4,%d,%d,-;%s\n" % (6 + i, 2000000 + i, text.encode()) for i, text in enumerate(OOPS)]
+    data = [*odd, *crash]
+
+    def reports() -> list[Report]:
+        return run(Assembler(), [(d, A, 10 + i * 0.001) for i, d in enumerate(data)])
+
+    taken = []
+    real = HostDecoder.idle_line
+
+    def counting(self: HostDecoder, payload: bytes) -> object:
+        quick = real(self, payload)
+        taken.extend([payload] if quick is not None else [])
+        return quick
+
+    monkeypatch.setattr(HostDecoder, "idle_line", counting)
+    fast = reports()
+    # the ordinary ones, and only those (17 as the assembler cut it)
+    assert [d[:40] for d in taken if d[:2] != b"4,"] == [odd[i][:40] for i in (1, 7, 12, 14, 15, 17, 18)]
+    monkeypatch.setattr(HostDecoder, "idle_line", lambda self, payload: None)
+    slow = reports()
+    assert [(r.context, r.lines, r.flags, r.kernel_release, r.userdata) for r in fast] == \
+        [(r.context, r.lines, r.flags, r.kernel_release, r.userdata) for r in slow]
+    assert len(fast) == 1 and fast[0].userdata == (("dc", "ams1"), ("rack", "r12"))
+
+
 def test_one_datagram_opens_at_most_one_report() -> None:
     def packed(t: int) -> bytes:  # four separate crashes (a second apart) in one datagram
         return b"".join(b"[%5d.000000] BUG: unable to handle page fault for address: 0000000000001234\n"

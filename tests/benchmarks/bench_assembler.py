@@ -49,7 +49,9 @@ def load_noise(n: int = 400_000, hosts: int = 10_000) -> list[tuple[bytes, tuple
     for i in range(n):
         s = samples[i % len(samples)]
         h = i % hosts
-        out.append((s % (i // 1000, i % 1000000), (f"10.{h >> 8}.{h & 255}.2", 6665), 1000 + i * 1e-5))
+        # a host's extended records are numbered one after another, as the kernel numbers them
+        stamp = (i // hosts, i) if s[:1] == b"6" else (i // 1000, i % 1000000)
+        out.append((s % stamp, (f"10.{h >> 8}.{h & 255}.2", 6665), 1000 + i * 1e-5))
     return out
 
 
