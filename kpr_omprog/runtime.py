@@ -280,7 +280,16 @@ class Intake:
         return source[0] if self._by_ip else f"{source[0]}:{source[1]}"
 
     def recover(self, now: float) -> int:
-        """Rebuild open reports from the journal; returns how many datagrams were replayed."""
+        """Rebuild open reports from the journal; returns how many datagrams were replayed.
+        Then the metrics file is written: it exists from the start, and the exporter's import
+        and first exposition are paid before the first datagram, not during it."""
+        replayed = self._replay(now)
+        if self._metrics_path is not None:
+            self._next_metrics = time.monotonic() + self._metrics_interval
+            self.write_metrics()
+        return replayed
+
+    def _replay(self, now: float) -> int:
         if self.journal is None:
             return 0
         rows = self.journal.load()
