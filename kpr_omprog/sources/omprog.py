@@ -239,7 +239,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     dropping, dropped_head = 0, b""
     next_tick = 0.0
     lines = 0
-    first_line_at = last_line_at = 0.0
+    first_line_at = 0.0
+    held = False  # a line is held in the in-flight file and not yet marked done
     try:
         while not state["stop"]:
             if state["hup"]:
@@ -251,6 +252,11 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
                     # was processed): read it without a select() first.
                     chunk = os.read(fd, 65536)
                 except BlockingIOError:
+                    if held:
+                        # Idle: the line just processed is marked done. Under load the next
+                        # line's hold() overwrites it instead, one write a line fewer.
+                        inflight.done()
+                        held = False
                     deadline = intake.assembler.next_deadline()
                     timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - clock()))
                     try:
@@ -284,17 +290,20 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
             if lines == 1:
                 first_line_at = time.time()
             inflight.hold(line)
+            held = True
             ack.write(b"OK\n")
             process(line)
-            inflight.done()
-            last_line_at = time.time()
             if last_mono >= next_tick:
                 # Under steady input select() never times out: summaries of rate-limited
                 # reports and outbox retries run here, once a second.
                 next_tick = last_mono + 1.0
                 intake.expire(clock())
         intake.shutdown(clock())
+        if held:
+            inflight.done()
     finally:
+        # process() ends by reading the monotonic clock: the wall time the last line was done
+        last_line_at = time.time() - (time.monotonic() - last_mono) if lines else 0.0
         # Open reports stay in the journal: the next start rebuilds them.
         if delivery is not None:
             delivery.stop(2.0)
