@@ -184,15 +184,17 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
+    from .routes import Router
     from .runtime import describe, parsers_from_config
     from .sources.replay import read_captures, replay
 
     logs.configure("json", "warning")
     parsers = parsers_from_config(cfg)
     gate: ReportGate[Any] = ReportGate(cfg.rate_limit)
+    router = Router(cfg) if cfg.routes else None  # with routes: each report says which it takes
     out = sys.stdout
     for report in replay(read_captures(args.files), Assembler(cfg.assembler)):
-        d = describe(report, parsers)
+        d = describe(report, parsers, router)
         # Every report is printed; the receiver would fold the ones marked (see rate_limit).
         t = report.last_seen
         d["rate_limited"] = not (gate.admit_host(report.host, t)

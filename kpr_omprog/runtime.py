@@ -36,14 +36,19 @@ __all__ = ["Intake", "Pipeline", "describe", "metrics_path", "open_journal", "op
 log = get_logger()
 
 
-def describe(report: Report, parsers: Parsers) -> dict[str, Any]:
-    """What ``kpr-omprog replay`` prints for a report: its fields and everything parsed."""
+def describe(report: Report, parsers: Parsers, router: Router | None = None) -> dict[str, Any]:
+    """What ``kpr-omprog replay`` prints for a report: its fields and everything parsed; with
+    ``router``, the route it takes (its label, environment and tags)."""
     addr = [report.host, report.port]
     parsed = parsers.run(addr, report.text)
-    event, _ = build_event(report, parsed)
+    route = router.match(report.host) if router is not None else None
+    event, _ = (build_event(report, parsed, route.environment, route_tags=route.tags) if route is not None
+                else build_event(report, parsed))
     d = report.to_dict()
     d.update(level=event["level"], title=parsed.title, fingerprint=parsed.fingerprint, message=parsed.message,
              tags=event["tags"], extra=event["extra"], user=event["user"], event_id=event["event_id"])
+    if route is not None:
+        d.update(route=route.label, environment=route.environment)
     return d
 
 

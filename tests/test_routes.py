@@ -4,17 +4,29 @@ a state per DSN, against real Bugsink projects and fake servers for the faults."
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import json
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from kpr_omprog.config import Config, ConfigError, load
+from kpr_omprog.config import Config, ConfigError, load, redact_dsn
 from kpr_omprog.routes import Router
 from kpr_omprog.store import Store
+from tests.bugsink import Bugsink
+from tests.rsyslogd import free_udp_port, udp_bound
+from tests.senders import capture, play
+from tests.test_omprog import stored
+from tests.waiting import wait_for
 
 
 def config(tmp_path: Path, text: str) -> Config:
@@ -222,3 +234,199 @@ def test_waiting_reports_follow_a_named_routes_dsn_and_an_unnamed_one_keeps_its_
         assert store.counts() == {"local": 1, "pending": 2}
     finally:
         store.close()
+
+
+# -- real parts: a receiver, two Bugsink projects, fake servers only for the faults ------------------------------
+
+CRASH_A, CRASH_B = "lkdtm-BUG_classic_oopspanic", "sysrq-c_ext"
+
+
+class Receiver:
+    """``kpr-omprog udp`` on a free loopback port with ``conf``; stopped (SIGTERM) by :meth:`stop`."""
+
+    def __init__(self, tmp_path: Path, conf: str) -> None:
+        self.port = free_udp_port()
+        self.state = tmp_path / "state"
+        self.conf = tmp_path / "receiver.toml"
+        self.conf.write_text(conf)
+        self.log = tmp_path / "udp.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kpr_omprog.cli", "udp", "--listen", f"127.0.0.1:{self.port}", "--config",
+             str(self.conf), "--state-dir", str(self.state), "--log-format", "json"],
+            stderr=open(self.log, "wb"))  # noqa: SIM115
+        try:
+            wait_for(lambda: udp_bound(self.port), 20, "kpr-omprog udp to bind its port", self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def send(self, host: str, name: str) -> None:
+        play(("127.0.0.1", self.port), {host: capture(name)})
+
+    def rows(self) -> dict[str, dict[str, object]]:
+        """host -> its stored report (one each here)."""
+        if not (self.state / "kpr-omprog.sqlite3").exists():
+            return {}
+        return {str(r["host"]): r for r in stored(self.state)}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def routed_config(default_dsn: str, a_dsn: str) -> str:
+    return f"""
+dsn = "{default_dsn}"
+environment = "fleet"
+metrics_interval = 0.2
+
+[[route]]
+name = "customer-a"
+networks = ["127.0.0.2/32", "2001:db8::/32"]
+dsn = "{a_dsn}"
+environment = "customer-a"
+tags = {{ customer = "a" }}
+"""
+
+
+def delivery_attempts(prom: Path) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.labels["route"], s.labels["result"]): s.value
+            for f in text_string_to_metric_families(prom.read_text()) if f.name == "kpr_omprog_delivery_attempts"
+            for s in f.samples if s.name.endswith("_total")}
+
+
+def test_each_customers_crash_lands_in_its_own_bugsink_project(fresh_bugsink: Bugsink, tmp_path: Path) -> None:
+    a_dsn, a_project = fresh_bugsink.add_project("customer-a")
+    rx = Receiver(tmp_path, routed_config(fresh_bugsink.dsn, a_dsn))
+    try:
+        t = threading.Thread(target=rx.send, args=("127.0.0.3", CRASH_B))
+        t.start()
+        rx.send("127.0.0.2", CRASH_A)
+        t.join()
+        wait_for(lambda: [r["state"] for r in rx.rows().values()] == ["delivered", "delivered"], 60,
+                 "both reports delivered", rx.proc, show=lambda: (rx.rows(), rx.log.read_text()[-2000:]))
+        shown = run_cli("reports", "--json", "--config", str(rx.conf), "--state-dir", str(rx.state))
+    finally:
+        rc = rx.stop()
+    assert rc == 0, rx.log.read_text()[-2000:]
+    a_events, b_events = fresh_bugsink.events(a_project), fresh_bugsink.events()
+    assert [(e["data"]["user"]["ip_address"], e["data"]["environment"], e["data"]["tags"].get("customer"))
+            for e in a_events] == [("127.0.0.2", "customer-a", "a")]
+    assert [(e["data"]["user"]["ip_address"], e["data"]["environment"], e["data"]["tags"].get("customer"))
+            for e in b_events] == [("127.0.0.3", "fleet", None)]
+    assert a_events[0]["data"]["tags"]["host"] == "127.0.0.2"  # ours, beside the route's
+    rows = {r["host"]: r for r in map(json.loads, shown.stdout.splitlines())}
+    assert (rows["127.0.0.2"]["route"], rows["127.0.0.2"]["dsn"]) == ("customer-a", redact_dsn(a_dsn))
+    assert (rows["127.0.0.3"]["route"], rows["127.0.0.3"]["dsn"]) == ("default", redact_dsn(fresh_bugsink.dsn))
+    assert a_dsn.split("@")[0] not in shown.stdout + rx.log.read_text()  # keys are never printed
+    assert delivery_attempts(rx.state / "metrics.prom") == {("customer-a", "delivered"): 1, ("default", "delivered"): 1}
+
+
+class _Limited(http.server.BaseHTTPRequestHandler):
+    """A Sentry that answers its first envelope 429 (Retry-After) and takes the rest."""
+
+    retry_after = 4
+    seen: ClassVar[list[tuple[float, int, str]]] = []  # (when, status answered, event id)
+
+    def do_POST(self) -> None:
+        body = gzip.decompress(self.rfile.read(int(self.headers["Content-Length"])))
+        event_id = json.loads(body.split(b"\n", 1)[0])["event_id"]
+        status = 429 if not self.seen else 200
+        self.seen.append((time.monotonic(), status, event_id))
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", str(self.retry_after))
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_one_customers_rate_limit_does_not_delay_anothers_reports_and_loses_nothing(fresh_bugsink: Bugsink,
+                                                                                    tmp_path: Path) -> None:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Limited)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _Limited.seen = []
+    rx = Receiver(tmp_path, routed_config(fresh_bugsink.dsn, f"http://key@127.0.0.1:{srv.server_address[1]}/7"))
+    try:
+        rx.send("127.0.0.2", CRASH_A)
+        wait_for(lambda: _Limited.seen, 30, "customer-a's Sentry to answer 429", rx.proc)
+        rx.send("127.0.0.3", CRASH_B)
+        wait_for(lambda: rx.rows().get("127.0.0.3", {}).get("state") == "delivered", 30,
+                 "the default route's report delivered", rx.proc, show=rx.rows)
+        # delivered while customer-a's limit still holds: its report waits, it is not lost
+        a = rx.rows()["127.0.0.2"]
+        assert a["state"] == "pending" and "HTTP 429" in str(a["last_error"])
+        assert len(_Limited.seen) == 1
+        wait_for(lambda: rx.rows()["127.0.0.2"]["state"] == "delivered", 30, "customer-a's report after its limit",
+                 rx.proc, show=rx.rows)
+    finally:
+        rc = rx.stop()
+        srv.shutdown()
+        srv.server_close()
+    assert rc == 0, rx.log.read_text()[-2000:]
+    (t429, s429, id429), (t200, s200, id200) = _Limited.seen
+    assert (s429, s200) == (429, 200) and id429 == id200
+    assert t200 - t429 >= _Limited.retry_after - 0.1  # Retry-After honoured
+    assert [e["data"]["user"]["ip_address"] for e in fresh_bugsink.events()] == ["127.0.0.3"]
+    assert delivery_attempts(rx.state / "metrics.prom") == {
+        ("customer-a", "rate_limited"): 1, ("customer-a", "delivered"): 1, ("default", "delivered"): 1}
+
+
+def test_a_hanging_customer_sentry_holds_no_other_customers_report(bugsink: Bugsink, tmp_path: Path) -> None:
+    from kpr_omprog.config import DeliveryConfig
+    from kpr_omprog.delivery import Delivery
+    from kpr_omprog.hooks import Parsers
+    from kpr_omprog.runtime import Pipeline
+    from tests.test_sentry import reports
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)  # accepts, never answers
+    cfg = config(tmp_path, routed_config(bugsink.dsn, f"http://key@127.0.0.1:{hang.getsockname()[1]}/7")
+                 + "[delivery]\ntimeout = 20.0\n")
+    store = Store(str(tmp_path / "s.sqlite3"))
+    delivery = Delivery(store, cfg.dsn, cfg.delivery)
+    pipe = Pipeline(cfg, Parsers(), store, delivery)
+    try:
+        delivery.start()
+        # customer-a has more reports waiting than there are workers
+        for i, name in enumerate(["sysrq-c_classic", "sysrq-c_ext", "lkdtm-CORRUPT_STACK_classic", CRASH_A]):
+            [r] = reports(name, "127.0.0.2")
+            pipe.handle(r, time.time() - i)
+        wait_for(lambda: delivery.target(str(cfg.routes[0].dsn)).in_flight >= 1, 20, "customer-a's request to hang")
+        [b] = reports(CRASH_B, "10.9.0.1")
+        start = time.monotonic()
+        pipe.handle(b, time.time())
+        wait_for(lambda: any(r["host"] == "10.9.0.1" and r["state"] == "delivered" for r in store.reports()), 15,
+                 "the other sender's report delivered while customer-a hangs", show=store.reports)
+        assert time.monotonic() - start < DeliveryConfig(timeout=20.0).timeout
+        waiting = [r for r in store.reports() if r["host"] == "127.0.0.2"]
+        assert len(waiting) == 4 and {r["state"] for r in waiting} == {"pending"}
+        # it held at most its share of the workers, never all of them
+        assert delivery.target(str(cfg.routes[0].dsn)).in_flight <= cfg.delivery.concurrency - 1
+    finally:
+        hang.close()
+        delivery.stop(timeout=1.0)
+        store.close()
+
+
+def test_replay_says_which_route_each_report_takes(tmp_path: Path, data_dir: Path) -> None:
+    conf = tmp_path / "config.toml"
+    conf.write_text('[[route]]\nname = "lab"\nnetworks = ["127.0.0.0/8"]\nenvironment = "lab"\n'
+                    'tags = { customer = "lab" }\n')
+    r = run_cli("replay", "--config", str(conf), str(data_dir / "sysrq-c_ext.jsonl"))
+    assert r.returncode == 0, r.stderr
+    [d] = map(json.loads, r.stdout.splitlines())
+    assert (d["host"], d["route"], d["environment"], d["tags"]["customer"]) == ("127.0.0.1", "lab", "lab", "lab")
+    r = run_cli("replay", str(data_dir / "sysrq-c_ext.jsonl"))  # no routes: as before
+    assert "route" not in json.loads(r.stdout)
