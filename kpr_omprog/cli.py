@@ -17,6 +17,7 @@ from .assembler import Assembler
 from .capture import CaptureError, format_line
 from .config import DEFAULT_CONFIG_PATH, DEFAULT_ROUTE, Config, ConfigError, load, parse_listen, redact_dsn, validate
 from .ratelimit import ReportGate
+from .routes import Route, Router
 from .store import StoreError
 
 __all__ = ["main"]
@@ -184,7 +185,6 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
-    from .routes import Router
     from .runtime import describe, parsers_from_config
     from .sources.replay import read_captures, replay
 
@@ -437,8 +437,6 @@ def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     sys.stdout.write(f"{where}: OK (dsn {'set' if cfg.dsn else 'not set: reports stay local'}, "
                      f"state_dir {cfg.state_dir})\n")
     if cfg.routes:
-        from .routes import Router
-
         router = Router(cfg)
         sys.stdout.write(f"routes (first match wins; {len(cfg.routes)} of max_routes {cfg.max_routes}):\n")
         for conf, route in zip(cfg.routes, router.routes, strict=True):
@@ -447,7 +445,8 @@ def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _route_target(route: Any) -> str:
+def _route_target(route: Route) -> str:
+    """Where a route sends, for check-config: its DSN with the key hidden, environment and tags."""
     where = redact_dsn(route.dsn) if route.dsn else "kept locally (no dsn)"
     tags = ", ".join(f"{k}={v}" for k, v in route.tags)
     return (where + (f", environment {route.environment}" if route.environment else "")

@@ -45,7 +45,7 @@ class Router:
     def __init__(self, cfg: Config) -> None:
         self.default = Route(DEFAULT_ROUTE, cfg.dsn or None, cfg.environment)
         self.routes: tuple[Route, ...] = tuple(
-            Route(route_label(i, r), cfg.dsn or None if r.dsn is None else r.dsn or None,
+            Route(route_label(i, r), (cfg.dsn or None) if r.dsn is None else (r.dsn or None),
                   cfg.environment if r.environment is None else r.environment, r.tags, bool(r.name))
             for i, r in enumerate(cfg.routes))
         # per IP version: (prefix length, {network number >> host bits: first route index}),

@@ -326,7 +326,9 @@ def test_each_customers_crash_lands_in_its_own_bugsink_project(fresh_bugsink: Bu
     rows = {r["host"]: r for r in map(json.loads, shown.stdout.splitlines())}
     assert (rows["127.0.0.2"]["route"], rows["127.0.0.2"]["dsn"]) == ("customer-a", redact_dsn(a_dsn))
     assert (rows["127.0.0.3"]["route"], rows["127.0.0.3"]["dsn"]) == ("default", redact_dsn(fresh_bugsink.dsn))
-    assert a_dsn.split("@")[0] not in shown.stdout + rx.log.read_text()  # keys are never printed
+    one = run_cli("show", rows["127.0.0.2"]["event_id"][:12], "--state-dir", str(rx.state)).stdout
+    assert f"route     customer-a ({redact_dsn(a_dsn)})\n" in one
+    assert a_dsn.split("@")[0] not in shown.stdout + one + rx.log.read_text()  # keys are never printed
     assert delivery_attempts(rx.state / "metrics.prom") == {("customer-a", "delivered"): 1, ("default", "delivered"): 1}
 
 

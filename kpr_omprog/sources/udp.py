@@ -100,8 +100,8 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     sel = selectors.DefaultSelector()
     for s in socks:
         sel.register(s, selectors.EVENT_READ)
-    log.info("udp_started", listen=list(cfg.udp.listen), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir,
-             pid=os.getpid())
+    log.info("udp_started", listen=list(cfg.udp.listen), dsn_set=bool(cfg.dsn), routes=len(cfg.routes),
+             state_dir=cfg.state_dir, pid=os.getpid())
     if ready is not None:
         ready(socks)
     refused = 0
