@@ -22,7 +22,7 @@ import pytest
 from kpr_omprog.config import Config, ConfigError, load, redact_dsn
 from kpr_omprog.routes import Router
 from kpr_omprog.store import Store
-from tests.bugsink import Bugsink
+from tests.bugsink import Bugsink, free_port
 from tests.rsyslogd import free_udp_port, udp_bound
 from tests.senders import capture, play
 from tests.test_omprog import stored
@@ -432,3 +432,44 @@ def test_replay_says_which_route_each_report_takes(tmp_path: Path, data_dir: Pat
     assert (d["host"], d["route"], d["environment"], d["tags"]["customer"]) == ("127.0.0.1", "lab", "lab", "lab")
     r = run_cli("replay", str(data_dir / "sysrq-c_ext.jsonl"))  # no routes: as before
     assert "route" not in json.loads(r.stdout)
+
+
+def test_a_refusing_dsn_backs_off_alone_one_probe_at_a_time(tmp_path: Path) -> None:
+    from kpr_omprog.delivery import Delivery
+    from kpr_omprog.hooks import Parsers
+    from kpr_omprog.runtime import Pipeline
+    from tests.test_sentry import reports
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    closed = free_port()  # nothing listens there: connections are refused
+    cfg = config(tmp_path, routed_config(f"http://key@127.0.0.1:{srv.server_address[1]}/1",
+                                         f"http://key@127.0.0.1:{closed}/7"))
+    store = Store(str(tmp_path / "s.sqlite3"))
+    delivery = Delivery(store, cfg.dsn, cfg.delivery)
+    pipe = Pipeline(cfg, Parsers(), store, delivery)
+    try:
+        for i, name in enumerate(["sysrq-c_classic", "sysrq-c_ext", "lkdtm-CORRUPT_STACK_classic"]):
+            [r] = reports(name, "127.0.0.2")
+            pipe.handle(r, time.time() - i)
+        [b] = reports(CRASH_B, "10.9.0.1")
+        pipe.handle(b, time.time())
+        assert delivery.send_due() == 2  # one probe to the refusing DSN, and the other's report
+        rows = store.reports()
+        assert {(r["route"], r["state"], r["attempts"]) for r in rows} == {
+            ("customer-a", "pending", 1), ("customer-a", "pending", 0), ("default", "delivered", 0)}
+        assert delivery.send_due() == 0  # the refusing DSN waits; nothing else is due
+        assert delivery.attempts == {("customer-a", "retry"): 1, ("default", "delivered"): 1}
+    finally:
+        store.close()
+        srv.shutdown()
+        srv.server_close()
