@@ -146,8 +146,9 @@ class RouteConfig:
 DEFAULT_ROUTE = "default"
 #: tags a route may add (netconsole userdata has the same bound)
 ROUTE_TAGS = 16
-#: Sentry's bounds for tag keys (and their characters) and environment names
+#: Sentry's bound for tag keys (and their characters)
 _TAG_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,32}")
+#: a route's name: fit for a log field and a metric label, and never ``route[N]``
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -363,8 +364,8 @@ def _check_dsn(key: str, dsn: str) -> None:
 def validate(cfg: Config) -> None:
     """Check what types alone cannot; raise :class:`ConfigError`."""
     _check_dsn("dsn", cfg.dsn or "")
-    if not 1 <= cfg.max_routes <= 100_000:
-        raise ConfigError(f"max_routes: {cfg.max_routes} must be 1-100000")
+    if not 1 <= cfg.max_routes <= 10_000:
+        raise ConfigError(f"max_routes: {cfg.max_routes} must be 1-10000")
     if len(cfg.routes) > cfg.max_routes:
         raise ConfigError(f"route: {len(cfg.routes)} [[route]] tables, more than max_routes ({cfg.max_routes})")
     names: dict[str, int] = {}

@@ -513,7 +513,7 @@ def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
     if released:
         log.info("local_reports_queued", count=released)
     if held:
-        log.warning("reports_kept_locally", count=held, why="their route has no DSN now (dsn = \"\")")
+        log.warning("reports_kept_locally", count=held, why="their route has no DSN now (no dsn, or dsn = \"\")")
     if cfg.routes:
         log.info("routes", count=len(cfg.routes), dsns=len(router.dsns), local_only=sum(
             1 for r in router.routes if r.dsn is None))

@@ -130,7 +130,7 @@ def test_matching_many_routes_is_a_lookup_per_prefix_length(tmp_path: Path) -> N
     ('[route]\nnetworks = ["10.0.0.0/8"]\n', "route: expected [[route]] tables (an array of tables)"),
     ('max_routes = 1\n[[route]]\nnetworks = ["10.0.0.0/8"]\n[[route]]\nnetworks = ["10.1.0.0/16"]\n',
      "route: 2 [[route]] tables, more than max_routes (1)"),
-    ('max_routes = 0\n', "max_routes: 0 must be 1-100000"),
+    ('max_routes = 0\n', "max_routes: 0 must be 1-10000"),
 ])
 def test_route_mistakes_are_one_line_naming_the_route_the_field_and_why(tmp_path: Path, text: str,
                                                                         message: str) -> None:
