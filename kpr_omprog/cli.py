@@ -15,8 +15,9 @@ from typing import Any
 from . import __version__, logs
 from .assembler import Assembler
 from .capture import CaptureError, format_line
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, parse_listen, validate
+from .config import DEFAULT_CONFIG_PATH, DEFAULT_ROUTE, Config, ConfigError, load, parse_listen, redact_dsn, validate
 from .ratelimit import ReportGate
+from .routes import Route, Router
 from .store import StoreError
 
 __all__ = ["main"]
@@ -190,9 +191,10 @@ def _cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
     logs.configure("json", "warning")
     parsers = parsers_from_config(cfg)
     gate: ReportGate[Any] = ReportGate(cfg.rate_limit)
+    router = Router(cfg) if cfg.routes else None  # with routes: each report says which it takes
     out = sys.stdout
     for report in replay(read_captures(args.files), Assembler(cfg.assembler)):
-        d = describe(report, parsers)
+        d = describe(report, parsers, router)
         # Every report is printed; the receiver would fold the ones marked (see rate_limit).
         t = report.last_seen
         d["rate_limited"] = not (gate.admit_host(report.host, t)
@@ -252,6 +254,8 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
     rows = sorted((r for _, store in stores
                    for r in store.reports(args.limit, host=args.host, since=since, title=args.title)),
                   key=lambda r: r["created"], reverse=True)[:args.limit]
+    for r in rows:
+        r["dsn"] = _shown_dsn(r["dsn"])
     if args.json:
         for r in rows:
             sys.stdout.write(json.dumps(r) + "\n")
@@ -272,11 +276,18 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
                          + ("  FULL: new reports wait in the journal until there is room" if full else "")
                          + f"; journal: {held / 1024:.1f} KiB of open reports"
                          + (" and reports waiting for the outbox" if full else "") + "\n")
+    routed = any(r["route"] != DEFAULT_ROUTE for r in rows)  # a route column only where routes are used
     for r in rows:
         when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
-        sys.stdout.write(f"{when}Z  {r['host']:<15} {r['level']:<7} {r['state']:<9} {r['title']}{err}\n")
+        route = f"{r['route']:<12} " if routed else ""
+        sys.stdout.write(f"{when}Z  {r['host']:<15} {route}{r['level']:<7} {r['state']:<9} {r['title']}{err}\n")
     return 0
+
+
+def _shown_dsn(dsn: str | None) -> str | None:
+    """A stored row's DSN fit to print (None: the top-level DSN, for rows from before routes)."""
+    return redact_dsn(dsn) if dsn else None
 
 
 def _cmd_symbols(args: argparse.Namespace, cfg: Config) -> int:
@@ -354,13 +365,15 @@ def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     if r is None:
         raise ConfigError(f"no single stored report with an event id starting {args.event_id!r} "
                           "(see kpr-omprog reports --json)")
+    r["dsn"] = _shown_dsn(r["dsn"])
     if args.json:
         sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
         return 0
     out = sys.stdout
     when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
     out.write(f"event_id  {r['event_id']}\ncreated   {when}Z\nhost      {r['host']}\ntitle     {r['title']}\n"
-              f"level     {r['level']}\nstate     {r['state']}"
+              f"level     {r['level']}\nroute     {r['route']} ({r['dsn'] or 'the top-level dsn'})\n"
+              f"state     {r['state']}"
               + (f" ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else "") + "\n")
     event = r["event"]
     if event is None:
@@ -423,7 +436,21 @@ def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     where = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else "defaults (no config file)")
     sys.stdout.write(f"{where}: OK (dsn {'set' if cfg.dsn else 'not set: reports stay local'}, "
                      f"state_dir {cfg.state_dir})\n")
+    if cfg.routes:
+        router = Router(cfg)
+        sys.stdout.write(f"routes (first match wins; {len(cfg.routes)} of max_routes {cfg.max_routes}):\n")
+        for conf, route in zip(cfg.routes, router.routes, strict=True):
+            sys.stdout.write(f"  {route.label}: {', '.join(conf.networks)} -> {_route_target(route)}\n")
+        sys.stdout.write(f"  {DEFAULT_ROUTE}: every other sender -> {_route_target(router.default)}\n")
     return 0
+
+
+def _route_target(route: Route) -> str:
+    """Where a route sends, for check-config: its DSN with the key hidden, environment and tags."""
+    where = redact_dsn(route.dsn) if route.dsn else "kept locally (no dsn)"
+    tags = ", ".join(f"{k}={v}" for k, v in route.tags)
+    return (where + (f", environment {route.environment}" if route.environment else "")
+            + (f", tags {tags}" if tags else ""))
 
 
 def _cmd_capture(args: argparse.Namespace, cfg: Config) -> int:

@@ -19,6 +19,13 @@ default here, a key in the file, and a log line when it bites::
     title = "mymodule:parse_title"
     tag = ["mymodule:parse_kernel_version"]
 
+    [[route]]                # senders in these networks go to their own Sentry project
+    networks = ["10.1.0.0/16", "2001:db8::/32"]
+    dsn = "https://key@sentry.example/2"
+    environment = "customer-a"
+    tags = { customer = "a" }
+    name = "customer-a"
+
 :func:`load` raises :class:`ConfigError` naming the bad key and why.
 """
 
@@ -26,17 +33,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .assembler import AssemblerConfig
+from .event import OWN_TAGS
+from .hooks import TAG_LIMIT
 from .netconsole import DecoderLimits
 from .ratelimit import RateLimitConfig
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "DeliveryConfig", "HooksConfig", "OmprogConfig",
-           "SymbolsConfig", "UdpConfig", "load", "parse_listen", "redact_dsn"]
+           "RouteConfig", "SymbolsConfig", "UdpConfig", "load", "parse_listen", "redact_dsn"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/kpr-omprog/config.toml")
 
@@ -117,6 +127,32 @@ class SymbolsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """A ``[[route]]`` table: reports from senders in ``networks`` go to ``dsn``.
+
+    ``dsn`` None: the top-level DSN; "": kept in the local store only. ``environment``
+    None: the top-level one. ``tags`` are added to the event's, never replacing ours.
+    """
+
+    networks: tuple[str, ...]
+    dsn: str | None = None
+    environment: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    #: shown in logs, ``kpr-omprog reports`` and the metrics; "" -> ``route[N]`` by position
+    name: str = ""
+
+
+#: the routes' label for senders no [[route]] matches (the top-level dsn and environment)
+DEFAULT_ROUTE = "default"
+#: tags a route may add (netconsole userdata has the same bound)
+ROUTE_TAGS = 16
+#: Sentry's bound for tag keys (and their characters)
+_TAG_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,32}")
+#: a route's name: fit for a log field and a metric label, and never ``route[N]``
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     dsn: str | None = None
     state_dir: str = "/var/lib/kpr-omprog"
@@ -139,6 +175,10 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     symbols: SymbolsConfig = field(default_factory=SymbolsConfig)
+    #: ``[[route]]`` tables, first match wins; senders none matches use dsn and environment
+    routes: tuple[RouteConfig, ...] = ()
+    #: at most this many routes (each is a label value in the metrics, and a delivery state)
+    max_routes: int = 1000
 
 
 def redact_dsn(dsn: str) -> str:
@@ -232,32 +272,108 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             cfg = replace(cfg, **{key: _section(value, sections[key], key, getattr(cfg, key))})
         elif key in ("dsn", "state_dir", "environment", "log_format", "log_level", "metrics_file"):
             top[key] = _check_type(key, value, str)
-        elif key == "journal_cap_bytes":
+        elif key in ("journal_cap_bytes", "max_routes"):
             top[key] = _check_type(key, value, int)
+        elif key == "route":
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise ConfigError("route: expected [[route]] tables (an array of tables)")
+            top["routes"] = tuple(_route(f"route[{i}]", t) for i, t in enumerate(value))
         elif key == "metrics_interval":
             top[key] = float(_check_type(key, value, float))
         else:
             known = sorted([*sections, "dsn", "state_dir", "environment", "log_format", "log_level",
-                            "journal_cap_bytes", "metrics_interval", "metrics_file"])
+                            "journal_cap_bytes", "metrics_interval", "metrics_file", "route", "max_routes"])
             raise ConfigError(f"{key}: unknown key (known: {', '.join(known)})")
     cfg = replace(cfg, **top)
     validate(cfg)
     return cfg
 
 
+def _route(where: str, data: dict[str, Any]) -> RouteConfig:
+    """One ``[[route]]`` table, every field checked (``where``: ``route[N]`` for the messages)."""
+    known = ("networks", "dsn", "environment", "tags", "name")
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+    if "networks" not in data:
+        raise ConfigError(f"{where}: networks is missing (the sender networks it takes, e.g. [\"10.1.0.0/16\"])")
+    nets = _check_type(f"{where}.networks", data["networks"], list)
+    if not nets:
+        raise ConfigError(f"{where}.networks: empty (a route takes at least one network)")
+    for i, net in enumerate(nets):
+        _check_type(f"{where}.networks[{i}]", net, str)
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}.networks[{i}]: {net!r} is not a network (e.g. 10.1.0.0/16 or "
+                              "2001:db8::/32)") from None
+    dsn = data.get("dsn")
+    if dsn is not None:
+        _check_dsn(f"{where}.dsn", _check_type(f"{where}.dsn", dsn, str))
+    env = data.get("environment")
+    if env is not None:
+        _check_type(f"{where}.environment", env, str)
+        # Sentry refuses these environment names
+        if not 1 <= len(env) <= 64 or "/" in env or env == "None" or any(c.isspace() for c in env) \
+                or not env.isprintable():
+            raise ConfigError(f"{where}.environment: {env!r} is not a Sentry environment (1-64 characters, "
+                              "no spaces or '/', not 'None')")
+    tags = data.get("tags", {})
+    if not isinstance(tags, dict):
+        raise ConfigError(f"{where}.tags: expected a table, e.g. tags = {{ customer = \"a\" }}")
+    if len(tags) > ROUTE_TAGS:
+        raise ConfigError(f"{where}.tags: {len(tags)} tags, at most {ROUTE_TAGS}")
+    for key, value in tags.items():
+        if not _TAG_KEY.fullmatch(key):
+            raise ConfigError(f"{where}.tags: key {key!r} is not a Sentry tag key (1-32 characters of "
+                              "A-Z a-z 0-9 _ . : -)")
+        if key in OWN_TAGS:
+            raise ConfigError(f"{where}.tags.{key}: kpr-omprog sets this tag itself (a route adds tags, it "
+                              "never replaces ours)")
+        _check_type(f"{where}.tags.{key}", value, str)
+        if not 1 <= len(value) <= TAG_LIMIT or not value.isprintable():
+            raise ConfigError(f"{where}.tags.{key}: the value must be 1-{TAG_LIMIT} printable characters")
+    name = data.get("name", "")
+    _check_type(f"{where}.name", name, str)
+    if name and (not _ROUTE_NAME.fullmatch(name) or name == DEFAULT_ROUTE):
+        raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . : - "
+                          f"(and not {DEFAULT_ROUTE!r}, the label of senders no route takes)")
+    return RouteConfig(networks=tuple(nets), dsn=dsn, environment=env,
+                       tags=tuple((k, v) for k, v in tags.items()), name=name)
+
+
+def route_label(index: int, route: RouteConfig) -> str:
+    """How logs, ``kpr-omprog reports`` and the metrics name a route: its name, else ``route[N]``."""
+    return route.name or f"route[{index}]"
+
+
+def _check_dsn(key: str, dsn: str) -> None:
+    if not dsn:
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(dsn)
+        ok = u.scheme in ("http", "https") and bool(u.username) and bool(u.hostname) and bool(u.path.strip("/"))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}: {redact_dsn(dsn)!r} is not a Sentry DSN (expected https://KEY@HOST/PROJECT_ID)")
+
+
 def validate(cfg: Config) -> None:
     """Check what types alone cannot; raise :class:`ConfigError`."""
-    if cfg.dsn:
-        from urllib.parse import urlsplit
-
-        try:
-            u = urlsplit(cfg.dsn)
-            ok = u.scheme in ("http", "https") and bool(u.username) and bool(u.hostname) and bool(u.path.strip("/"))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"dsn: {redact_dsn(cfg.dsn)!r} is not a Sentry DSN (expected "
-                              "https://KEY@HOST/PROJECT_ID)")
+    _check_dsn("dsn", cfg.dsn or "")
+    if not 1 <= cfg.max_routes <= 10_000:
+        raise ConfigError(f"max_routes: {cfg.max_routes} must be 1-10000")
+    if len(cfg.routes) > cfg.max_routes:
+        raise ConfigError(f"route: {len(cfg.routes)} [[route]] tables, more than max_routes ({cfg.max_routes})")
+    names: dict[str, int] = {}
+    for i, route in enumerate(cfg.routes):
+        if route.name in names:
+            raise ConfigError(f"route[{i}].name: {route.name!r} is also route[{names[route.name]}]'s name")
+        if route.name:
+            names[route.name] = i
     if cfg.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format: {cfg.log_format!r} must be auto, json or console")
     if cfg.log_level not in ("debug", "info", "warning", "error"):

@@ -6,11 +6,17 @@ POSTed to the DSN's envelope endpoint, and its outbox row changes state only
 on the server's answer:
 
 * 2xx: delivered;
-* 429: everything waits for ``Retry-After`` / ``X-Sentry-Rate-Limits``;
+* 429: everything for that DSN waits for ``Retry-After`` / ``X-Sentry-Rate-Limits``;
 * 413: the event is trimmed (never title, fingerprint or tags) and resent,
   first without the attachment;
 * other 4xx: dead-lettered (``kpr-omprog reports`` shows them);
 * 5xx, timeouts, refused connections: exponential backoff up to a ceiling.
+
+Each outbox row names its DSN (``[[route]]``, see :mod:`kpr_omprog.routes`), and each
+DSN has its own state: its rate limit, its backoff (the row's and, after a failure,
+the DSN's: one probe at a time until it answers), its client-report counts. One DSN
+never holds every worker either (at most ``concurrency - 1`` of them), so one customer's
+Sentry being down or rate-limiting never delays another's reports.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,28 +92,58 @@ def _retry_after(headers: Any, default: float) -> float:
     return default
 
 
-class Delivery:
-    """Background senders for one DSN. ``send_due`` is the synchronous core (used by tests)."""
+@dataclass(slots=True)
+class _Target:
+    """One DSN: its endpoint and its own limits."""
 
-    def __init__(self, store: Store, dsn: str, config: DeliveryConfig | None = None,
+    url: str = ""
+    auth_header: str = ""
+    #: why the DSN cannot be used ("" when it can)
+    error: str = ""
+    #: nothing is sent to it before this time (its rate limit, or its backoff)
+    not_before: float = 0.0
+    #: failed exchanges in a row (5xx, timeouts, refused): one probe at a time while > 0
+    failures: int = 0
+    in_flight: int = 0
+    #: events we dropped ourselves, by client-report reason, not yet told to this DSN
+    discarded: dict[str, int] = field(default_factory=dict)
+
+
+def _target(dsn: str) -> _Target:
+    try:
+        auth = Dsn(dsn).to_auth(f"kpr-omprog/{__version__}")
+        return _Target(auth.get_api_url(EndpointType.ENVELOPE), auth.to_header())
+    except Exception as e:  # a DSN pinned by an older config may not parse
+        return _Target(error=f"not a usable DSN: {type(e).__name__}")
+
+
+class Delivery:
+    """Background senders for every DSN in the outbox. ``send_due`` is the synchronous core
+    (used by tests). ``dsn``: where rows that name none go (stores from before [[route]])."""
+
+    def __init__(self, store: Store, dsn: str | None = None, config: DeliveryConfig | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.dsn = dsn
+        self.dsn = dsn or None
         self.config = config or DeliveryConfig()
         self.clock = clock
-        auth = Dsn(dsn).to_auth(f"kpr-omprog/{__version__}")
-        self.url = auth.get_api_url(EndpointType.ENVELOPE)
-        self.auth_header = auth.to_header()
         self._cond = threading.Condition()
         self._claimed: set[str] = set()
-        self._paused_until = 0.0
+        #: per DSN (bounded by the DSNs in the outbox: the routes' and older ones)
+        self._targets: dict[str, _Target] = {}
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.sent = 0
-        #: delivery attempts by result: delivered, rate_limited, too_large, dead, retry
-        self.attempts: dict[str, int] = {}
-        # Events we dropped ourselves, by client-report reason, not yet told to the server.
-        self._discarded: dict[str, int] = {}
+        #: delivery attempts by (route label, result): delivered, rate_limited, too_large, dead, retry
+        self.attempts: dict[tuple[str, str], int] = {}
+
+    def target(self, dsn: str) -> _Target:
+        """The state of ``dsn`` (made on first use)."""
+        with self._cond:
+            t = self._targets.get(dsn)
+            if t is None:
+                t = self._targets[dsn] = _target(dsn)
+            return t
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -116,20 +153,25 @@ class Delivery:
             t.start()
             self._threads.append(t)
 
-    def record_lost(self, reason: str, quantity: int = 1) -> None:
+    def record_lost(self, reason: str, dsn: str | None, quantity: int = 1) -> None:
         """Count events we dropped (``event_processor``: folded by the rate limit;
-        ``send_error``: dead-lettered); the next envelope tells the server."""
+        ``send_error``: dead-lettered); the next envelope to ``dsn`` tells the server.
+        None (a route kept locally): there is no one to tell."""
+        if dsn is None:
+            return
+        t = self.target(dsn)
         with self._cond:
-            self._discarded[reason] = self._discarded.get(reason, 0) + quantity
+            t.discarded[reason] = t.discarded.get(reason, 0) + quantity
 
-    def _take_discarded(self) -> dict[str, int]:
+    def _take_discarded(self, t: _Target) -> dict[str, int]:
         with self._cond:
-            out, self._discarded = self._discarded, {}
+            out, t.discarded = t.discarded, {}
         return out
 
-    def _give_back(self, discarded: dict[str, int]) -> None:
-        for reason, n in discarded.items():
-            self.record_lost(reason, n)
+    def _give_back(self, t: _Target, discarded: dict[str, int]) -> None:
+        with self._cond:
+            for reason, n in discarded.items():
+                t.discarded[reason] = t.discarded.get(reason, 0) + n
 
     def wake(self) -> None:
         with self._cond:
@@ -144,15 +186,38 @@ class Delivery:
         for t in self._threads:
             t.join(max(0.0, end - time.monotonic()))
 
+    def _blocked(self, now: float) -> set[str]:
+        """DSNs nothing is sent to now: limited, backing off, or holding their share of workers
+        (one probe while failing; never every worker). Called under the condition."""
+        share = max(1, self.config.concurrency - 1)
+        return {dsn for dsn, t in self._targets.items()
+                if t.not_before > now or t.in_flight >= (1 if t.failures else share)}
+
     def _claim(self) -> Outgoing | None:
         now = self.clock()
-        if now < self._paused_until:
-            return None
-        rows = self.store.due(now, 1, exclude=self._claimed)
+        rows = self.store.due(now, 1, exclude=self._claimed, default_dsn=self.dsn, skip_dsns=self._blocked(now))
         if not rows:
             return None
-        self._claimed.add(rows[0].event_id)
-        return rows[0]
+        row = rows[0]
+        self._claimed.add(row.event_id)
+        self.target(row.dsn).in_flight += 1
+        return row
+
+    def _release(self, row: Outgoing) -> None:
+        with self._cond:
+            self._claimed.discard(row.event_id)
+            self.target(row.dsn).in_flight -= 1
+            self._cond.notify_all()  # a worker may wait for this DSN's share
+
+    def _next_wake(self) -> float:
+        """Seconds until a row may be due (at most 5). Called under the condition."""
+        now = self.clock()
+        blocked = self._blocked(now)
+        times = [t.not_before for dsn, t in self._targets.items() if dsn in blocked and t.not_before > now]
+        nxt = self.store.next_due(self.dsn, blocked)
+        if nxt is not None:
+            times.append(nxt)
+        return max(0.01, min(5.0, min(times, default=now + 5.0) - now))
 
     def _worker(self) -> None:
         while True:
@@ -161,13 +226,12 @@ class Delivery:
                     return
                 try:
                     row = self._claim()
-                    nxt = self.store.next_due() if row is None else None
+                    wait = self._next_wake() if row is None else 0.0
                 except Exception as e:  # the store failing must not end the worker
                     log.error("delivery_error", error=f"{type(e).__name__}: {e}", what_happens="retried in 5 s")
                     self._cond.wait(5.0)
                     continue
                 if row is None:
-                    wait = 5.0 if nxt is None else max(0.01, min(5.0, max(nxt, self._paused_until) - self.clock()))
                     self._cond.wait(wait)
                     continue
             try:
@@ -184,8 +248,7 @@ class Delivery:
                     with self._cond:
                         self._cond.wait(1.0)
             finally:
-                with self._cond:
-                    self._claimed.discard(row.event_id)
+                self._release(row)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -193,19 +256,20 @@ class Delivery:
         """Send every report due now, one after the other; return how many were attempted."""
         n = 0
         while True:
-            row = self._claim()
+            with self._cond:
+                row = self._claim()
             if row is None:
                 return n
             try:
                 self.send_one(row)
             finally:
-                self._claimed.discard(row.event_id)
+                self._release(row)
             n += 1
 
-    def _post(self, body: bytes) -> tuple[int, Any, str]:
-        req = urllib.request.Request(self.url, data=gzip.compress(body, 6), method="POST", headers={
+    def _post(self, t: _Target, body: bytes) -> tuple[int, Any, str]:
+        req = urllib.request.Request(t.url, data=gzip.compress(body, 6), method="POST", headers={
             "Content-Type": "application/x-sentry-envelope", "Content-Encoding": "gzip",
-            "X-Sentry-Auth": self.auth_header, "User-Agent": f"kpr-omprog/{__version__}"})
+            "X-Sentry-Auth": t.auth_header, "User-Agent": f"kpr-omprog/{__version__}"})
         try:
             with urllib.request.urlopen(req, timeout=self.config.timeout) as resp:
                 return resp.status, resp.headers, ""
@@ -218,55 +282,65 @@ class Delivery:
             reason = getattr(e, "reason", e)
             return 0, None, f"{type(reason).__name__}: {reason}"[:300]
 
+    def _dead(self, row: Outgoing, code: int | None, error: str, now: float, **why: Any) -> None:
+        self.store.dead(row.event_id, code, error, now)
+        self.record_lost("send_error", row.dsn)
+        log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title, route=row.route, **why)
+
     def send_one(self, row: Outgoing) -> int:
         now = self.clock()
         if now - row.created > self.config.max_age:
-            self.store.dead(row.event_id, None, "older than delivery.max_age", now)
-            self.record_lost("send_error")
-            log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title,
-                      why="undelivered for longer than delivery.max_age")
+            self._dead(row, None, "older than delivery.max_age", now,
+                       why="undelivered for longer than delivery.max_age")
+            return 0
+        t = self.target(row.dsn)
+        if t.error:
+            self._dead(row, None, t.error, now, why=t.error)
             return 0
         event = trim_event(row.event, row.trim) if row.trim else row.event
         attachment = row.attachment if row.trim == 0 else None
-        discarded = self._take_discarded()
-        status, headers, detail = self._post(build_envelope(event, attachment, self.dsn, now, discarded))
+        discarded = self._take_discarded(t)
+        status, headers, detail = self._post(t, build_envelope(event, attachment, row.dsn, now, discarded))
         if not 200 <= status < 300:
-            self._give_back(discarded)  # told with a later envelope
+            self._give_back(t, discarded)  # told with a later envelope
         result = ("delivered" if 200 <= status < 300 else "rate_limited" if status == 429 else
                   "too_large" if status == 413 and row.trim < 2 else "dead" if 400 <= status < 500 else "retry")
-        with self._cond:
-            self.attempts[result] = self.attempts.get(result, 0) + 1
         now = self.clock()
+        with self._cond:
+            key = (row.route, result)
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            # the DSN's own backoff: after a failed exchange, one probe at a time, each
+            # further failure doubling the wait; any answer but 5xx resets it
+            t.failures = t.failures + 1 if result == "retry" else 0
+            if t.failures:
+                t.not_before = max(t.not_before, now + min(self.config.backoff_max, 2.0 ** min(t.failures - 1, 16)))
         if 200 <= status < 300:
             self.store.delivered(row.event_id, status, now)
             self.sent += 1
-            # Sentry may announce a limit on a 2xx too: everything waits, nothing is dropped.
+            # Sentry may announce a limit on a 2xx too: the DSN waits, nothing is dropped.
             limited = _rate_limited_for(headers)
             if limited:
                 with self._cond:
-                    self._paused_until = max(self._paused_until, now + limited)
-                log.warning("sentry_rate_limited", retry_after=limited, on="2xx")
+                    t.not_before = max(t.not_before, now + limited)
+                log.warning("sentry_rate_limited", retry_after=limited, on="2xx", route=row.route)
             log.info("report_delivered", event_id=row.event_id, host=row.host, title=row.title, status=status,
-                     attempts=row.attempts + 1, delay=round(now - row.created, 3))
+                     attempts=row.attempts + 1, delay=round(now - row.created, 3), route=row.route)
         elif status == 429:
             wait = _retry_after(headers, 60.0)
             with self._cond:
-                self._paused_until = max(self._paused_until, now + wait)
+                t.not_before = max(t.not_before, now + wait)
             self.store.retry(row.event_id, now + wait, f"HTTP 429, retry after {wait:g}s", now)
-            log.warning("sentry_rate_limited", retry_after=wait, event_id=row.event_id)
+            log.warning("sentry_rate_limited", retry_after=wait, event_id=row.event_id, route=row.route)
         elif status == 413 and row.trim < 2:
             self.store.retry(row.event_id, now, "HTTP 413, trimming", now, trim=row.trim + 1)
             log.warning("report_too_large", event_id=row.event_id, host=row.host, title=row.title,
-                        trim_step=row.trim + 1)
+                        trim_step=row.trim + 1, route=row.route)
         elif 400 <= status < 500:
-            self.store.dead(row.event_id, status, f"HTTP {status}: {detail}", now)
-            self.record_lost("send_error")
-            log.error("report_dead", event_id=row.event_id, host=row.host, title=row.title, status=status,
-                      detail=detail[:200])
+            self._dead(row, status, f"HTTP {status}: {detail}", now, status=status, detail=detail[:200])
         else:
             delay = min(self.config.backoff_max, 2.0 ** min(row.attempts, 16))
             why = f"HTTP {status}" if status else detail
             self.store.retry(row.event_id, now + delay, why, now)
             log.warning("delivery_retry", event_id=row.event_id, host=row.host, error=why, retry_in=delay,
-                        attempts=row.attempts + 1)
+                        attempts=row.attempts + 1, route=row.route)
         return status

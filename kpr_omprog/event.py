@@ -23,7 +23,8 @@ from .assembler import Report
 from .crash import CrashInfo, canonical_function
 from .hooks import TAG_LIMIT, Parsed, analyze_text
 
-__all__ = ["EXTRA_VALUE_LIMIT", "build_event", "build_string", "event_id_for", "sentry_release", "trim_event"]
+__all__ = ["EXTRA_VALUE_LIMIT", "OWN_TAGS", "build_event", "build_string", "event_id_for", "sentry_release",
+           "trim_event"]
 
 #: Sentry keeps 16 kB per extra item.
 EXTRA_VALUE_LIMIT = 16000
@@ -86,6 +87,12 @@ def build_string(lines: tuple[str, ...] | list[str]) -> str | None:
     return None
 
 
+#: tags kpr-omprog sets (here, for summaries and from source lines), and ones Sentry
+#: derives from the event itself: a route's tags never replace them
+OWN_TAGS = frozenset({"kernel_release", "crash_kind", "host", "tainted", "hardware", "comm", "panicked", "module",
+                      "corrupted", "rate_limited", "source", "source_file", "environment", "release", "dist",
+                      "level", "logger", "server_name", "user", "os", "os.name"})
+
 #: userdata entries that become tags (the kernel allows 256 a target; Sentry wants few tags)
 USERDATA_TAGS = 16
 _TAG_KEY_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -113,8 +120,14 @@ def _tag(value: Any) -> str:
 
 
 def build_event(report: Report, parsed: Parsed, environment: str | None = None,
-                release: str | None = None) -> tuple[dict[str, Any], bytes]:
-    """The Sentry event for ``report`` and the full log to attach."""
+                release: str | None = None,
+                route_tags: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, Any], bytes]:
+    """The Sentry event for ``report`` and the full log to attach.
+
+    ``route_tags`` (the sender's ``[[route]]``) come after our own tags, which they never
+    replace, and before the sender's userdata, which never replaces them (a customer's
+    machine cannot claim another customer's tag); parser hooks have the last word.
+    """
     info = analyze_text(report.text)
     kind, value = _split_title(parsed.title)
     kernel_release = report.kernel_release or info.release
@@ -131,6 +144,8 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
         tags["module"] = _tag(info.module)
     if info.corrupted:
         tags["corrupted"] = "yes"
+    for key, value in route_tags:
+        tags.setdefault(key, value)
     tags.update(userdata_tags(report.userdata, tags))
     tags.update(parsed.tags)
     extra: dict[str, Any] = {

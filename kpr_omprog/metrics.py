@@ -7,7 +7,8 @@ holds counters only, so it is the one file the receiver writes world-readable. A
 omprog receiver (one per shard) is a process rsyslog starts and stops, with no port of
 its own to scrape, while each has a state directory; a file also survives the
 receiver's restarts between scrapes. Names follow Prometheus' conventions
-(``kpr_omprog_`` prefix, ``_total`` counters, base units); no label has a per-host value.
+(``kpr_omprog_`` prefix, ``_total`` counters, base units); no label has a per-host value
+(a ``route`` label is a ``[[route]]``'s label, bounded by ``max_routes``).
 
     >>> from prometheus_client.parser import text_string_to_metric_families
     >>> text = render({"datagrams": 3}, {"open_reports": 1}, {"end_marker": 2}, {}, {"pending": 1}, 5.0)
@@ -65,7 +66,7 @@ GAUGES = {
 
 class _Snapshot:
     def __init__(self, counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int],
-                 attempts: dict[str, int], outbox: dict[str, int], oldest_age: float) -> None:
+                 attempts: dict[tuple[str, str], int], outbox: dict[str, int], oldest_age: float) -> None:
         self.args = counters, gauges, closed, attempts, outbox, oldest_age
 
     def collect(self) -> Iterator[Metric]:
@@ -81,10 +82,11 @@ class _Snapshot:
         for reason, n in sorted(closed.items()):
             c.add_metric([reason], n)
         yield c
-        c = CounterMetricFamily("kpr_omprog_delivery_attempts", "Attempts to send a report to Sentry, by result",
-                                labels=["result"])
-        for result, n in sorted(attempts.items()):
-            c.add_metric([result], n)
+        c = CounterMetricFamily("kpr_omprog_delivery_attempts",
+                                "Attempts to send a report to Sentry, by [[route]] label and result",
+                                labels=["route", "result"])
+        for (route, result), n in sorted(attempts.items()):
+            c.add_metric([route, result], n)
         yield c
         g = GaugeMetricFamily("kpr_omprog_outbox_reports", "Reports in the outbox, by state", labels=["state"])
         for state in ("pending", "local", "dead", "delivered"):
@@ -116,14 +118,14 @@ def _registry(*args: Any) -> CollectorRegistry:
     return registry
 
 
-def render(counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int], attempts: dict[str, int],
-           outbox: dict[str, int], oldest_age: float) -> str:
+def render(counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int],
+           attempts: dict[tuple[str, str], int], outbox: dict[str, int], oldest_age: float) -> str:
     """The exposition text for one snapshot."""
     return generate_latest(_registry(counters, gauges, closed, attempts, outbox, oldest_age)).decode()
 
 
 def write(path: str, counters: dict[str, int], gauges: Mapping[str, float], closed: dict[str, int],
-          attempts: dict[str, int], outbox: dict[str, int], oldest_age: float) -> None:
+          attempts: dict[tuple[str, str], int], outbox: dict[str, int], oldest_age: float) -> None:
     """Replace ``path`` with the snapshot (written beside it, then renamed).
 
     A shard's file (see :mod:`kpr_omprog.shards`) gives every sample a ``shard`` label:

@@ -27,6 +27,7 @@ from .hooks import Parsers, analyze_text, load_hook
 from .journal import Journal, JournalFull, Row
 from .logs import get_logger, worth_logging
 from .ratelimit import ReportGate
+from .routes import Route, Router
 from .store import Store, StoreFull
 from .symbolizer import Symbolizer
 
@@ -35,14 +36,19 @@ __all__ = ["Intake", "Pipeline", "describe", "metrics_path", "open_journal", "op
 log = get_logger()
 
 
-def describe(report: Report, parsers: Parsers) -> dict[str, Any]:
-    """What ``kpr-omprog replay`` prints for a report: its fields and everything parsed."""
+def describe(report: Report, parsers: Parsers, router: Router | None = None) -> dict[str, Any]:
+    """What ``kpr-omprog replay`` prints for a report: its fields and everything parsed; with
+    ``router``, the route it takes (its label, environment and tags)."""
     addr = [report.host, report.port]
     parsed = parsers.run(addr, report.text)
-    event, _ = build_event(report, parsed)
+    route = router.match(report.host) if router is not None else None
+    event, _ = (build_event(report, parsed, route.environment, route_tags=route.tags) if route is not None
+                else build_event(report, parsed))
     d = report.to_dict()
     d.update(level=event["level"], title=parsed.title, fingerprint=parsed.fingerprint, message=parsed.message,
              tags=event["tags"], extra=event["extra"], user=event["user"], event_id=event["event_id"])
+    if route is not None:
+        d.update(route=route.label, environment=route.environment)
     return d
 
 
@@ -71,7 +77,8 @@ def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
 
 
 class Pipeline:
-    """A closed report -> rate limit -> parsers -> Sentry event -> outbox row (-> delivery wakes up)."""
+    """A closed report -> rate limit -> parsers -> Sentry event (its sender's route: DSN,
+    environment, tags) -> outbox row (-> delivery wakes up)."""
 
     def __init__(self, config: Config, parsers: Parsers, store: Store, delivery: Any = None) -> None:
         self.config = config
@@ -79,10 +86,11 @@ class Pipeline:
         self.store = store
         self.delivery = delivery
         self.gate: ReportGate[Report] = ReportGate(config.rate_limit)
+        self.router = Router(config)
         self._next_summary_check = 0.0
         # Reports the outbox refused (cap, full disk): retried every second. Their journal
         # rows stay until they are stored (see Intake), so a restart loses none of them.
-        self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str]] = deque()
+        self.overflow: deque[tuple[dict[str, Any], bytes, Report, str, str, Route]] = deque()
         self._overflow_bytes = 0
         #: reports the outbox refused that are held in the journal only (memory bound bit)
         self.overflow_spilled = 0
@@ -115,14 +123,15 @@ class Pipeline:
         return self._send(report, parsed, max(0, folded - 1) + gate.take_folded(key), now)
 
     def _send(self, report: Report, parsed: Any, suppressed: int, now: float) -> bool:
-        event, attachment = build_event(report, parsed, self.config.environment)
+        route = self.router.match(report.host)  # once a report, when it closes
+        event, attachment = build_event(report, parsed, route.environment, route_tags=route.tags)
         if self.symbolizer is not None:
             self._symbolize(event, report)
         if suppressed:
             self.gate.stats.summaries += 1
             event["extra"]["suppressed_reports"] = suppressed
             event["tags"]["rate_limited"] = "yes"
-        return self._put(event, attachment, report, parsed.title, event["level"], now)
+        return self._put(event, attachment, report, parsed.title, event["level"], route, now)
 
     def _symbolize(self, event: dict[str, Any], report: Report) -> None:
         """Source lines into the event (bounded by symbols.time_limit); titles and
@@ -141,8 +150,8 @@ class Pipeline:
             self.symbolizer.close()
 
     def _log_folded(self, report: Report, bound: str, title: str | None = None) -> None:
-        if self.delivery is not None:
-            self.delivery.record_lost("event_processor")  # counted in the summary, not sent alone
+        if self.delivery is not None:  # counted in the summary, not sent alone
+            self.delivery.record_lost("event_processor", self.router.match(report.host).dsn)
         n = self.gate.stats.folded_by_host + self.gate.stats.folded_by_crash
         if worth_logging(n):
             log.warning("report_rate_limited", host=report.host, title=title, bound=bound, count=n,
@@ -172,17 +181,17 @@ class Pipeline:
                 self._send(held.report, held.parsed, held.folded - 1, now)
 
     def _put(self, event: dict[str, Any], attachment: bytes, report: Report, title: str, level: str,
-             now: float, retrying: bool = False) -> bool:
-        local = not self.config.dsn
+             route: Route, now: float, retrying: bool = False) -> bool:
+        local = route.dsn is None
         try:
             new = self.store.put(event, attachment, host=report.host, title=title, level=level,
-                                 created=report.first_seen, now=now, local=local)
+                                 created=report.first_seen, now=now, local=local, route=route.label, dsn=route.dsn)
         except StoreFull as e:
             if retrying:
                 return False
             size = 3 * len(attachment)  # the event and the Report hold about the text again each
             if len(self.overflow) < OVERFLOW_IN_MEMORY and self._overflow_bytes + size <= OVERFLOW_BYTES:
-                self.overflow.append((event, attachment, report, title, level))
+                self.overflow.append((event, attachment, report, title, level, route))
                 self._overflow_bytes += size
             else:
                 self.overflow_spilled += 1
@@ -194,7 +203,7 @@ class Pipeline:
         if new:
             log.info("report", host=report.host, title=title, level=level, lines=len(report.lines),
                      closed_by=report.closed_by, flags=list(report.flags), event_id=event["event_id"],
-                     stored="local (no DSN)" if local else "outbox")
+                     route=route.label, stored="local (no DSN)" if local else "outbox")
         if self.delivery is not None:
             self.delivery.wake()
         return True
@@ -207,8 +216,8 @@ class Pipeline:
         """Try the reports waiting for room again, oldest first; the ones now stored."""
         stored = []
         while self.overflow:
-            event, attachment, report, title, level = self.overflow[0]
-            if not self._put(event, attachment, report, title, level, now, retrying=True):
+            event, attachment, report, title, level, route = self.overflow[0]
+            if not self._put(event, attachment, report, title, level, route, now, retrying=True):
                 break  # still full
             self.overflow.popleft()
             self._overflow_bytes -= 3 * len(attachment)
@@ -504,24 +513,31 @@ class Intake:
 
 
 def open_runtime(cfg: Config, parsers: Parsers) -> tuple[Store, Any, Pipeline]:
-    """The store, the delivery workers (started, or None without a DSN) and the pipeline."""
+    """The store, the delivery workers (started, or None when nothing has a DSN) and the pipeline."""
     store = Store(os.path.join(cfg.state_dir, "kpr-omprog.sqlite3"), cfg.delivery.disk_cap_bytes,
                   cfg.delivery.dead_retention, exclusive=True)
-    delivery = None
-    now = time.time()
-    if cfg.dsn:
+    pipeline = Pipeline(cfg, parsers, store)
+    router = pipeline.router
+    released, held = store.apply_routes(router.labels(), time.time())
+    if released:
+        log.info("local_reports_queued", count=released)
+    if held:
+        log.warning("reports_kept_locally", count=held, why="their route has no DSN now (no dsn, or dsn = \"\")")
+    if cfg.routes:
+        log.info("routes", count=len(cfg.routes), dsns=len(router.dsns), local_only=sum(
+            1 for r in router.routes if r.dsn is None))
+    # rows of a route no longer in the config keep their DSN: delivery runs for them too
+    if router.dsns or store.next_due() is not None:
         from .delivery import Delivery
 
-        released = store.release_local(now)
-        if released:
-            log.info("local_reports_queued", count=released)
-        delivery = Delivery(store, cfg.dsn, cfg.delivery)
-        delivery.start()
-    else:
-        log.warning("no_dsn", why="reports are kept in the local store only", state_dir=cfg.state_dir,
-                    fix="set dsn (the config file's dsn, --dsn, or KernelPanicReceiver's sentry_dsn); stored "
-                        "reports are sent then")
-    return store, delivery, Pipeline(cfg, parsers, store, delivery)
+        pipeline.delivery = Delivery(store, cfg.dsn, cfg.delivery)
+        pipeline.delivery.start()
+    if not cfg.dsn:
+        log.warning("no_dsn", why="reports are kept in the local store only" if not router.dsns else
+                    "reports of senders no [[route]] takes are kept in the local store only",
+                    state_dir=cfg.state_dir, fix="set dsn (the config file's dsn, --dsn, or KernelPanicReceiver's "
+                                                 "sentry_dsn); stored reports are sent then")
+    return store, pipeline.delivery, pipeline
 
 
 def metrics_path(cfg: Config) -> str | None:

@@ -3,7 +3,8 @@
 * ``reports``: the durable outbox. A finished report is written here before
   anything is sent, and its row leaves the ``pending`` state only when Sentry
   answered 2xx (``delivered``) or refused it for good (``dead``). Without a DSN
-  reports stay ``local``. ``kpr-omprog reports`` lists this table.
+  reports stay ``local``. Each row names its route (``[[route]]`` label, ``default``
+  for the top-level DSN) and the DSN it goes to. ``kpr-omprog reports`` lists this table.
 * ``journal``: where version 0.1 journaled the datagrams of open reports;
   now only read once, at start, to move them to the journal file
   (:mod:`kpr_omprog.journal`).
@@ -18,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS reports (
     trim       INTEGER NOT NULL DEFAULT 0,
     status     INTEGER,
     last_error TEXT,
-    updated    REAL NOT NULL
+    updated    REAL NOT NULL,
+    route      TEXT NOT NULL DEFAULT 'default',  -- the [[route]] label (see routes.py)
+    dsn        TEXT                      -- where it goes; NULL: the top-level DSN
 );
 CREATE INDEX IF NOT EXISTS reports_due ON reports(state, next_try);
 CREATE TABLE IF NOT EXISTS journal (
@@ -69,7 +72,12 @@ CREATE TABLE IF NOT EXISTS kernel_releases (  -- seen in reports, for `kpr-ompro
 #: the bytes counted against disk_cap_bytes: every row that still holds its event
 _HELD_BYTES = "SELECT COALESCE(SUM(size), 0) FROM reports WHERE state IN ('pending', 'local', 'dead')"
 #: the columns `reports` and `report` return, in order
-_ROW_KEYS = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error", "updated")
+_ROW_KEYS = ("event_id", "created", "host", "title", "level", "state", "attempts", "status", "last_error", "updated",
+             "route", "dsn")
+#: the rows delivery may send (a NULL dsn is the top-level one, the second parameter), not
+#: those of a DSN in the JSON array of the third (rate-limited or backing off)
+_SENDABLE = ("state = 'pending' AND COALESCE(dsn, ?) IS NOT NULL AND COALESCE(dsn, ?) NOT IN "
+             "(SELECT value FROM json_each(?))")
 
 #: delivered rows kept for ``kpr-omprog reports``; older ones are pruned
 KEEP_DELIVERED = 10000
@@ -142,6 +150,9 @@ class Outgoing:
     created: float
     title: str
     host: str
+    #: the route's label and the DSN to send to
+    route: str = "default"
+    dsn: str = ""
 
 
 class Store:
@@ -174,6 +185,7 @@ class Store:
             # add an fsync per commit for power loss, at a cost per journaled line.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._pending_bytes = self._scalar(_HELD_BYTES)
         except PermissionError as e:
             self._unlock()
@@ -185,6 +197,14 @@ class Store:
             raise StoreError(f"{path}: not a usable kpr-omprog store ({e}): move it aside, and a new one is "
                              "created at the next start") from None
         self.prune_dead(time.time())
+
+    def _migrate(self) -> None:
+        """Stores from before [[route]]: their rows go to the top-level DSN (route ``default``)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(reports)")}
+        if "route" not in columns:
+            self._db.execute("ALTER TABLE reports ADD COLUMN route TEXT NOT NULL DEFAULT 'default'")
+        if "dsn" not in columns:
+            self._db.execute("ALTER TABLE reports ADD COLUMN dsn TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -214,8 +234,10 @@ class Store:
     # -- outbox -------------------------------------------------------------------------
 
     def put(self, event: dict[str, Any], attachment: bytes, *, host: str, title: str, level: str,
-            created: float, now: float, local: bool) -> bool:
+            created: float, now: float, local: bool, route: str = "default", dsn: str | None = None) -> bool:
         """Store a report durably; False if it was already stored (same event id).
+
+        ``route``: its label; ``dsn``: where it goes (None: the top-level DSN).
 
         Raises :class:`StoreFull` at the disk cap or when SQLite cannot write.
         """
@@ -232,9 +254,9 @@ class Store:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO reports (event_id, created, host, title, level, state, event, "
-                    "attachment, size, next_try, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "attachment, size, next_try, updated, route, dsn) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (event["event_id"], created, host, title, level, "local" if local else "pending", blob,
-                     attachment, size, now, now))
+                     attachment, size, now, now, route, dsn))
                 inserted = cur.rowcount == 1
                 if inserted:  # under the store's lock: delivery threads change it too
                     self._pending_bytes += size
@@ -248,18 +270,29 @@ class Store:
             raise StoreFull(f"cannot write {self.path}: {e}") from None
         return inserted
 
-    def due(self, now: float, limit: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Outgoing]:
+    def due(self, now: float, limit: int, exclude: set[str] | frozenset[str] = frozenset(),
+            default_dsn: str | None = None, skip_dsns: Iterable[str] = ()) -> list[Outgoing]:
+        """Pending rows due by ``now``, oldest first: not the event ids in ``exclude`` (in
+        flight), nor rows of a DSN in ``skip_dsns``; a row without a DSN goes to ``default_dsn``
+        (skipped if that is None)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT event_id, event, attachment, attempts, trim, created, title, host FROM reports "
-                "WHERE state = 'pending' AND next_try <= ? ORDER BY next_try, created LIMIT ?",
-                (now, limit + len(exclude))).fetchall()
-        out = [Outgoing(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows
+                "SELECT event_id, event, attachment, attempts, trim, created, title, host, route, "
+                f"COALESCE(dsn, ?) FROM reports WHERE {_SENDABLE} AND next_try <= ? ORDER BY next_try, created "
+                "LIMIT ?", (default_dsn, *self._sendable(default_dsn, skip_dsns), now,
+                            limit + len(exclude))).fetchall()
+        out = [Outgoing(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows
                if r[0] not in exclude]
         return out[:limit]
 
-    def next_due(self) -> float | None:
-        value = self._scalar("SELECT MIN(next_try) FROM reports WHERE state = 'pending'")
+    @staticmethod
+    def _sendable(default_dsn: str | None, skip_dsns: Iterable[str]) -> tuple[Any, ...]:
+        return default_dsn, default_dsn, json.dumps(sorted(skip_dsns))
+
+    def next_due(self, default_dsn: str | None = None, skip_dsns: Iterable[str] = ()) -> float | None:
+        """When the next row :meth:`due` would give is due (None: there is none)."""
+        value = self._scalar(f"SELECT MIN(next_try) FROM reports WHERE {_SENDABLE}",
+                             self._sendable(default_dsn, skip_dsns))
         return None if value is None else float(value)
 
     def delivered(self, event_id: str, status: int, now: float) -> None:
@@ -297,11 +330,24 @@ class Store:
                         bound="delivery.dead_retention")
         return len(rows)
 
-    def release_local(self, now: float) -> int:
-        """A DSN was configured: reports kept locally become pending."""
+    def apply_routes(self, dsns: Mapping[str, str | None], now: float) -> tuple[int, int]:
+        """At start: waiting reports of each route in ``dsns`` (label -> its DSN now, None:
+        local only) follow the config. Reports kept locally become pending when their route
+        has a DSN now, pending ones local when it has none, and pending ones whose route's
+        DSN changed (a typo fixed, a key rotated) go to the new one at once. Rows of a route
+        not in ``dsns`` keep the DSN they had. Returns (made pending, made local)."""
+        released = held = 0
         with self._tx() as db:
-            return db.execute("UPDATE reports SET state = 'pending', next_try = ?, updated = ? "
-                              "WHERE state = 'local'", (now, now)).rowcount
+            for route, dsn in dsns.items():
+                if dsn:
+                    released += db.execute("UPDATE reports SET state = 'pending', dsn = ?, next_try = ?, updated = ? "
+                                           "WHERE route = ? AND state = 'local'", (dsn, now, now, route)).rowcount
+                    db.execute("UPDATE reports SET dsn = ?, next_try = ? WHERE route = ? AND state = 'pending' "
+                               "AND dsn IS NOT ?", (dsn, now, route, dsn))
+                else:
+                    held += db.execute("UPDATE reports SET state = 'local', updated = ? WHERE route = ? "
+                                       "AND state = 'pending'", (now, route)).rowcount
+        return released, held
 
     def reports(self, limit: int = 100, host: str | None = None, since: float | None = None,
                 title: str | None = None) -> list[dict[str, Any]]:
@@ -333,9 +379,10 @@ class Store:
         if len(rows) != 1:
             return None
         r = rows[0]
-        out = dict(zip(_ROW_KEYS, r[:10], strict=True))
-        out["event"] = json.loads(r[10]) if r[10] else None
-        out["log"] = bytes(r[11]).decode("utf-8", "replace") if r[11] is not None else None
+        n = len(_ROW_KEYS)
+        out = dict(zip(_ROW_KEYS, r[:n], strict=True))
+        out["event"] = json.loads(r[n]) if r[n] else None
+        out["log"] = bytes(r[n + 1]).decode("utf-8", "replace") if r[n + 1] is not None else None
         return out
 
     def kernel_releases(self) -> list[dict[str, Any]]:

@@ -58,6 +58,16 @@ ProjectMembership.objects.create(project=p, user=u, role=ProjectRole.ADMIN, acce
 print("DSN=" + p.dsn); print("PROJECT=%s" % p.id); print("TOKEN=" + AuthToken.create_full_access(description="t").token)
 """
 
+ANOTHER_PROJECT = """
+from django.contrib.auth import get_user_model
+from teams.models import Team
+from projects.models import Project, ProjectMembership, ProjectRole
+p = Project.objects.create(team=Team.objects.get(name="t"), name={name!r})
+ProjectMembership.objects.create(project=p, user=get_user_model().objects.get(username="a@example.invalid"),
+                                 role=ProjectRole.ADMIN, accepted=True)
+print("DSN=" + p.dsn); print("PROJECT=%s" % p.id)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -82,13 +92,22 @@ class Bugsink:
         else:
             subprocess.run([manage, "migrate", "-v0"], env=self.env, cwd=self.work, check=True)
             subprocess.run([manage, "migrate", "--database=snappea", "-v0"], env=self.env, cwd=self.work, check=True)
-        out = subprocess.run([manage, "shell", "-v0"], input=PROVISION, env=self.env, cwd=self.work, check=True,
-                             capture_output=True, text=True).stdout
-        vals = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        vals = self._shell(PROVISION)
         self.dsn, self.project, self.token = vals["DSN"], vals["PROJECT"], vals["TOKEN"]
         self.api = f"http://127.0.0.1:{self.port}/api/canonical/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
+
+    def _shell(self, script: str) -> dict[str, str]:
+        out = subprocess.run([str(VENV / "bin" / "bugsink-manage"), "shell", "-v0"], input=script, env=self.env,
+                             cwd=self.work, check=True, capture_output=True, text=True).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def add_project(self, name: str) -> tuple[str, str]:
+        """Another project in this Bugsink (running or not): its (DSN, project id); pass the id
+        as ``project`` to :meth:`events` and the others."""
+        vals = self._shell(ANOTHER_PROJECT.format(name=name))
+        return vals["DSN"], vals["PROJECT"]
 
     def start(self) -> None:
         log = open(self.work / "gunicorn.log", "ab")  # noqa: SIM115
@@ -116,8 +135,8 @@ class Bugsink:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def issues(self) -> list[dict[str, Any]]:
-        out, url = [], f"/issues/?project={self.project}"
+    def issues(self, project: str | None = None) -> list[dict[str, Any]]:
+        out, url = [], f"/issues/?project={project or self.project}"
         while url:
             page = self._get(url)
             out += page["results"]
@@ -125,10 +144,10 @@ class Bugsink:
             url = nxt.split("/api/canonical/0", 1)[1] if nxt else ""
         return out
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every stored event with its full data, each with its issue id."""
+    def events(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Every stored event (of the first project, or ``project``) with its full data, each with its issue id."""
         out = []
-        for issue in self.issues():
+        for issue in self.issues(project):
             page = self._get(f"/events/?issue={issue['id']}&order=asc")
             for e in page["results"]:
                 full = self._get(f"/events/{e['id']}/")
@@ -136,11 +155,11 @@ class Bugsink:
                 out.append(full)
         return out
 
-    def wait_events(self, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def wait_events(self, n: int, timeout: float = 30.0, project: str | None = None) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         events: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            events = self.events()
+            events = self.events(project)
             if len(events) >= n:
                 return events
             time.sleep(0.2)

@@ -230,7 +230,8 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     ack.write(b"OK\n")
     global answered_start
     answered_start = True
-    log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir)
+    log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), routes=len(cfg.routes),
+             state_dir=cfg.state_dir)
     fd = stdin.fileno()
     os.set_blocking(fd, False)
     buf = b""

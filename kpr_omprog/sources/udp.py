@@ -96,8 +96,8 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     journal = open_journal(cfg)
     intake = Intake(pipeline, Assembler(cfg.assembler), journal, metrics_path(cfg), cfg.metrics_interval)
     intake.recover(time.time())
-    log.info("udp_started", listen=list(cfg.udp.listen), dsn_set=bool(cfg.dsn), state_dir=cfg.state_dir,
-             pid=os.getpid())
+    log.info("udp_started", listen=list(cfg.udp.listen), dsn_set=bool(cfg.dsn), routes=len(cfg.routes),
+             state_dir=cfg.state_dir, pid=os.getpid())
     if ready is not None:
         ready(socks)
     counts = {"received": 0, "refused": 0}
