@@ -329,8 +329,11 @@ class Intake:
         # Runs once per datagram: the calls that usually have nothing to do are guarded.
         ip = source[0]
         key = ip if self._by_ip else f"{ip}:{source[1]}"
+        # What the assembler keeps of a datagram, and so all the journal needs: a hostile
+        # 64 KiB datagram costs a journal write (and its checksum) of max_datagram_bytes.
+        kept = data if len(data) <= self._max_datagram else data[:self._max_datagram]
         journaled = self._journaled
-        if self._resends and key in journaled and self._last.get(key) == (at, data):
+        if self._resends and key in journaled and self._last.get(key) == (at, kept):
             # rsyslog re-sends the line in flight when the receiver died before "OK".
             self.duplicates += 1
             return
@@ -347,20 +350,20 @@ class Intake:
                         why="longer than any kernel sends")
         if self.journal is None:
             return
-        row = (key, at, ip, source[1], data)
+        row = (key, at, ip, source[1], kept)
         if asm.last_fed_open or key in self._held:
             if key not in journaled:
                 self._batch.extend(self._recent.pop(key, ()))
                 journaled.add(key)
             self._batch.append(row)
-            self._last[key] = (at, data)
+            self._last[key] = (at, kept)
         else:
             q = self._recent.get(key)
             if q is None:
                 if len(self._recent) >= asm.config.max_hosts:
                     self._recent.pop(next(iter(self._recent)))
                 q = self._recent[key] = deque(maxlen=asm.config.context_lines + 1)
-            q.append(row if len(data) <= CONTEXT_ROW_BYTES else (key, at, ip, source[1], data[:CONTEXT_ROW_BYTES]))
+            q.append(row if len(kept) <= CONTEXT_ROW_BYTES else (key, at, ip, source[1], kept[:CONTEXT_ROW_BYTES]))
 
     def flush(self) -> None:
         """Write the journal rows fed so far (call before acknowledging them)."""

@@ -105,3 +105,25 @@ def test_rows_journaled_in_sqlite_by_an_older_version_are_moved_and_rebuilt(tmp_
     assert store.legacy_journal_take() == []  # moved, not copied
     assert [r[4] for r in Journal(str(tmp_path / "journal.bin")).load()] == [
         b"BUG: kernel NULL pointer dereference\n", b"Oops: 0000 [#1] SMP\n"]
+
+
+def test_a_datagram_past_the_bound_is_journaled_as_the_assembler_keeps_it(tmp_path: Path) -> None:
+    # A hostile 64 KiB datagram opening a report: the journal row is the max_datagram_bytes the
+    # assembler kept, not the 64 KiB sent, and a restart rebuilds the same report from it.
+    unit = b"[   10.000000] BUG: unable to handle page fault for address: 0000000000001234\n"
+    data = unit * (65_000 // len(unit))
+    store = Store(str(tmp_path / "s.sqlite3"))
+    journal = Journal(str(tmp_path / "j.bin"))
+    intake = Intake(Pipeline(Config(), Parsers(), store, None), Assembler(), journal)
+    bound = intake.assembler.config.max_datagram_bytes
+    intake.feed(data, ("10.0.0.9", 6666), 100.0, 100.0)
+    intake.flush()
+    [(key, at, ip, port, kept)] = Journal(str(tmp_path / "j.bin")).load()
+    assert kept == data[:bound] and (key, at, ip, port) == ("10.0.0.9", 100.0, "10.0.0.9", 6666)
+    assert os.path.getsize(tmp_path / "j.bin") < bound + 200
+    before = intake.assembler.close_all()
+    journal.close()
+    again = Intake(Pipeline(Config(), Parsers(), store, None), Assembler(), Journal(str(tmp_path / "j.bin")))
+    again.recover(200.0)
+    after = again.assembler.close_all()
+    assert [r.lines for r in before] == [r.lines for r in after] and len(after) == 1
