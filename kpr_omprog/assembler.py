@@ -367,7 +367,7 @@ class Assembler:
         host.port = source[1]
         decoder = host.decoder
         if host.report is None and host.scheduled is None:
-            quick = decoder.idle_line(datagram)
+            quick = decoder.quick_line(datagram)
             if quick is not None:
                 text = quick[1]
                 if _classify(text) == _NONE and not text.startswith("Linux version "):

@@ -42,16 +42,16 @@ _CLASSIC_PREFIX = re.compile(rb"^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10}\.\d{1,9})\])?
 _NEW_LINE_START = re.compile(rb"^(?:<\d{1,3}>|\[\s*\d{1,10}\.\d{1,9}\])")
 _EXT_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _DIGITS = frozenset(b"0123456789")
-#: A noise line the fast path took whole (:meth:`HostDecoder.idle_line`): kernel time, text,
+#: A line the fast path took whole (:meth:`HostDecoder.quick_line`): kernel time, text,
 #: release, and for an extended record its level and sequence number (None for classic).
 Quick = tuple[float, str, str | None, int | None, int | None]
 _PREFIX_FIRST = (b"[", b"<")
-# The noise fast path's two shapes (HostDecoder.idle_line), matched whole: anything else
+# The fast path's two shapes (HostDecoder.quick_line), matched whole: anything else
 # (a caller id, a CR, a NUL, several lines, escapes, fragments, metadata, a continued
 # record) takes the full decoder. Each is one pass over the datagram, no backtracking
 # beyond the last character: O(len(payload)) for any input.
-_IDLE_CLASSIC = re.compile(rb"\[ *(\d{1,10}\.\d{1,9})\] ?((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
-_IDLE_EXTENDED = re.compile(
+_ONE_CLASSIC_LINE = re.compile(rb"\[ *(\d{1,10}\.\d{1,9})\] ?((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
+_ONE_EXTENDED_RECORD = re.compile(
     rb"(?:(?!\d{1,64},)([^,;\x00\n]{1,64}),)?(\d{1,4}),(\d{1,19}),(\d{1,19}),-;([^\x00\n\\]*)(?<!\r)\n?").fullmatch
 
 
@@ -198,6 +198,9 @@ class HostDecoder:
 
     def feed(self, payload: bytes, at: float) -> list[Line]:
         """Decode one datagram received at ``at``; return the lines it completed."""
+        quick = self.quick_line(payload)
+        if quick is not None:
+            return [self.line(quick, at)]  # the usual datagram: one whole line (counted there)
         self.stats.datagrams += 1
         out: list[Line] = []
         if len(payload) > 4 * MAX_PRINT_CHUNK:
@@ -213,9 +216,9 @@ class HostDecoder:
         self._feed_classic(payload, at, out)
         return out
 
-    def idle_line(self, payload: bytes) -> Quick | None:
-        """The usual noise datagram, cheaply: one whole line, valid UTF-8, from a host with
-        nothing pending that sends one format: a timestamped classic line, or an extended
+    def quick_line(self, payload: bytes) -> Quick | None:
+        """The usual datagram, cheaply: one whole line, valid UTF-8, from a host with nothing
+        pending that sends one format: a timestamped classic line, or an extended
         record that follows the last one (sequence + 1) with no escapes, fragments or
         metadata. Returns its kernel time, text, release, level and sequence number (a
         :data:`Quick`) without building a :class:`Line` (the caller asks :meth:`line` for one
@@ -224,14 +227,14 @@ class HostDecoder:
         then unchanged. One anchored regular expression: O(len(payload)).
 
             >>> d = HostDecoder(); _ = d.feed(b"[    1.000000] first\\n", at=1.0)
-            >>> d.idle_line(b"[    1.500000] hello\\n")
+            >>> d.quick_line(b"[    1.500000] hello\\n")
             (1.5, 'hello', None, None, None)
         """
         if self._partial or self._frags or len(payload) > self.limits.max_line_bytes:
             return None
         formats = self._seen_formats
         if formats == 1:
-            m = _IDLE_CLASSIC(payload)
+            m = _ONE_CLASSIC_LINE(payload)
             if m is None:
                 return None
             stamp, raw = m.groups()
@@ -246,7 +249,7 @@ class HostDecoder:
             self._last_ts = ts
             release = level = seq = None
         elif formats == 2:
-            m = _IDLE_EXTENDED(payload)
+            m = _ONE_EXTENDED_RECORD(payload)
             if m is None:
                 return None
             rel, level_b, seq_b, usec, raw = m.groups()

@@ -378,7 +378,7 @@ def test_the_noise_fast_path_changes_nothing(monkeypatch: pytest.MonkeyPatch) ->
         return run(Assembler(), [(d, A, 10 + i * 0.001) for i, d in enumerate(data)])
 
     fast = reports()
-    monkeypatch.setattr(HostDecoder, "idle_line", lambda self, payload: None)
+    monkeypatch.setattr(HostDecoder, "quick_line", lambda self, payload: None)
     slow = reports()
     assert [(r.context, r.lines, r.flags, r.kernel_release) for r in fast] == \
         [(r.context, r.lines, r.flags, r.kernel_release) for r in slow]
@@ -405,18 +405,18 @@ def test_the_extended_noise_fast_path_changes_nothing(monkeypatch: pytest.Monkey
         return run(Assembler(), [(d, A, 10 + i * 0.001) for i, d in enumerate(data)])
 
     taken = []
-    real = HostDecoder.idle_line
+    real = HostDecoder.quick_line
 
     def counting(self: HostDecoder, payload: bytes) -> object:
         quick = real(self, payload)
         taken.extend([payload] if quick is not None else [])
         return quick
 
-    monkeypatch.setattr(HostDecoder, "idle_line", counting)
+    monkeypatch.setattr(HostDecoder, "quick_line", counting)
     fast = reports()
     # the ordinary ones, and only those (17 as the assembler cut it)
     assert [d[:40] for d in taken if d[:2] != b"4,"] == [odd[i][:40] for i in (1, 7, 12, 14, 15, 17, 18)]
-    monkeypatch.setattr(HostDecoder, "idle_line", lambda self, payload: None)
+    monkeypatch.setattr(HostDecoder, "quick_line", lambda self, payload: None)
     slow = reports()
     assert [(r.context, r.lines, r.flags, r.kernel_release, r.userdata) for r in fast] == \
         [(r.context, r.lines, r.flags, r.kernel_release, r.userdata) for r in slow]
