@@ -83,15 +83,16 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     from ..runtime import Intake, metrics_path, open_journal, open_runtime
 
     socks = [bind(*parse_listen(item), cfg.udp.rcvbuf, reuseport) for item in cfg.udp.listen]
+    blocking = len(socks) == 1 and _set_timeout(socks[0], 1.0)
     allowed = is_allowed_factory(cfg.udp.allow)
     stop = {"flag": False}
 
     def on_term(signum: int, frame: object) -> None:
         stop["flag"] = True
-        if len(socks) == 1:
+        if blocking:
             # The interrupted recvfrom is retried (PEP 475) with the socket's timeout: make it
             # end at once, so a stop takes no longer than the report in hand.
-            socks[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 1))
+            _set_timeout(socks[0], 0.000001)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -142,7 +143,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
         return 1.0 if deadline is None else max(0.001, min(1.0, deadline - now))
 
     try:
-        if len(socks) == 1:
+        if blocking:
             _receive_one(socks[0], buf, take, after_batch, wait_for, stop)
         else:
             _receive_many(socks, buf, take, after_batch, wait_for, stop)
@@ -169,6 +170,17 @@ _BATCH = 4096
 _Take = Callable[[int, Any, float], None]
 
 
+def _set_timeout(sock: socket.socket, seconds: float) -> bool:
+    """``SO_RCVTIMEO`` as a C ``struct timeval``; False where the platform takes another
+    layout (a 32-bit time64 ABI, say): the receive loop then uses a selector."""
+    sec = int(seconds)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, int((seconds - sec) * 1e6)))
+    except OSError:
+        return False
+    return True
+
+
 def _receive_one(sock: socket.socket, buf: bytearray, take: _Take, after_batch: Callable[[float], None],
                  wait_for: Callable[[float], float], stop: dict[str, bool]) -> None:
     """One socket: block in ``recvfrom_into`` itself, with the next deadline as its
@@ -188,9 +200,7 @@ def _receive_one(sock: socket.socket, buf: bytearray, take: _Take, after_batch: 
         # report's deadline by 5 ms costs nothing, and under load the timeout never fires.
         if wait < timeout - 0.005 or wait > timeout + 0.05:
             timeout = wait
-            sec = int(wait)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                            struct.pack("ll", sec, int((wait - sec) * 1e6)))
+            _set_timeout(sock, wait)
         try:
             n, src = recv_into(buf)
         except BlockingIOError:  # the timeout: a deadline is due, or a second passed
