@@ -13,7 +13,8 @@ Installs kpr-omprog into /opt/kpr-omprog (a virtual environment on the system's 
 links /usr/local/bin/kpr-omprog, writes /etc/kpr-omprog/config.toml (never overwritten)
 and, by default, the rsyslog drop-in /etc/rsyslog.d/30-kpr-omprog.conf, then restarts
 rsyslog (systemctl, or rsyslogd itself where systemd is not running) and checks that a
-datagram sent to the port reaches kpr-omprog.
+datagram sent to the port reaches kpr-omprog. Installs elfutils (eu-addr2line, the
+symbolizer) with apt when it is missing; without it kpr-omprog works, without source lines.
 
   --standalone  no rsyslog: a systemd unit runs `kpr-omprog udp` as user kpr-omprog
   --port N      UDP port to receive netconsole on (default 514)
@@ -123,6 +124,14 @@ apt_install() { run apt-get update -q; DEBIAN_FRONTEND=noninteractive run apt-ge
 PY=/usr/bin/python3
 [ -x "$PY" ] || apt_install python3
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+# eu-addr2line (elfutils), the symbolizer: the receiver runs without it, with no source lines
+# in stacks, so a host that cannot get it (no network, no mirror) is told and goes on.
+if [ "$MODE" != relay ] && ! command -v eu-addr2line >/dev/null; then
+  if [ -n "$R" ]; then echo "(skipped) apt-get install elfutils: staged install"
+  elif ! apt_install elfutils; then
+    echo "install.sh: could not install elfutils (above): no source lines in stacks until you apt-get install elfutils" >&2
+  fi
+fi
 if [ "$MODE" != standalone ] && ! command -v rsyslogd >/dev/null; then apt_install rsyslog; fi
 check_rsyslog_conf() {  # rsyslogd -N1 on the whole configuration, naming the drop-in to look at
   if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
