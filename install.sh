@@ -268,7 +268,9 @@ if [ "$BUGSINK" = 1 ]; then
     if ! cmp -s "$tmp" "$2"; then run install -D -m "$1" -g "$BS_GROUP" "$tmp" "$2"; bs_changed=1; fi
     rm -f "$tmp"
   }
-  bs_put 0640 "$BS_CONF_DIR/bugsink_conf.py" < <("$PY" "$HERE/kpr_omprog/bugsink_setup.py" conf --port "$BS_PORT" --state "$BS_STATE")
+  bs_conf=$(mktemp)  # (no process substitution: a container may have no /dev/fd)
+  "$PY" "$HERE/kpr_omprog/bugsink_setup.py" conf --port "$BS_PORT" --state "$BS_STATE" > "$bs_conf"
+  bs_put 0640 "$BS_CONF_DIR/bugsink_conf.py" < "$bs_conf"; rm -f "$bs_conf"
   bs_put 0755 "$BS_RUN" <<LAUNCH
 #!/bin/sh
 # kpr-omprog's local Bugsink, written by install.sh --with-bugsink:
@@ -279,7 +281,7 @@ if [ "\$(id -u)" = 0 ] && [ "$BS_RUNAS" != root ]; then exec runuser -u "$BS_RUN
 export DJANGO_SETTINGS_MODULE=bugsink_conf PYTHONPATH="$BS_CONF_DIR" PYTHONDONTWRITEBYTECODE=1
 cd "$BS_STATE" || exit 1
 case "\$1" in
-  serve) exec "$BS_PREFIX/bin/gunicorn" --bind "127.0.0.1:$BS_PORT" --workers 2 --timeout 30 --no-control-socket \\
+  serve) exec "$BS_PREFIX/bin/gunicorn" --bind "127.0.0.1:$BS_PORT" --workers 2 --timeout 120 --no-control-socket \\
            --access-logfile - bugsink.wsgi ;;
   manage) shift; exec "$BS_PREFIX/bin/bugsink-manage" "\$@" ;;
   *) echo "usage: \$0 serve | manage ARGS..." >&2; exit 2 ;;
@@ -315,7 +317,7 @@ BSUNIT
       || { echo "install.sh: setting up Bugsink's database in $BS_STATE failed (above)" >&2; exit 1; }
     bs_dsn=$(sed -n 's/^DSN=//p' <<<"$bs_out"); bs_admin=$(sed -n 's/^ADMIN=//p' <<<"$bs_out")
     [ -n "$bs_dsn" ] || { echo "install.sh: Bugsink's provisioning printed no DSN: $bs_out" >&2; exit 1; }
-    echo "DSN=$bs_dsn" > "$BS_CONF_DIR/provisioned"
+    (umask 077; echo "DSN=$bs_dsn" > "$BS_CONF_DIR/provisioned")
   fi
   if [ "$SYSTEMD" = 1 ]; then
     run systemctl daemon-reload
@@ -355,7 +357,8 @@ PYEOF
             echo "    to send to Bugsink instead, set dsn = \"$bs_dsn\" in $CONF_DIR/config.toml" ;;
     esac
     echo "  later, to a real Sentry: set dsn = \"https://KEY@sentry.example/1\" in $CONF_DIR/config.toml, then"
-    echo "    ./install.sh again (it restarts the receiver); Bugsink alone stops with: systemctl disable --now kpr-omprog-bugsink"
+    echo "    ./install.sh again (it restarts the receiver); Bugsink alone stops with:$( [ "$SYSTEMD" = 1 ] \
+      && echo " systemctl disable --now kpr-omprog-bugsink" || echo " pkill -f $BS_PREFIX/bin/gunicorn")"
     if [ "$SYSTEMD" != 1 ] && [ -z "$R" ]; then
       echo "Bugsink is NOT running: systemd is not running here. Start it yourself, as root, e.g.:"
       echo "  nohup $BS_RUN serve >>$BS_STATE/gunicorn.log 2>&1 &"
