@@ -6,14 +6,16 @@
 set -euo pipefail
 usage() {
   cat <<'USAGE'
-usage: ./install.sh [--standalone] [--port N] [--shards N] [--relayed-port N] [--dry-run] [--uninstall]
+usage: ./install.sh [--standalone] [--port N] [--shards N] [--relayed-port N] [--with-bugsink [--bugsink-port N]]
+                    [--dry-run] [--uninstall]
        ./install.sh --relay HOST:PORT,HOST:PORT,... [--port N] [--dry-run]
 
 Installs kpr-omprog into /opt/kpr-omprog (a virtual environment on the system's python3),
 links /usr/local/bin/kpr-omprog, writes /etc/kpr-omprog/config.toml (never overwritten)
 and, by default, the rsyslog drop-in /etc/rsyslog.d/30-kpr-omprog.conf, then restarts
 rsyslog (systemctl, or rsyslogd itself where systemd is not running) and checks that a
-datagram sent to the port reaches kpr-omprog.
+datagram sent to the port reaches kpr-omprog. Installs elfutils (eu-addr2line, the
+symbolizer) with apt when it is missing; without it kpr-omprog works, without source lines.
 
   --standalone  no rsyslog: a systemd unit runs `kpr-omprog udp` as user kpr-omprog
   --port N      UDP port to receive netconsole on (default 514)
@@ -25,8 +27,16 @@ datagram sent to the port reaches kpr-omprog.
   --relay LIST  this machine is a RELAY, not a receiver: forward netconsole to the
                 receivers in LIST (HOST:PORT of their --relayed-port, comma-separated),
                 each host always to the same one; installs no package
+  --with-bugsink  also a local Bugsink (a Sentry-compatible web page for the crashes) on
+                127.0.0.1:8000: /opt/kpr-omprog-bugsink, data in /var/lib/kpr-omprog-bugsink,
+                user and service kpr-omprog-bugsink, an admin user (password printed once,
+                kept in /etc/kpr-omprog/bugsink/admin) and a project whose DSN goes into the
+                config if its dsn is empty (a DSN already set is never replaced)
+  --bugsink-port N  Bugsink's TCP port on 127.0.0.1 (implies --with-bugsink; default 8000,
+                a reinstall keeps the installed one)
   --dry-run     print every step, change nothing
-  --uninstall   remove the package, the drop-in or unit, and the link; keep config and reports
+  --uninstall   remove the package, the drop-in or unit, the link, and Bugsink's service and
+                package; keep config, reports and Bugsink's data
 
 Run it as root (with sudo if you are not root). Debian and Ubuntu; the RHEL family is not
 supported by this script (see README).
@@ -39,7 +49,11 @@ DROPIN=$R/etc/rsyslog.d/30-kpr-omprog.conf; UNIT=$R/etc/systemd/system/kpr-ompro
 SYSCTL=$R/etc/sysctl.d/60-kpr-omprog.conf; RCVBUF=8388608
 RSYSLOG_CONF=$R/etc/rsyslog.conf; LINK=$R/usr/local/bin/kpr-omprog
 RELAY_DROPIN=$R/etc/rsyslog.d/40-kpr-omprog-relay.conf
-MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0; SHARDS=""; RELAYED_PORT=""; RELAY=""
+# --with-bugsink: Bugsink in its own venv, config, data, user and unit
+BS_VERSION=2.6.1; BS_USER=kpr-omprog-bugsink; BS_PREFIX=$R/opt/kpr-omprog-bugsink; BS_CONF_DIR=$CONF_DIR/bugsink
+BS_STATE=$R/var/lib/kpr-omprog-bugsink; BS_UNIT=$R/etc/systemd/system/kpr-omprog-bugsink.service
+BS_RUN=$BS_PREFIX/bin/kpr-omprog-bugsink
+MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0; SHARDS=""; RELAYED_PORT=""; RELAY=""; BUGSINK=0; BS_PORT=""
 # Half the cores: a shard at full rate keeps a core busy, and rsyslogd (its input and one
 # worker thread per shard) and the host need the rest. Measured on 2 cores: 2 shards took
 # 1.5x the lines of 1, 4 shards no more than 1 (README, "A fleet").
@@ -59,6 +73,8 @@ while [ $# -gt 0 ]; do
     --relayed-port) RELAYED_PORT=${2:-}; shift; number --relayed-port "$RELAYED_PORT" 1 65535 ;;
     --relay) RELAY=${2:-}; shift; MODE=relay
              [ -n "$RELAY" ] || { echo "install.sh: --relay needs HOST:PORT,HOST:PORT,..." >&2; exit 2; } ;;
+    --with-bugsink) BUGSINK=1 ;;
+    --bugsink-port) BS_PORT=${2:-}; shift; BUGSINK=1; number --bugsink-port "$BS_PORT" 1 65535 ;;
     --dry-run) DRY=1 ;;
     --uninstall) UNINSTALL=1 ;;
     -h|--help) usage | sed "s/AUTO_SHARDS/$AUTO_SHARDS of $CORES cores/"; exit 0 ;;
@@ -67,7 +83,8 @@ while [ $# -gt 0 ]; do
 done
 case "$MODE" in
   standalone) [ -z "$SHARDS$RELAYED_PORT" ] || { echo "install.sh: --shards and --relayed-port are for rsyslog mode (standalone: kpr-omprog udp)" >&2; exit 2; } ;;
-  relay) [ -z "$SHARDS$RELAYED_PORT" ] || { echo "install.sh: --relay forwards only: --shards and --relayed-port belong on the receivers" >&2; exit 2; } ;;
+  relay) [ -z "$SHARDS$RELAYED_PORT" ] || { echo "install.sh: --relay forwards only: --shards and --relayed-port belong on the receivers" >&2; exit 2; }
+         [ "$BUGSINK" = 0 ] || { echo "install.sh: --with-bugsink belongs on a receiver, not on a relay" >&2; exit 2; } ;;
 esac
 run() { echo "+ $*"; [ "$DRY" = 1 ] || "$@"; }
 [ "$(id -u)" = 0 ] || [ "$DRY" = 1 ] || [ -n "$R" ] || { echo "install.sh: run as root (sudo ./install.sh)" >&2; exit 1; }
@@ -91,8 +108,29 @@ restart_rsyslog() {
   fi
   run rsyslogd
 }
+tcp_listening() {  # something listens on TCP port $1 (IPv4 or IPv6)
+  awk 'NR > 1 && $4 == "0A" {print $2}' /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qi ":$(printf %04X "$1")\$"
+}
+bs_running() { pgrep -f "$BS_PREFIX/bin/gunicorn" >/dev/null 2>&1; }
+if [ "$BUGSINK" = 1 ] && [ "$UNINSTALL" = 0 ]; then
+  # Bugsink's port: given, or the installed one, or 8000; taken by anything but our Bugsink
+  # on that same port, nothing is installed.
+  old_bs_port=$(sed -n 's|^    "BASE_URL": "http://127.0.0.1:\([0-9]*\)".*|\1|p' "$BS_CONF_DIR/bugsink_conf.py" 2>/dev/null | head -1 || true)
+  BS_PORT=${BS_PORT:-${old_bs_port:-8000}}
+  if tcp_listening "$BS_PORT" && ! { [ "$BS_PORT" = "$old_bs_port" ] && bs_running; }; then
+    echo "install.sh: TCP port $BS_PORT is taken by another program (ss -ltnp 'sport = :$BS_PORT' names it);" \
+         "give Bugsink another one with --bugsink-port N" >&2
+    exit 1
+  fi
+fi
 
 if [ "$UNINSTALL" = 1 ]; then
+  bs_was=0
+  if [ -f "$BS_UNIT" ] || [ -d "$BS_PREFIX" ]; then
+    bs_was=1
+    [ -f "$BS_UNIT" ] && { restart disable --now kpr-omprog-bugsink || true; run rm -f "$BS_UNIT"; restart daemon-reload || true; }
+    run rm -rf "$BS_PREFIX"
+  fi
   [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; restart daemon-reload || true; }
   [ -f "$SYSCTL" ] && run rm -f "$SYSCTL"  # the running value stays until reboot
   [ -f "$DROPIN" ] || [ -f "$RELAY_DROPIN" ] && { run rm -f "$DROPIN" "$RELAY_DROPIN"; restart_rsyslog || true; }
@@ -102,6 +140,15 @@ if [ "$UNINSTALL" = 1 ]; then
   [ -z "$left" ] || echo "still running from the removed package (stop it): pid $left"
   echo "kept: $CONF_DIR (config), $STATE (stored reports), $LOGDIR (logs)$(id kpr-omprog >/dev/null 2>&1 \
     && echo ' and the system user kpr-omprog'); remove them by hand if wanted"
+  if [ "$bs_was" = 1 ]; then
+    left=$(pgrep -f "$BS_PREFIX/bin/gunicorn" 2>/dev/null | tr '\n' ' ' || true)
+    [ -z "$left" ] || echo "Bugsink still running from the removed package (stop it): pid $left"
+    echo "Bugsink removed; kept: $BS_STATE (its events and users), $BS_CONF_DIR (its settings and admin" \
+         "password)$(id "$BS_USER" >/dev/null 2>&1 && echo " and the system user $BS_USER"); remove them by hand if wanted"
+    if grep -Eqs '^[[:space:]]*dsn[[:space:]]*=[[:space:]]*"http://[^"]*@127\.0\.0\.1:' "$CONF_DIR/config.toml"; then
+      echo "the dsn in $CONF_DIR/config.toml still names the removed Bugsink: set your Sentry's there"
+    fi
+  fi
   [ "$DRY" = 1 ] && echo "dry run: nothing was changed"
   exit 0
 fi
@@ -123,6 +170,14 @@ apt_install() { run apt-get update -q; DEBIAN_FRONTEND=noninteractive run apt-ge
 PY=/usr/bin/python3
 [ -x "$PY" ] || apt_install python3
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+# eu-addr2line (elfutils), the symbolizer: the receiver runs without it, with no source lines
+# in stacks, so a host that cannot get it (no network, no mirror) is told and goes on.
+if [ "$MODE" != relay ] && ! command -v eu-addr2line >/dev/null; then
+  if [ -n "$R" ]; then echo "(skipped) apt-get install elfutils: staged install"
+  elif ! apt_install elfutils; then
+    echo "install.sh: could not install elfutils (above): no source lines in stacks until you apt-get install elfutils" >&2
+  fi
+fi
 if [ "$MODE" != standalone ] && ! command -v rsyslogd >/dev/null; then apt_install rsyslog; fi
 check_rsyslog_conf() {  # rsyslogd -N1 on the whole configuration, naming the drop-in to look at
   if [ "$DRY" != 1 ] && [ -f "$RSYSLOG_CONF" ]; then
@@ -181,6 +236,135 @@ state_dir = "$STATE"
 listen = ["0.0.0.0:$PORT", "[::]:$PORT"]
 TOML
 fi
+bs_summary() { :; }
+if [ "$BUGSINK" = 1 ]; then
+  # A local Bugsink (tests/bugsink.py runs the same server for the test suite): its own venv,
+  # user, settings, data and unit; its project's DSN goes into an empty dsn.
+  BS_RUNAS=$BS_USER; BS_GROUP=$BS_USER
+  if [ -n "$R" ]; then BS_RUNAS=$(id -un); BS_GROUP=$(id -gn)
+  else id "$BS_USER" >/dev/null 2>&1 || run useradd --system --user-group --home-dir "$BS_STATE" --shell /usr/sbin/nologin "$BS_USER"
+  fi
+  bs_changed=0
+  if [ -f "$BS_PREFIX/pyvenv.cfg" ] && ! grep -qx "home = $(dirname "$PY")" "$BS_PREFIX/pyvenv.cfg"; then run rm -rf "$BS_PREFIX"; fi
+  [ -x "$BS_PREFIX/bin/python" ] || run "$PY" -m venv "$BS_PREFIX"
+  if ! "$BS_PREFIX/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('bugsink') != '$BS_VERSION')" 2>/dev/null; then
+    run "$BS_PREFIX/bin/pip" install -q --disable-pip-version-check "bugsink==$BS_VERSION"; bs_changed=1
+  fi
+  run install -d -m 0750 -o "$BS_RUNAS" -g "$BS_GROUP" "$BS_STATE"
+  run install -d -m 0750 -g "$BS_GROUP" "$BS_CONF_DIR"
+  if [ ! -s "$BS_CONF_DIR/secret_key" ]; then
+    echo "+ write $BS_CONF_DIR/secret_key (Django's, readable by $BS_RUNAS)"
+    [ "$DRY" = 1 ] || { (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(50))' > "$BS_CONF_DIR/secret_key")
+                        chgrp "$BS_GROUP" "$BS_CONF_DIR/secret_key"; chmod 0640 "$BS_CONF_DIR/secret_key"; }
+  fi
+  if [ -s "$BS_CONF_DIR/admin" ]; then bs_password=$(sed -n 's/^password: //p' "$BS_CONF_DIR/admin")
+  else
+    bs_password=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(15))')
+    echo "+ write $BS_CONF_DIR/admin (the admin user's password, root only)"
+    [ "$DRY" = 1 ] || (umask 077; printf 'user: admin\npassword: %s\n' "$bs_password" > "$BS_CONF_DIR/admin")
+  fi
+  bs_put() {  # bs_put MODE FILE: stdin becomes FILE (group BS_GROUP) if it differs
+    local tmp; tmp=$(mktemp); cat > "$tmp"
+    if ! cmp -s "$tmp" "$2"; then run install -D -m "$1" -g "$BS_GROUP" "$tmp" "$2"; bs_changed=1; fi
+    rm -f "$tmp"
+  }
+  bs_conf=$(mktemp)  # (no process substitution: a container may have no /dev/fd)
+  "$PY" "$HERE/kpr_omprog/bugsink_setup.py" conf --port "$BS_PORT" --state "$BS_STATE" > "$bs_conf"
+  bs_put 0640 "$BS_CONF_DIR/bugsink_conf.py" < "$bs_conf"; rm -f "$bs_conf"
+  bs_put 0755 "$BS_RUN" <<LAUNCH
+#!/bin/sh
+# kpr-omprog's local Bugsink, written by install.sh --with-bugsink:
+#   $BS_RUN serve           the web server on 127.0.0.1:$BS_PORT (the service runs this)
+#   $BS_RUN manage ARGS...  Bugsink's management commands, e.g. manage changepassword admin
+# Run as root, it runs as $BS_RUNAS.
+if [ "\$(id -u)" = 0 ] && [ "$BS_RUNAS" != root ]; then exec runuser -u "$BS_RUNAS" -- "\$0" "\$@"; fi
+export DJANGO_SETTINGS_MODULE=bugsink_conf PYTHONPATH="$BS_CONF_DIR" PYTHONDONTWRITEBYTECODE=1
+cd "$BS_STATE" || exit 1
+case "\$1" in
+  serve) exec "$BS_PREFIX/bin/gunicorn" --bind "127.0.0.1:$BS_PORT" --workers 2 --timeout 120 --no-control-socket \\
+           --access-logfile - bugsink.wsgi ;;
+  manage) shift; exec "$BS_PREFIX/bin/bugsink-manage" "\$@" ;;
+  *) echo "usage: \$0 serve | manage ARGS..." >&2; exit 2 ;;
+esac
+LAUNCH
+  bs_put 0644 "$BS_UNIT" <<BSUNIT
+[Unit]
+Description=Bugsink for kpr-omprog: the crash reports on a web page, http://127.0.0.1:$BS_PORT
+After=network.target
+[Service]
+User=$BS_USER
+ExecStart=$BS_RUN serve
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadWritePaths=$BS_STATE
+Restart=always
+[Install]
+WantedBy=multi-user.target
+BSUNIT
+  # migrations, the admin user (created once), the team and project; recorded in
+  # $BS_CONF_DIR/provisioned, so a run that changed nothing here leaves the database alone
+  # (Django's start is the slow part of a rerun)
+  bs_dsn="(the project's DSN)"; bs_admin=exists
+  if [ "$DRY" = 1 ]; then echo "+ provision Bugsink as $BS_RUNAS: migrations, admin user, project \"kernel\""
+  elif [ "$bs_changed" = 0 ] && [ -s "$BS_STATE/db.sqlite3" ] && grep -q '^DSN=' "$BS_CONF_DIR/provisioned" 2>/dev/null; then
+    bs_dsn=$(sed -n 's/^DSN=//p' "$BS_CONF_DIR/provisioned" | head -1)
+  else
+    bs_out=$(cd "$BS_STATE" && if [ "$BS_RUNAS" = "$(id -un)" ]; then set --; else set -- runuser -u "$BS_RUNAS" --; fi \
+      && "$@" env DJANGO_SETTINGS_MODULE=bugsink_conf PYTHONPATH="$BS_CONF_DIR" PYTHONDONTWRITEBYTECODE=1 \
+           KPR_BUGSINK_ADMIN_PASSWORD="$bs_password" "$BS_PREFIX/bin/python" - provision < "$HERE/kpr_omprog/bugsink_setup.py") \
+      || { echo "install.sh: setting up Bugsink's database in $BS_STATE failed (above)" >&2; exit 1; }
+    bs_dsn=$(sed -n 's/^DSN=//p' <<<"$bs_out"); bs_admin=$(sed -n 's/^ADMIN=//p' <<<"$bs_out")
+    [ -n "$bs_dsn" ] || { echo "install.sh: Bugsink's provisioning printed no DSN: $bs_out" >&2; exit 1; }
+    (umask 077; echo "DSN=$bs_dsn" > "$BS_CONF_DIR/provisioned")
+  fi
+  if [ "$SYSTEMD" = 1 ]; then
+    run systemctl daemon-reload
+    run systemctl enable --quiet kpr-omprog-bugsink
+    # a second run with nothing changed leaves the running server alone
+    if [ "$bs_changed" = 1 ]; then run systemctl restart kpr-omprog-bugsink; else run systemctl start kpr-omprog-bugsink; fi
+    if [ "$DRY" != 1 ]; then
+      "$PY" - "http://127.0.0.1:$BS_PORT/health/ready" <<'PYEOF' || { echo "install.sh: Bugsink does not answer on 127.0.0.1:$BS_PORT; see journalctl -u kpr-omprog-bugsink" >&2; exit 1; }
+import sys, time, urllib.request
+end = time.monotonic() + 180  # a slow machine imports Django slowly
+while True:
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=5).close()
+        break
+    except OSError:
+        if time.monotonic() > end:
+            sys.exit(1)
+        time.sleep(0.2)
+PYEOF
+      echo "checked: Bugsink answers on http://127.0.0.1:$BS_PORT"
+    fi
+  fi
+  if [ "$DRY" = 1 ]; then echo "+ set the dsn in $CONF_DIR/config.toml to the project's, if it is empty"; bs_dsn_was=dry
+  else
+    bs_dsn_was=$("$PREFIX/bin/python" "$HERE/kpr_omprog/bugsink_setup.py" set-dsn "$CONF_DIR/config.toml" "$bs_dsn") || exit 1
+  fi
+  bs_summary() {
+    echo "Bugsink, the crash reports on a web page: http://127.0.0.1:$BS_PORT on this machine, user admin"
+    if [ "$bs_admin" = created ]; then echo "  password: $bs_password   (shown once; kept in $BS_CONF_DIR/admin, root only)"
+    else echo "  password: in $BS_CONF_DIR/admin (root only)"; fi
+    echo "  from your workstation: ssh -L $BS_PORT:127.0.0.1:$BS_PORT $(hostname 2>/dev/null || echo THIS-HOST), then open http://localhost:$BS_PORT"
+    case "$bs_dsn_was" in
+      set) echo "  kpr-omprog's dsn: set to Bugsink's project \"kernel\" ($bs_dsn)" ;;
+      same) echo "  kpr-omprog's dsn: already Bugsink's project \"kernel\"" ;;
+      moved) echo "  kpr-omprog's dsn: Bugsink's project \"kernel\", now on port $BS_PORT" ;;
+      kept) echo "  kpr-omprog's dsn: KEPT, it was set already (install.sh never replaces a DSN);"
+            echo "    to send to Bugsink instead, set dsn = \"$bs_dsn\" in $CONF_DIR/config.toml" ;;
+    esac
+    echo "  later, to a real Sentry: set dsn = \"https://KEY@sentry.example/1\" in $CONF_DIR/config.toml, then"
+    echo "    ./install.sh again (it restarts the receiver); Bugsink alone stops with:$( [ "$SYSTEMD" = 1 ] \
+      && echo " systemctl disable --now kpr-omprog-bugsink" || echo " pkill -f $BS_PREFIX/bin/gunicorn")"
+    if [ "$SYSTEMD" != 1 ] && [ -z "$R" ]; then
+      echo "Bugsink is NOT running: systemd is not running here. Start it yourself, as root, e.g.:"
+      echo "  nohup $BS_RUN serve >>$BS_STATE/gunicorn.log 2>&1 &"
+    fi
+  }
+fi
 if [ "$MODE" = standalone ]; then
   # The service is unprivileged, so the kernel refuses it SO_RCVBUFFORCE: raise the cap on
   # receive buffers to udp.rcvbuf (never lower it), or bursts are dropped in the kernel.
@@ -216,6 +400,7 @@ kpr-omprog installed (standalone mode) but NOT running: systemd is not running h
   Start it yourself, as root (the port in $CONF_DIR/config.toml is below 1024), e.g.:
   $PREFIX/bin/kpr-omprog udp --config $CONF_DIR/config.toml
 NOSYSTEMD
+    bs_summary
     exit 0
   fi
 else
@@ -265,6 +450,15 @@ else
   fi
 fi
 [ "$DRY" = 1 ] && { echo "dry run: nothing was changed"; exit 0; }
+if [ "$BUGSINK" = 1 ]; then
+  cat <<DONE
+kpr-omprog installed ($MODE mode, UDP port $PORT$( [ "$MODE" = rsyslog ] && echo ", $SHARDS shard(s)${RELAYED_PORT:+, relayed TCP $RELAYED_PORT}")).
+  package:  $PREFIX     config: $CONF_DIR/config.toml     state: $STATE     logs: $LOGDIR
+  Bugsink:  $BS_PREFIX     settings: $BS_CONF_DIR     data: $BS_STATE
+DONE
+  bs_summary
+  exit 0
+fi
 cat <<DONE
 kpr-omprog installed ($MODE mode, UDP port $PORT$( [ "$MODE" = rsyslog ] && echo ", $SHARDS shard(s)${RELAYED_PORT:+, relayed TCP $RELAYED_PORT}")).
   package:  $PREFIX     config: $CONF_DIR/config.toml     state: $STATE     logs: $LOGDIR

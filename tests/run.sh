@@ -69,14 +69,20 @@ fi
 export KPR_KMOD_DIR="$KMOD_DIR"
 
 # A Debian 12 root with systemd, rsyslog and python3 for tests/test_install_systemd.py,
-# which boots it in QEMU and runs install.sh there as root (about 300 MB, cached).
+# which boots it in QEMU and runs install.sh there as root (about 300 MB, cached). elfutils
+# too, as on a host where install.sh has run once: the guest has no network for apt.
 DEBIAN_ROOT=${KPR_DEBIAN_ROOT:-$HOME/.cache/kpr-omprog-debian/rootfs}
 if [ ! -x "$DEBIAN_ROOT/lib/systemd/systemd" ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   rm -rf "$DEBIAN_ROOT.tmp"; mkdir -p "$DEBIAN_ROOT.tmp"
-  $SUDO debootstrap --variant=minbase --include=systemd,systemd-sysv,rsyslog,python3,python3-venv,procps \
+  $SUDO debootstrap --variant=minbase --include=systemd,systemd-sysv,rsyslog,python3,python3-venv,procps,elfutils \
     bookworm "$DEBIAN_ROOT.tmp" http://deb.debian.org/debian >/dev/null
   mv "$DEBIAN_ROOT.tmp" "$DEBIAN_ROOT"
+fi
+if [ ! -x "$DEBIAN_ROOT/usr/bin/eu-addr2line" ]; then  # a root cached before elfutils was in the list
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO unshare -m sh -c "mount -t proc proc '$DEBIAN_ROOT/proc' && DEBIAN_FRONTEND=noninteractive \
+    chroot '$DEBIAN_ROOT' apt-get install -y -q --no-install-recommends elfutils" >/dev/null
 fi
 export KPR_DEBIAN_ROOT="$DEBIAN_ROOT"
 

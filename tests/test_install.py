@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -165,3 +166,22 @@ def test_relay_install_writes_the_relay_dropin_and_checks_it(tmp_path: Path) -> 
     assert f'port="{port}" ruleset="kpr_omprog_relay"' in text and "hash64mod($fromhost-ip, 3)" in text
     r = install(stage, "--relay", "10.0.0.11")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr
+
+
+def test_with_bugsink_dry_run_and_a_taken_port_change_nothing(tmp_path: Path) -> None:
+    stage = tmp_path / "root"
+    stage.mkdir()
+    r = install(stage, "--with-bugsink", "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pip install -q --disable-pip-version-check bugsink==2.6.1" in r.stdout
+    assert "+ provision Bugsink" in r.stdout and "127.0.0.1:8000" not in r.stderr
+    assert r.stdout.rstrip().endswith("dry run: nothing was changed") and list(stage.iterdir()) == []
+    with socket.socket() as taken:  # something else on Bugsink's port: refused before anything is done
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = install(stage, "--bugsink-port", str(port), "--dry-run")
+    assert r.returncode == 1 and f"TCP port {port} is taken by another program" in r.stderr, r.stdout + r.stderr
+    assert r.stdout == "" and list(stage.iterdir()) == []
+    r = install(stage, "--relay", "10.0.0.1:6514", "--with-bugsink")
+    assert r.returncode == 2 and "--with-bugsink belongs on a receiver" in r.stderr
