@@ -13,7 +13,7 @@ fail() {
 }
 reports() { "$EXE" reports --json --config "$CONF" 2>/dev/null; }
 wait_reports() {  # until the store lists $1 reports
-  for _ in $(seq 1 90); do [ "$(reports | grep -c '"title"')" -ge "$1" ] && return 0; sleep 1; done; return 1
+  for _ in $(seq 1 180); do [ "$(reports | grep -c '"title"')" -ge "$1" ] && return 0; sleep 1; done; return 1
 }
 send() {  # a real lkdtm BUG capture to 127.0.0.1:$1 from source address $2
   python3 -c "import sys; sys.path.insert(0, '/root/kpr'); from senders import capture, play; \
@@ -82,7 +82,7 @@ case "$dsn" in http://*@127.0.0.1:8000/1) ;; *) fail "the empty dsn did not beco
 grep -q "^  password: [^ ]*   (shown once" /tmp/bs.out || fail "the admin password was not shown"
 [ "$(stat -c %a:%U /etc/kpr-omprog/bugsink/admin)" = 600:root ] || fail "the admin password file is not root's alone"
 ok "the empty dsn is Bugsink's project; admin password shown once, kept root-only"
-until bugsink_issues 2>/dev/null | grep -q "lkdtm_BUG" || [ "$SECONDS" -gt $((t0 + 300)) ]; do sleep 1; done
+until bugsink_issues 2>/dev/null | grep -q "lkdtm_BUG" || [ "$SECONDS" -gt $((t0 + 600)) ]; do sleep 1; done
 [ "$(bugsink_issues)" = "# kernel BUG: in lkdtm_BUG" ] \
   || fail "the stored crash is not in Bugsink: $(bugsink_issues 2>&1) $(tail -3 /var/log/kpr-omprog/omprog.log)"
 ok "the crash stored before is on Bugsink's page, read back over HTTP with the admin login: $(bugsink_issues)"
