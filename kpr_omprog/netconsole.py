@@ -235,28 +235,25 @@ class HostDecoder:
         formats = self._seen_formats
         if formats == 1:
             m = _ONE_CLASSIC_LINE(payload)
-            if m is None:
-                return None
-            stamp, raw = m.groups()
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                return None
-            ts = float(stamp)
+        elif formats == 2:
+            m = _ONE_EXTENDED_RECORD(payload)
+        else:
+            return None
+        if m is None:
+            return None
+        try:
+            text = m.group(m.re.groups).decode()  # the text is each shape's last group
+        except UnicodeDecodeError:
+            return None  # before any state changes: feed() then takes the datagram whole
+        if formats == 1:
+            ts = float(m.group(1))
             last = self._last_ts
             if last is not None and ts + 1.0 < last:
                 return None  # a reboot
             self._last_ts = ts
             release = level = seq = None
-        elif formats == 2:
-            m = _ONE_EXTENDED_RECORD(payload)
-            if m is None:
-                return None
-            rel, level_b, seq_b, usec, raw = m.groups()
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                return None
+        else:
+            rel, level_b, seq_b, usec, _ = m.groups()
             seq = int(seq_b)
             last_seq = self._last_seq
             if last_seq is None or seq != last_seq + 1:
@@ -268,8 +265,6 @@ class HostDecoder:
             self.stats.extended += 1
             ts = int(usec) / 1e6
             level = int(level_b) & 7
-        else:
-            return None
         self._last_key = (ts, text)
         stats = self.stats
         stats.datagrams += 1
