@@ -41,9 +41,9 @@ export KPR_KERNEL_DIR="$KERNEL_DIR"
 
 # A real arm64 kernel for tests/test_live_kernel_arm64.py: Debian's current arm64 kernel
 # package and busybox-static:arm64 (dpkg learns the foreign architecture once), of which only
-# the kernel, busybox and the modules of a virtio NIC and netconsole are kept (about 30 MB).
+# the kernel, busybox and the modules of the guest's e1000 NIC and netconsole are kept (about 30 MB).
 ARM64_DIR=${KPR_ARM64_DIR:-$HOME/.cache/kpr-omprog-kernel-arm64}
-if [ ! -f "$ARM64_DIR/RELEASE" ]; then
+if [ ! -f "$ARM64_DIR/RELEASE" ] || ! ls "$ARM64_DIR"/e1000.ko* >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     $SUDO dpkg --add-architecture arm64; $SUDO apt-get update -q; fi
@@ -54,9 +54,7 @@ if [ ! -f "$ARM64_DIR/RELEASE" ]; then
   at=$(mktemp -d); chmod 755 "$at"
   (cd "$at" && apt-get download -q "$pkg:arm64" busybox-static:arm64)
   for deb in "$at"/*.deb; do dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$at" --wildcards './boot/vmlinuz-*' \
-    './bin/busybox' '*/failover.ko*' '*/net_failover.ko*' '*/virtio_net.ko*' '*/virtio_pci.ko*' \
-    '*/virtio_pci_modern_dev.ko*' '*/virtio_pci_legacy_dev.ko*' '*/configfs.ko*' '*/netconsole.ko*' 2>/dev/null \
-    || true; done
+    './bin/busybox' '*/e1000.ko*' '*/configfs.ko*' '*/netconsole.ko*' 2>/dev/null || true; done
   rm -rf "$ARM64_DIR.tmp"; mkdir -p "$ARM64_DIR.tmp"
   cp "$at"/boot/vmlinuz-* "$ARM64_DIR.tmp/vmlinuz"
   cp "$at"/bin/busybox "$ARM64_DIR.tmp/busybox"
