@@ -176,6 +176,7 @@ def test_replay_cli_names_file_and_line_of_a_bad_capture(tmp_path: Path) -> None
 # everything the kernel prints for the incident up to its panic's last line.
 ARM64, PPC64EL, S390X = "6.1.0-57-arm64", "6.1.0-57-powerpc64le", "6.1.0-50-s390x"
 PANIC_C = "Kernel panic - not syncing: sysrq triggered crash"
+ARM64_END = "Memory Limit: none"
 # after an oops the panic of sysrq-c prints only its own line (TAINT_DIE stops the stack dump)
 SYSRQ_AFTER_OOPS = ("kernel panic: sysrq triggered crash", "fatal", PANIC_C, PANIC_C)
 # ppc64 ends a stack dump with the user-mode registers of the syscall ("--- interrupt: 3000")
@@ -183,6 +184,32 @@ PPC_END = "--- interrupt: 3000"
 # s390 panics print no Kernel Offset: the trace is the end
 S390_END = " [<0000000000a31a12>] system_call+0x82/0xb0"
 ARCHES = {
+    # --- arm64: virt, -cpu max, e1000, panic=-1 -------------------------------------------------
+    # arm64's panic ends with three lines after Kernel Offset (PHYS_OFFSET, CPU features, Memory
+    # Limit), printed by its own panic notifier: they are the panic's last lines
+    "arm64-sysrq-c_classic": (ARM64, [("kernel panic: sysrq triggered crash", "fatal", PANIC_C, ARM64_END)]),
+    "arm64-sysrq-c_ext": (ARM64, [("kernel panic: sysrq triggered crash", "fatal", PANIC_C, ARM64_END)]),
+    "arm64-lkdtm-BUG_classic_oopspanic": (ARM64, [
+        ("kernel BUG in lkdtm_BUG", "fatal", "------------[ cut here ]", ARM64_END)]),
+    # the oops kills sh with interrupts off; the idle CPU then warns in context tracking: a
+    # second, separate WARNING the kernel printed, then the sysrq-c panic
+    "arm64-lkdtm-BUG_ext_nopanic-then-sysrq-c": (ARM64, [
+        ("kernel BUG in lkdtm_BUG", "error", "------------[ cut here ]", "note: sh[142] exited with irqs disabled"),
+        ("WARNING in ct_kernel_exit", "warning", "------------[ cut here ]", "---[ end trace"),
+        ("kernel panic: sysrq triggered crash", "fatal", PANIC_C, ARM64_END)]),
+    "arm64-lkdtm-WARNING_ext_then-sysrq-c": (ARM64, [
+        ("WARNING in lkdtm_WARNING", "warning", "------------[ cut here ]", "---[ end trace"),
+        ("kernel panic: sysrq triggered crash", "fatal", PANIC_C, ARM64_END)]),
+    "arm64-lkdtm-ACCESS_NULL_ext_oopspanic": (ARM64, [
+        ("BUG: unable to handle kernel NULL pointer dereference in lkdtm_ACCESS_NULL", "fatal",
+         "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000", ARM64_END)]),
+    "arm64-lkdtm-ACCESS_NULL_classic_nopanic-then-sysrq-c": (ARM64, [
+        ("BUG: unable to handle kernel NULL pointer dereference in lkdtm_ACCESS_NULL", "error",
+         "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000", "---[ end trace"),
+        ("kernel panic: sysrq triggered crash", "fatal", PANIC_C, ARM64_END)]),
+    "arm64-lkdtm-WRITE_RO_ext_oopspanic": (ARM64, [
+        ("BUG: unable to handle kernel write to read-only memory in lkdtm_WRITE_RO", "fatal",
+         "Unable to handle kernel write to read-only memory at virtual address", ARM64_END)]),
     # --- ppc64el: pseries (POWER9), spapr-vlan (ibmveth), panic=-1 ------------------------------
     "ppc64el-sysrq-c_classic": (PPC64EL, [("kernel panic: sysrq triggered crash", "fatal", PANIC_C, PPC_END)]),
     "ppc64el-sysrq-c_ext": (PPC64EL, [("kernel panic: sysrq triggered crash", "fatal", PANIC_C, PPC_END)]),
