@@ -210,6 +210,21 @@ ARCHES = {
     "arm64-lkdtm-WRITE_RO_ext_oopspanic": (ARM64, [
         ("BUG: unable to handle kernel write to read-only memory in lkdtm_WRITE_RO", "fatal",
          "Unable to handle kernel write to read-only memory at virtual address", ARM64_END)]),
+    # pc is data (lkdtm_FORTIFY_STR_OBJECT+0x7ea8/0x1298: an offset past the symbol's size); lr
+    # names the caller that jumped there
+    "arm64-lkdtm-EXEC_DATA_ext_oopspanic": (ARM64, [
+        ("BUG: unable to handle kernel execute from non-executable memory in execute_location", "fatal",
+         "Unable to handle kernel execute from non-executable memory at virtual address", ARM64_END)]),
+    # pc names the spinning function
+    "arm64-lkdtm-SOFTLOCKUP_ext": (ARM64, [
+        ("BUG: soft lockup in lkdtm_SOFTLOCKUP", "fatal", "watchdog: BUG: soft lockup - CPU#1 stuck for", ARM64_END)]),
+    "arm64-lkdtm-HUNG_TASK_classic": (ARM64, [
+        ("INFO: task hung in lkdtm_HUNG_TASK", "fatal", "INFO: task sh:146 blocked for more than 5 seconds.",
+         ARM64_END)]),
+    "arm64-lkdtm-CORRUPT_STACK_ext": (ARM64, [
+        ("kernel panic: stack is corrupted in lkdtm_CORRUPT_STACK", "fatal",
+         "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: lkdtm_CORRUPT_STACK",
+         ARM64_END)]),
     # --- ppc64el: pseries (POWER9), spapr-vlan (ibmveth), panic=-1 ------------------------------
     "ppc64el-sysrq-c_classic": (PPC64EL, [("kernel panic: sysrq triggered crash", "fatal", PANIC_C, PPC_END)]),
     "ppc64el-sysrq-c_ext": (PPC64EL, [("kernel panic: sysrq triggered crash", "fatal", PANIC_C, PPC_END)]),
