@@ -197,6 +197,8 @@ class AssemblerStats:
     incidents_joined: int = 0
     #: ...and split off again because they came from another task
     incidents_split: int = 0
+    #: reports that only a "[ cut here ]" line opened, with no crash after it: kept as context
+    lone_separators: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -729,6 +731,13 @@ class Assembler:
         if self._hosts.get(host.key) is host:  # not for a host being evicted
             self._idle[host.key] = host
         self._open_bytes -= rep.nbytes
+        if rep.start_line.startswith("-") and not crash.is_crash(rep.lines):
+            # A lone "[ cut here ]" that no header followed: not a report. Its lines go back
+            # to the host's context, where they would have been.
+            self.stats.lone_separators += 1
+            for text, ts in zip(rep.lines, rep.timestamps, strict=True):
+                host.recent.append(Line(text[:CONTEXT_LINE_CHARS], rep.last_seen, ts))
+            return
         release = rep.release
         if release is None:
             for text in rep.lines[:40]:

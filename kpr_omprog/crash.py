@@ -18,11 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .frames import Frame, call_trace, canonical_function, parse_frame, pc_function
+from .frames import Frame, call_trace, canonical_function, is_trace_start, parse_frame, pc_function
 from .titles import blame
 
 __all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "CrashInfo", "Frame", "analyze", "call_trace",
-           "canonical_function", "classify", "is_lead_in", "is_start", "normalize", "parse_frame"]
+           "canonical_function", "classify", "is_crash", "is_lead_in", "is_start", "normalize", "parse_frame"]
 
 NONE = 0
 #: a line that opens a crash report
@@ -52,16 +52,17 @@ _LEAD_IN = (r"kernel tried to execute NX-protected page|unable to execute usersp
 _LEAD_IN_RE = re.compile(_LEAD_IN)
 _START_OF_LINE = (
     r"BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
+    r"|BUG [\w.:-]+: [A-Z]"  # 2.6-4.x SLUB: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
     # A kernel WARNING names where it fired (CPU/at/file:line) or is a lockdep/RCU splat; other
     # "WARNING: " lines are messages (fbcon notices, a loader's complaint on the console).
     r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |possible |inconsistent |suspicious |bad unlock|held lock"
     r"|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
-    r"|\[ INFO: (?:possible|inconsistent|suspicious)"  # old lockdep banners
+    r"|\[ (?:INFO|BUG|WARNING): [^\]]*\]\s*$"  # 2.6-4.x lockdep/RCU banners: "[ INFO: inconsistent lock state ]"
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
     r"|INFO: task \S.* (?:blocked|can't die) (?:in I/O wait )?for more than"
-    r"|(?:Oops|Internal error): "
+    r"|(?:Oops|Internal error)(?:\[#\d+\])?:(?: |$)"  # mips: "Oops[#1]:"
     r"|(?:Oops: )?general protection fault"
-    r"|Unable to handle kernel "
+    r"|(?:CPU \d+ )?Unable to handle kernel "  # mips: "CPU 0 Unable to handle kernel paging request"
     r"|(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "
     r"|-+\[ cut here \]-+"
     r"|PANIC: double fault"
@@ -85,6 +86,7 @@ _END_GRACE = r"---\[ end trace|Kernel Offset: "
 
 _AT_START = re.compile(f"(?P<s>{_START_OF_LINE})|(?P<n>{_END_NOW})|(?P<g>{_END_GRACE})")
 _PANIC_PREFIX = "Kernel panic - not syncing"
+_CUT_HERE = re.compile(r"-+\[ cut here \]-+")
 
 
 def classify(text: str) -> int:
@@ -100,6 +102,21 @@ def classify(text: str) -> int:
     if m.group("s") is not None:
         return PANIC if text.startswith(_PANIC_PREFIX) else START
     return END_NOW if m.group("n") is not None else END_GRACE
+
+
+def is_crash(lines: list[str] | tuple[str, ...]) -> bool:
+    """False for a report that only a separator opened (a lone ``[ cut here ]`` followed by
+    ordinary lines): no header, end marker or call trace came after it, so it is no crash.
+
+        >>> is_crash(["------------[ cut here ]------------", "e1000: eth0 NIC Link is Up"])
+        False
+    """
+    for text in lines:
+        if classify(text) != NONE and not _CUT_HERE.match(text):
+            return True
+        if is_trace_start(text):
+            return True
+    return False
 
 
 def is_lead_in(text: str) -> bool:

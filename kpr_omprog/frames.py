@@ -15,19 +15,25 @@ import re
 __all__ = ["Frame", "arm_caller", "call_trace", "canonical_function", "is_skipped", "is_trace_start", "parse_frame",
            "pc_function"]
 
+# One frame of a call trace. The address columns are optional and tolerant: a line damaged
+# in transit ("<ffffffff81234567>] func+0x..", a "[" lost) still names its function. s390
+# wraps its first frame in parentheses; ppc64's ELFv1 names start with "." (".foo" is foo).
 _FRAME = re.compile(
-    r"^\s*(?:\[[<(]?[0-9a-fx]+[>)]?\]\s*)*(\?\s+)?\(?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+\)?"
-    r"(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?"
+    r"^\s*\(?(?:\[?[<(]?[0-9a-fx]{6,}[>)]?\]\s*)*(\?\s+)?\(?\.?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+\)?"
+    r"(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?(\s+\(unreliable\))?"
 )
 # arm32: "[<c0100000>] (callee) from [<c0200000>] (caller+0x10/0x20)": the line is the callee's frame.
 _ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from ")
 # ...and its caller, which is the only place a noreturn callee's caller shows.
 _ARM_CALLER = re.compile(r"\) from \[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)\+0x")
 _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[inline\]")
-# The faulting instruction's function: x86 RIP/IP/EIP, arm64 pc, arm "PC is at", ppc NIP, mips epc, s390 PSW.
+# The faulting instruction's function: x86 RIP/IP/EIP ("EIP is at" on 32-bit), arm64 pc,
+# arm "PC is at", ppc NIP, mips epc (its columns padded: "epc   : 8033a5c4 f+0x.."), s390
+# "Krnl PSW : <mask> <addr> (f+0x..)". A line that lost its first column ("IP: 0010:f") too.
 _PC = re.compile(
-    r"^(?:RIP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|pc : |PC is at |NIP:? *\[[0-9a-f]+\] |epc : |PSW: )"
-    r"\s*(?:\[<[0-9a-f]+>\]\s*)*([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
+    r"^(?:R?IP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|EIP is at |pc : |PC is at |NIP:? *\[[0-9a-f]+\] "
+    r"|epc\s*: [0-9a-f]+ |(?:Krnl )?PSW\s*: [0-9a-f]+ [0-9a-f]+ \()"
+    r"\s*(?:\[<[0-9a-f]+>\]\s*)*\.?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
 )
 # No function is this big: a larger "size" means the address is in data (executing a
 # buffer: lkdtm EXEC_DATA gives data_area+0x0/0xffffffffffff76e0), not in the function named.
@@ -49,7 +55,7 @@ _TRACE_NOISE = re.compile(r"^\s*(?:<(?:/?(?:IRQ|NMI|TASK|SOFTIRQ)|EOI|<EOE>)>|--
 # _SKIP_ANCHORED. A culprit is never skipped because part of its name looks like a helper.
 _NEVER_GUILTY = (
     # sanitizers and reporting machinery
-    "__sanitizer", "__asan", "kasan", "hwasan", "__msan", "kmsan", "kcsan", "kfence", "ubsan",
+    "__sanitizer", "__asan", "kasan", "hwasan", "__msan", "msan", "kmsan", "kcsan", "kfence", "ubsan",
     "check_memory_region", "check_heap_object", "check_object", "read_word_at_a_time",
     "(?:read|write)_once_[a-z_]*nocheck", "print_address_description", "print_report", "v?panic",
     "invalid_op", "report_bug", "fixup_bug", "handle_bug", "do_error", "do_trap", "[a-z0-9]*_trap",
@@ -153,7 +159,8 @@ def parse_frame(line: str, inline: bool = True) -> Frame | None:
     frames unless ``inline`` is False). ``?`` frames come back with ``reliable`` False."""
     m = _FRAME.match(line)
     if m is not None:
-        return Frame((m.group(2), m.group(3), m.group(1) is None))
+        # ppc64 marks the frame it guessed from the link register "(unreliable)"
+        return Frame((m.group(2), m.group(3), m.group(1) is None and m.group(4) is None))
     m = _ARM_FRAME.match(line)
     if m is not None:
         return Frame((m.group(1), None, True))

@@ -50,7 +50,9 @@ _PREFIX_FIRST = (b"[", b"<")
 # (a caller id, a CR, a NUL, several lines, escapes, fragments, metadata, a continued
 # record) takes the full decoder. Each is one pass over the datagram, no backtracking
 # beyond the last character: O(len(payload)) for any input.
-_ONE_CLASSIC_LINE = re.compile(rb"\[ *(\d{1,10}\.\d{1,9})\] ?((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
+# "?+" is possessive: a line whose text starts with "[" ("[ INFO: possible recursive locking ]")
+# must not match by leaving the space in its text, or its banner is lost.
+_ONE_CLASSIC_LINE = re.compile(rb"\[ *(\d{1,10}\.\d{1,9})\] ?+((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
 _ONE_EXTENDED_RECORD = re.compile(
     rb"(?:(?!\d{1,64},)([^,;\x00\n]{1,64}),)?(\d{1,4}),(\d{1,19}),(\d{1,19}),-;([^\x00\n\\]*)(?<!\r)\n?").fullmatch
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
 
-__all__ = ["FORMATS", "Blame", "Format", "blame"]
+__all__ = ["FORMATS", "Blame", "Format", "blame", "is_separator"]
 
 #: part: read the following lines as a call trace
 TRACE = "TRACE"
@@ -78,6 +78,15 @@ class Blame:
     corrupted: bool
     #: the format wants no frame (its kind is the whole title)
     frameless: bool
+
+
+_SEPARATOR = re.compile(r"^\s*(?:[=\-_*]{8,}\s*$|-+\[ (?:cut here|end trace\b[^\]]*|end Kernel panic[^\]]*) \]-*\s*$)")
+
+
+def is_separator(line: str) -> bool:
+    """A line that only frames a report: ``------------[ cut here ]------------``, ``=====``,
+    ``---[ end trace 1234 ]---``."""
+    return _SEPARATOR.match(line) is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,6 +164,8 @@ def _skip(*names: str) -> re.Pattern[str]:
 
 
 _RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _CALL_TRACE, TRACE)
+# An old WARNING's function on the line after its header: "ath_rx_tasklet+0x2d1/0x990 [ath9k]()"
+_WRAPPED_FUNCTION = _rx(r"^\.?(?P<f>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?\(\)")
 _TRACE_ONLY: tuple[_Part, ...] = (_CALL_TRACE, TRACE)
 # WARNINGs: the RIP line names the function that warned; older kernels print only a trace.
 _WARNING: tuple[_Part, ...] = (PC, TRACE)
@@ -205,9 +216,12 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
                r"|Kernel NULL pointer dereference)"),
            "BUG: unable to handle kernel NULL pointer dereference", _RIP_THEN_TRACE),
-    Format(_rx(r"^Unable to handle kernel (NULL pointer dereference|paging request|access to user memory"
+    Format(_rx(r"^(?:CPU \d+ )?Unable to handle kernel (NULL pointer dereference|paging request|access to user memory"
                r"|execute from non-executable memory|write to read-only memory)"),
            "BUG: unable to handle kernel {0}", _RIP_THEN_TRACE),
+    # s390: "Unable to handle kernel pointer dereference in virtual kernel address space"
+    Format(_rx(r"^Unable to handle kernel pointer dereference in virtual"),
+           "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE),
     Format(_rx(r"BUG: (?:unable to handle kernel|Unable to handle kernel)"), "BUG: unable to handle kernel",
            _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops: )?general protection fault"), "general protection fault", _RIP_THEN_TRACE),
@@ -240,7 +254,10 @@ FORMATS: tuple[Format, ...] = (
            (_rx("is trying to acquire lock"), _AT)),
     Format(_rx(r"WARNING: inconsistent lock state"), "inconsistent lock state", _TRACE_ONLY, (_rx("takes"), _AT)),
     Format(_rx(r"INFO: inconsistent lock state"), "inconsistent lock state", (_rx("takes"), _AT)),
-    Format(_rx(r"(WARNING|INFO): suspicious RCU usage"), "{0}: suspicious RCU usage", _TRACE_ONLY,
+    # 3.x-4.x said "[ INFO: suspicious RCU usage. ]" or "suspicious rcu_dereference_check() usage";
+    # syzkaller keeps the kernel's own INFO/WARNING in the title
+    Format(_rx(r"(WARNING|INFO): suspicious (?:RCU|rcu_dereference_check\(\)) usage"),
+           "{0}: suspicious RCU usage", _TRACE_ONLY,
            skip=_skip("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
     Format(_rx(r"INFO: trying to register non-static key"), "INFO: trying to register non-static key",
            _TRACE_ONLY, skip=_skip("stack", "lock", "IRQ")),
@@ -287,7 +304,8 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"[Kk]ernel BUG at "), "kernel BUG", _RIP_THEN_TRACE,
            skip=_skip("^skb_", "fortify", "assert", "_panic$", "__phys_addr", "folio_unlock", "unlock_page")),
     Format(_rx(r"BUG kmalloc-.*: Object already free"), "BUG: Object already free"),
-    Format(_rx(r"^BUG [\w.:-]+ \([^)]*\): ([A-Za-z][\w -]*)"), "BUG: slab {0}",
+    # 2.6-4.x print no taint in parentheses: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
+    Format(_rx(r"^BUG [\w.:-]+(?: \([^)]*\))?: ([A-Za-z][\w -]*)"), "BUG: slab {0}",
            (_rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x"), _rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x")),
            skip=_skip(*_ALLOC_SKIP, "kfree", "free", "^_*slab_")),
     Format(_rx(r"^pagealloc: memory corruption"), "BUG: pagealloc: memory corruption", _TRACE_ONLY,
@@ -324,7 +342,11 @@ FORMATS: tuple[Format, ...] = (
     # 2025: "WARNING: file:line at 0x0, CPU#n: comm/pid" when the function is unknown: RIP names it
     Format(_rx(r"^WARNING: \S+:\d+ at 0x[0-9a-f]+, CPU#"), "WARNING", _WARNING, _TRACE_ONLY),
     Format(_rx(r"^WARNING: \[.*\] \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    Format(_rx(r"^WARNING: at \S+:\d+ \.?(?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    # 2.6-3.x: the function wrapped onto the next line ("foo+0x1/0x2 [mod]() (Tainted: ..)"), or
+    # none at all (ppc64, s390 print "WARNING: at arch/powerpc/..c:390": NIP/PSW names it)
+    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+\s*$"), "WARNING",
+           (_WRAPPED_FUNCTION, PC, TRACE), _TRACE_ONLY),
     # --- the rest -----------------------------------------------------------------------------
     Format(_rx(r"Machine Check Exception"), "Machine Check Exception"),
     Format(_rx(r"^NETDEV WATCHDOG: \S+ \((?P<f>\S+)\): transmit queue \d+ timed out"),
@@ -347,7 +369,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Kernel panic - not syncing: Couldn't open N_TTY ldisc"), "kernel panic: Couldn't open N_TTY ldisc"),
     Format(_rx(r"(?<![A-Za-z])BUG: (.+)"), "BUG: {0}", category="BUG"),
     Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic"),
-    Format(_rx(r"^(?:Oops|Internal error): "), "Oops", _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:Oops|Internal error)(?:\[#\d+\])?:(?: |$)"), "Oops", _RIP_THEN_TRACE),
 )
 
 # One search over every header first: most report lines match none, and trying ~90
@@ -520,8 +542,11 @@ def blame(lines: Sequence[str]) -> Blame:
     if found is not None and found[1].kind.startswith("WARNING"):
         found = _fatal_after_warning(lines, found[0]) or found
     if found is None:
-        header = next((x for x in lines if x.strip()), "")
-        return Blame(kind=header, category="kernel crash", frame=None, header_index=0, corrupted=True,
+        # No header we know: the first line that says something. A separator ("cut here",
+        # "=====", "---[ end trace") never names a crash.
+        index = next((i for i, x in enumerate(lines) if x.strip() and not is_separator(x)), 0)
+        header = lines[index] if lines else ""
+        return Blame(kind=header, category="kernel crash", frame=None, header_index=index, corrupted=True,
                      frameless=True)
     index, fmt, m = found
     region = _region(lines, index)
@@ -538,11 +563,24 @@ def blame(lines: Sequence[str]) -> Blame:
     frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict)
     if not frames and fmt.alt:
         frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
+    if not frames and fmt.stack != _TRACE_ONLY and not fmt.strict:
+        # The anchor the format reads named only a helper (a lock taken in a never-guilty
+        # function, a fault in memcpy): the first guilty frame of the call trace instead.
+        frames = _candidates(region, _TRACE_ONLY, fmt.skip)
     if not frames:
         # Executing data or user memory leaves the unwinder only "? f+0x.." guesses: the
         # best of them beats no function at all.
         frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict, unreliable=True)
-    raw = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
+    raw: str | None = None
+    if frames and fmt.extractor is _stall and fmt.stack[0] is PC and not fmt.strict:
+        # A lockup or stack overflow caught where the CPU was: the function the fault line
+        # names is the loop itself, unless it is a helper (then the stall's dispatch rule).
+        pc = _candidates(region, (PC,), fmt.skip)
+        raw = pc[0] if pc else None
+        if raw is not None and raw.startswith("smp_call_function"):
+            raw = "smp_call_function"  # waiting on other CPUs: syzkaller's one bucket
+    if raw is None and frames and fmt.extractor is not None:
+        raw = fmt.extractor(frames)
     if raw is None and frames:
         # Syscall, VFS and debugfs plumbing only carries the call: any other frame is the culprit.
         raw = next((f for f in frames if not _PLUMBING.match(f)), None) \
