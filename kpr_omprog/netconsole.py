@@ -46,6 +46,8 @@ _DIGITS = frozenset(b"0123456789")
 #: release, and for an extended record its level and sequence number (None for classic).
 Quick = tuple[float, str, str | None, int | None, int | None]
 _PREFIX_FIRST = (b"[", b"<")
+_LOST_BRACKET = re.compile(rb" *(\d{1,10}\.\d{6})\] ?")
+_LOST_BRACKET_FIRST = frozenset((b" ", *(bytes((c,)) for c in b"0123456789")))
 # The fast path's two shapes (HostDecoder.quick_line), matched whole: anything else
 # (a caller id, a CR, a NUL, several lines, escapes, fragments, metadata, a continued
 # record) takes the full decoder. Each is one pass over the datagram, no backtracking
@@ -380,6 +382,13 @@ class HostDecoder:
                     level = int(lv)
                 if stamp is not None:
                     ts = float(stamp)
+                raw = raw[m.end():]
+        elif raw[:1] in _LOST_BRACKET_FIRST:
+            # The stamp's "[" lost in transit ("1570.586225] BUG: ..."): still a stamp, or
+            # the header behind it would not start its line.
+            m = _LOST_BRACKET.match(raw)
+            if m is not None:
+                ts = float(m.group(1))
                 raw = raw[m.end():]
         if len(raw) > self.limits.max_line_bytes:
             self.stats.oversized += 1

@@ -146,3 +146,26 @@ def test_a_lockup_names_where_the_cpu_was_not_its_caller() -> None:
 def test_a_helper_named_by_the_header_gives_way_to_the_next_guilty_frame() -> None:
     # class 6: the unlock site is mutex_unlock (never guilty): the trace's first guilty frame
     assert analyze(UNLOCK_IN_HELPER).title == "BUG: bad unlock balance in mydrv_reset_work"
+
+
+def test_pieces_and_damage_in_transit_give_the_same_report() -> None:
+    # class 9: pre-4.x kernels send each pr_cont piece as a datagram without a newline;
+    # class 7: a line that lost the "[" of its stamp
+    lines = (DATA / "warn_old.txt").read_text().splitlines()
+    datagrams: list[bytes] = []
+    for i, text in enumerate(lines):
+        stamped = f"[{100 + i:5d}.000000] {text}"
+        if i == 1:
+            stamped = stamped[1:]
+        cut = stamped.rfind(" ", 0, len(stamped) - 5)
+        if i % 2 == 0 and cut > 14:
+            datagrams += [stamped[:cut].encode(), (stamped[cut:] + "\n").encode()]
+        else:
+            datagrams.append((stamped + "\n").encode())
+    asm = Assembler(AssemblerConfig())
+    reports: list[Report] = []
+    for j, datagram in enumerate(datagrams):
+        reports += asm.feed(datagram, ("192.0.2.7", 6665), 1000.0 + j * 1e-3)
+    reports += asm.close_all()
+    assert [analyze(r.lines).title for r in reports] == ["WARNING in ext4_da_writepages"]
+    assert list(reports[0].lines) == lines[:len(reports[0].lines)] and len(reports[0].lines) == len(lines)
