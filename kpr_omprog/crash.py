@@ -39,11 +39,11 @@ END_GRACE = 4
 _ANYWHERE = re.compile(
     r"(?<![A-Za-z])BUG: "
     r"|[Kk]ernel BUG at "
-    r"|INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall"
+    r"|INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: RCU detected CPU \d+ stall"
     r"|[Ww]atchdog detected hard LOCKUP"
     r"|Machine Check Exception"
 )
-_ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "LOCKUP", "Machine Check")
+_ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "INFO: RCU", "LOCKUP", "Machine Check")
 # Markers that start a line: tried at position 0 only, which costs a fraction of a search.
 # Lines a fault handler or checker prints just before the header (arch/x86/mm/fault.c,
 # lib/string_helpers.c): the report begins with them, not after them.

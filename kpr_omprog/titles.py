@@ -235,7 +235,8 @@ FORMATS: tuple[Format, ...] = (
     # --- lockups, stalls, hangs -------------------------------------------------------------
     Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
     Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
-    Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"),
+    Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"
+               r"|INFO: RCU detected CPU \d+ stall"),
            "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, PC, TRACE),
            _skip("apic_timer_interrupt", "rcu"), _stall, strict=True),
     Format(_rx(r"INFO: task .* blocked (?:in I/O wait )?for more than"), "INFO: task hung", _TRACE_ONLY,
@@ -271,6 +272,9 @@ FORMATS: tuple[Format, ...] = (
            _TRACE_ONLY),
     Format(_rx(r"(BUG|WARNING): lock held at task exit time"), "{0}: lock held at task exit time", (_PC_FUNC,)),
     # --- other BUG: reports ---------------------------------------------------------------------
+    # 2.6.32: "BUG: spinlock lockup on CPU#1, swapper/0, ffff88007d4a9040"
+    Format(_rx(r"BUG: (spinlock|rwlock) lockup on CPU"), "BUG: {0} lockup suspected", _TRACE_ONLY,
+           skip=_skip("spin_", "_lock", "_unlock")),
     Format(_rx(r"BUG: (spinlock|rwlock) (lockup suspected|already unlocked|recursion|bad magic|wrong owner"
                r"|wrong CPU)"), "BUG: {0} {1}", _TRACE_ONLY, skip=_skip("spin_", "_lock", "_unlock")),
     Format(_rx(r"BUG: Invalid wait context"), "WARNING: locking bug", (_rx("is trying to lock"), _AT),
