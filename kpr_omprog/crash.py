@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .frames import Frame, call_trace, canonical_function, is_trace_start, parse_frame, pc_function
-from .titles import blame
+from .titles import blame, has_header
 
 __all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "CrashInfo", "Frame", "analyze", "call_trace",
            "canonical_function", "classify", "is_crash", "is_lead_in", "is_start", "normalize", "parse_frame"]
@@ -55,9 +55,10 @@ _START_OF_LINE = (
     r"|BUG [\w.:-]+: [A-Z]"  # 2.6-4.x SLUB: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
     # A kernel WARNING names where it fired (CPU/at/file:line) or is a lockdep/RCU splat; other
     # "WARNING: " lines are messages (fbcon notices, a loader's complaint on the console).
-    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |possible |inconsistent |suspicious |bad unlock|held lock"
+    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |\[.*\] \S+:\d+ at |possible |inconsistent |suspicious |bad unlock|held lock"
     r"|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
-    r"|\[ (?:INFO|BUG|WARNING): [^\]]*\]\s*$"  # 2.6-4.x lockdep/RCU banners: "[ INFO: inconsistent lock state ]"
+    # 2.6-4.x lockdep/RCU banners: "[ INFO: inconsistent lock state ]", also with the "[" lost
+    r"|\[? ?(?:INFO|BUG|WARNING): [^\[\]]*\]\s*$"
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
     r"|INFO: task \S.* (?:blocked|can't die) (?:in I/O wait )?for more than"
     r"|(?:Oops|Internal error)(?:\[#\d+\])?:(?: |$)"  # mips: "Oops[#1]:"
@@ -114,9 +115,9 @@ def is_crash(lines: list[str] | tuple[str, ...]) -> bool:
     for text in lines:
         if classify(text) != NONE and not _CUT_HERE.match(text):
             return True
-        if is_trace_start(text):
+        if is_trace_start(text) or parse_frame(text, inline=False) is not None:
             return True
-    return False
+    return has_header(lines)
 
 
 def is_lead_in(text: str) -> bool:

@@ -64,7 +64,7 @@ _NEVER_GUILTY = (
     "timer_is_static_object", "work_is_static_object", "v?printk", "va_format", "dev_info", "dev_notice",
     "dev_warn", "dev_err", "dev_alert", "dev_crit", "dev_emerg", "dev_printk", "program_check_exception",
     "program_check_common", "print_usage_bug", "print_unlock", "imbalance_bug", "nmi_cpu_backtrace",
-    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die", "oops_",
+    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die", "oops_(?:enter|exit|begin|end)",
     "page_fault_oops", "no_context", "bad_area", "__bad_area_nosemaphore", "do_user_addr_fault",
     "do_kern_addr_fault", "handle_page_fault", "kernelmode_fixup_or_oops", "exc_", "asm_exc_",
     "asm_sysvec_", "sysvec_", "fixup_exception", "should_fail(?:slab|_alloc|_ex|_usercopy)?", "fail_dump",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
 
-__all__ = ["FORMATS", "Blame", "Format", "blame", "is_separator"]
+__all__ = ["FORMATS", "Blame", "Format", "blame", "has_header", "is_separator"]
 
 #: part: read the following lines as a call trace
 TRACE = "TRACE"
@@ -178,7 +178,10 @@ def _warning(header: str, kind: str, *skip: str) -> Format:
 # The checker's own functions, by name: a culprit called do_usercopy_* stays a culprit.
 _USERCOPY_SKIP = _skip("^usercopy_", "^_*check_object_size", "^_*check_heap_object", "^_*check_bogus_address",
                        "^_*check_kernel_text_object", "^_*check_stack_object", "^_*check_page_span")
-_LOCKDEP_SKIP = _skip("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue")
+# lockdep's own checks show in a splat's trace: never the locking bug's site
+_LOCKDEP_SKIP = _skip("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue",
+                      "^validate_chain", "^_*check_(?:prevs?_add|deadlock|noncircular|irq_usage|usage|flags)",
+                      "^print_(?:circular|deadlock)_bug", "^mark_lock", "^debug_check_no_locks")
 _ALLOC_SKIP = ("kmemleak", "kmalloc", "kcalloc", "kzalloc", "krealloc", "vmalloc", "vzalloc", "mmap", "kmem",
                "slab", "alloc", "create_object", "idr_get", "list_lru_init", "kasprintf", "kvasprintf",
                "pcpu_create", "strdup", "strndup", "memdup")
@@ -251,8 +254,9 @@ FORMATS: tuple[Format, ...] = (
            (_rx("just changed the state of lock"), _AT)),
     Format(_rx(r"(?:WARNING|INFO): \S+-safe -> \S+-unsafe lock order"), "possible deadlock",
            (_rx(r"which became \S+ at:"), TRACE), (_rx("is trying to acquire"), _AT)),
+    # the lock taken again, else (a helper took it) where it was first taken
     Format(_rx(r"(?:WARNING|INFO): possible recursive locking"), "possible deadlock",
-           (_rx("is trying to acquire lock"), _AT)),
+           (_rx("is trying to acquire lock"), _AT, _rx("already holding lock"), _AT), skip=_LOCKDEP_SKIP),
     Format(_rx(r"WARNING: inconsistent lock state"), "inconsistent lock state", _TRACE_ONLY, (_rx("takes"), _AT)),
     Format(_rx(r"INFO: inconsistent lock state"), "inconsistent lock state", (_rx("takes"), _AT)),
     # 3.x-4.x said "[ INFO: suspicious RCU usage. ]" or "suspicious rcu_dereference_check() usage";
@@ -441,6 +445,11 @@ def _find_header(lines: Sequence[str]) -> tuple[int, Format, re.Match[str]] | No
 
 
 _FATAL = Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic")
+
+
+def has_header(lines: Sequence[str]) -> bool:
+    """Some line is a crash header that a format knows."""
+    return _find_header(lines) is not None
 
 
 def _region(lines: Sequence[str], start: int) -> Sequence[str]:
