@@ -55,8 +55,8 @@ _START_OF_LINE = (
     r"|BUG [\w.:-]+: [A-Z]"  # 2.6-4.x SLUB: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
     # A kernel WARNING names where it fired (CPU/at/file:line) or is a lockdep/RCU splat; other
     # "WARNING: " lines are messages (fbcon notices, a loader's complaint on the console).
-    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |\[.*\] \S+:\d+ at |possible |inconsistent |suspicious |bad unlock|held lock"
-    r"|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
+    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |\[.*\] \S+:\d+ at |possible |inconsistent |suspicious "
+    r"|bad unlock|held lock|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
     # 2.6-4.x lockdep/RCU banners: "[ INFO: inconsistent lock state ]", also with the "[" lost
     r"|\[? ?(?:INFO|BUG|WARNING): [^\[\]]*\]\s*$"
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
