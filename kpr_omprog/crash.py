@@ -61,7 +61,9 @@ _START_OF_LINE = (
     r"|\[? ?(?:INFO|BUG|WARNING): [^\[\]]*\]\s*$"
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
     r"|INFO: task \S.* (?:blocked|can't die) (?:in I/O wait )?for more than"
-    r"|(?:Oops|Internal error)(?:\[#\d+\])?:(?: |$)"  # mips: "Oops[#1]:"
+    # "Oops: 0002 [#1] SMP", ppc "Oops: Kernel access of bad area, sig: 11 [#1]", mips "Oops[#1]:";
+    # not a message that merely begins "Oops: " ("Oops: efitime: can't read time!")
+    r"|Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: "
     r"|(?:Oops: )?general protection fault"
     r"|(?:CPU \d+ )?Unable to handle kernel "  # mips: "CPU 0 Unable to handle kernel paging request"
     r"|(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "

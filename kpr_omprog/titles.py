@@ -238,6 +238,12 @@ FORMATS: tuple[Format, ...] = (
     # --- lockups, stalls, hangs -------------------------------------------------------------
     Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
     Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
+    # 3.x printed a hard lockup as a WARNING of the watchdog itself: the code it interrupted
+    # is the first frame after the NMI stack
+    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at kernel/watchdog\.c:\d+ watchdog_overflow_callback"),
+           "watchdog: hard LOCKUP",
+           (_rx(r"(?:<<EOE>>|<EOE>|</NMI>)(?:\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<f>[A-Za-z_][\w.]*)\+0x)?"), TRACE),
+           _TRACE_ONLY, _skip("watchdog", "perf_", "nmi", "^warn_", "intel_pmu", "x86_pmu")),
     Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"
                r"|INFO: RCU detected CPU \d+ stall"),
            "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, PC, TRACE),
@@ -377,7 +383,8 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Kernel panic - not syncing: Couldn't open N_TTY ldisc"), "kernel panic: Couldn't open N_TTY ldisc"),
     Format(_rx(r"(?<![A-Za-z])BUG: (.+)"), "BUG: {0}", category="BUG"),
     Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic"),
-    Format(_rx(r"^(?:Oops|Internal error)(?:\[#\d+\])?:(?: |$)"), "Oops", _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: )"), "Oops",
+           _RIP_THEN_TRACE),
 )
 
 # One search over every header first: most report lines match none, and trying ~90

@@ -169,3 +169,25 @@ def test_pieces_and_damage_in_transit_give_the_same_report() -> None:
     reports += asm.close_all()
     assert [analyze(r.lines).title for r in reports] == ["WARNING in ext4_da_writepages"]
     assert list(reports[0].lines) == lines[:len(reports[0].lines)] and len(reports[0].lines) == len(lines)
+
+
+def test_a_message_that_begins_oops_opens_no_report() -> None:
+    # "Oops: efitime: can't read time!" is an EFI driver's message, not an oops header
+    reports = replay(["Oops: efitime: can't read time!", "e1000: eth0 NIC Link is Up"], timestamps=True)
+    assert reports == []
+    assert len(replay(["Oops: Kernel access of bad area, sig: 11 [#1]", "NIP [c0000000000b1234] .foo+0x1/0x2"],
+                      timestamps=False)) == 1
+
+
+def test_a_3x_hard_lockup_warning_names_the_interrupted_code() -> None:
+    lines = """WARNING: at kernel/watchdog.c:245 watchdog_overflow_callback+0x9c/0xd0()
+Watchdog detected hard LOCKUP on cpu 0
+Call Trace:
+  <NMI>  [<ffffffff810eb800>] ? watchdog_overflow_callback+0x60/0xd0
+  [<ffffffff8105cd86>] warn_slowpath_common+0x66/0x80
+  [<ffffffff810eb83c>] watchdog_overflow_callback+0x9c/0xd0
+  [<ffffffff811261ce>] __perf_event_overflow+0x8e/0x220
+  [<ffffffff816466f0>] do_nmi+0xd0/0x310
+  <<EOE>>  [<ffffffff810944f0>] account_idle_ticks+0x90/0xa0
+  [<ffffffff810b6ae5>] tick_nohz_idle_exit+0x165/0x1a0""".splitlines()
+    assert analyze(lines).title == "watchdog: hard LOCKUP in account_idle_ticks"
