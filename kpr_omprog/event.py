@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .assembler import Report
-from .crash import CrashInfo, canonical_function
+from .crash import CrashInfo, call_trace, canonical_function
+from .frames import is_skipped, is_trace_start, pc_function
 from .hooks import TAG_LIMIT, Parsed, analyze_text
 
 __all__ = ["EXTRA_VALUE_LIMIT", "OWN_TAGS", "build_event", "build_string", "event_id_for", "sentry_release",
@@ -45,12 +47,105 @@ def _split_title(title: str) -> tuple[str, str]:
     return title, ""
 
 
-def _frames(info: CrashInfo) -> list[dict[str, Any]]:
+#: frames an event carries (Sentry keeps 250, but a kernel stack deeper than this is a loop)
+MAX_FRAMES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class StackFrame:
+    """One frame of the stack an event shows, innermost first, as the kernel printed it."""
+
+    function: str
+    module: str | None
+    #: how the kernel knew it, in Sentry's ``trust`` words: ``context`` (the fault line, read
+    #: from the registers), ``trace`` (a reliable call-trace frame) or ``scan`` (a ``?`` frame:
+    #: an address the unwinder found on the stack but cannot vouch for)
+    trust: str
+
+
+# The module of the fault line's function: "RIP: 0010:lkdtm_BUG+0x5/0x10 [lkdtm]",
+# "Krnl PSW : ... (lkdtm_BUG+0x1a/0x20 [lkdtm])"; kept here because crash.py's is private.
+_FAULT_MODULE = r"\+0x[0-9a-f]+(?:/0x[0-9a-f]+)?\)?\s+\[(\w+)(?:\s+[0-9a-f]+)?\]"
+# A clone the compiler made (.cold, .isra.0, .constprop.0, .part.0, .llvm.123): the same
+# function in the source, so the frame says the name the source has (raw_function keeps it).
+_CLONE = re.compile(r"(?:\.(?:isra|constprop|part|cold|llvm|lto_priv|localalias)(?:\.\d+)*)+$")
+# Entry and syscall plumbing: every report has it, it is never what a kernel engineer looks for.
+_PLUMBING = ("entry_", "do_syscall", "ret_from", "x64_sys_call", "el0_", "do_el0_svc", "invoke_syscall")
+
+
+def header_index(lines: tuple[str, ...] | list[str], info: CrashInfo) -> int:
+    """Where the report's header line is (where crash.analyze read from), or 0."""
+    if info.header:
+        try:
+            return list(lines).index(info.header)
+        except ValueError:
+            pass
+    return 0
+
+
+def fault_function(lines: tuple[str, ...] | list[str], start: int = 0) -> StackFrame | None:
+    """The function the fault line names (``RIP:``, ``IP:``, ``EIP is at``, ``PC is at``,
+    ``pc :``, ``NIP``, ``Krnl PSW``, as :func:`kpr_omprog.frames.pc_function` reads them),
+    between the header at ``start`` and the first call trace: the fault line of that trace's
+    task (a second CPU's registers come later, with their own trace).
+
+    >>> fault_function(["kernel BUG at x.c:1!", "RIP: 0010:lkdtm_BUG+0x5/0x10 [lkdtm]", "Call Trace:"])
+    StackFrame(function='lkdtm_BUG', module='lkdtm', trust='context')
+    """
+    for text in lines[start:start + 80]:
+        if is_trace_start(text):
+            return None
+        name = pc_function(text)
+        if name is not None:
+            m = re.search(re.escape(name) + _FAULT_MODULE, text)
+            return StackFrame(name, m.group(1) if m else None, "context")
+    return None
+
+
+def kernel_stack(lines: tuple[str, ...] | list[str], info: CrashInfo) -> list[StackFrame]:
+    """The crashing task's stack, innermost first: the fault line's function (unless the
+    trace starts with it), then the reliable call-trace frames; a trace of ``?`` frames only
+    (executing data leaves nothing else) gives those, as stack-scanned frames."""
+    start = header_index(lines, info)
+    stack = [StackFrame(f.function, f.module, "trace") for f in info.frames]
+    if not stack:
+        stack = [StackFrame(f.function, f.module, "scan") for f in call_trace(lines[start:])[0]]
+    fault = fault_function(lines, start)
+    if fault is not None and not (stack and canonical_function(stack[0].function)
+                                  == canonical_function(fault.function)):
+        stack.insert(0, fault)
+    return stack[:MAX_FRAMES]
+
+
+def printed_function(name: str) -> str:
+    """The symbol as the kernel printed it, without a compiler clone's suffix.
+
+    >>> printed_function("direct_entry.cold"), printed_function("ksys_write")
+    ('direct_entry', 'ksys_write')
+    """
+    return _CLONE.sub("", name.removeprefix("__pfx_")) or name
+
+
+def _frames(stack: list[StackFrame], info: CrashInfo) -> list[dict[str, Any]]:
+    """Sentry frames, oldest first. The title's function is in-app and no frame inside it
+    is: Sentry's culprit (and the frame servers open first) is the innermost in-app frame,
+    and it must name what the title names, not the reporting code it called."""
+    title_fn = info.frame.split("/")[0] if info.frame else None
+    blamed = next((i for i, f in enumerate(stack) if canonical_function(f.function) == title_fn), None)
     out = []
-    for f in reversed(info.frames[:64]):  # Sentry wants the oldest first
-        name = canonical_function(f.function)
-        out.append({"function": name, "raw_function": f.function, "package": f.module or "vmlinux",
-                    "in_app": name == info.frame or not name.startswith(("entry_", "do_syscall", "ret_from"))})
+    for i, f in enumerate(stack):
+        if blamed is not None and i <= blamed:
+            in_app = i == blamed
+        else:
+            # a stack-scanned frame may be a stale address: never the culprit unless the title says so
+            in_app = f.trust != "scan" and not is_skipped(f.function) \
+                and not canonical_function(f.function).startswith(_PLUMBING)
+        frame: dict[str, Any] = {"function": printed_function(f.function), "raw_function": f.function,
+                                 "package": f.module or "vmlinux", "in_app": in_app}
+        if f.trust != "trace":
+            frame["trust"] = f.trust
+        out.append(frame)
+    out.reverse()  # Sentry wants the oldest first
     return out
 
 
@@ -170,7 +265,7 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
         "mechanism": {"type": "linux-kernel", "handled": False, "synthetic": False,
                       "data": {"panicked": info.panicked, "tainted": info.tainted or "no"}},
     }
-    frames = _frames(info)
+    frames = _frames(kernel_stack(report.lines, info), info)
     if frames:
         exception["stacktrace"] = {"frames": frames}
     event: dict[str, Any] = {

@@ -94,6 +94,56 @@ def test_real_crashes_become_titled_grouped_events(bugsink: Bugsink, tmp_path: P
     assert pipe.store.counts() == {"delivered": 3}
 
 
+def sentry_culprit(frames: list[dict[str, Any]]) -> str | None:
+    """What Sentry shows as an issue's culprit for a native event without a transaction
+    (src/sentry/culprit.py): the function of the innermost in-app frame."""
+    return next((f.get("function") or "?" for f in reversed(frames) if f.get("in_app")), None)
+
+
+def test_the_fault_line_function_is_the_innermost_frame_and_the_culprit(bugsink: Bugsink, tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn)
+    cases = {"10.1.1.1": "lkdtm-BUG_ext_oopspanic", "10.1.1.2": "lkdtm-FORTIFY_STR_OBJECT_ext_oopspanic",
+             "10.1.1.3": "lkdtm-HARDLOCKUP_ext_rcupanic", "10.1.1.4": "lkdtm-CORRUPT_STACK_classic"}
+    for host, name in cases.items():
+        pipe.handle(reports(name, host)[0], time.time())
+    assert delivery.send_due() == 4
+    stored = {e["data"]["server_name"]: e["data"] for e in bugsink.events() if e["data"]["server_name"] in cases}
+    assert set(stored) == set(cases)
+    for host, data in stored.items():
+        exc = data["exception"]["values"][0]
+        frames = exc["stacktrace"]["frames"]
+        # the culprit a server shows is the title's function, whatever the title blames
+        assert f"in {sentry_culprit(frames)}" == exc["value"], (cases[host], exc["value"], frames[-3:])
+    # kernel BUG in lkdtm_BUG: RIP names lkdtm_BUG, which the call trace (from direct_entry) lacks
+    bug = stored["10.1.1.1"]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert bug[-1] == {"function": "lkdtm_BUG", "raw_function": "lkdtm_BUG", "package": "lkdtm", "in_app": True,
+                       "trust": "context"}
+    assert bug[-2]["function"] == "direct_entry"
+    # fortify_panic (the RIP) is inside the blamed function: shown innermost, not in-app
+    fortify = stored["10.1.1.2"]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert [(f["function"], f["in_app"]) for f in fortify[-2:]] == [("lkdtm_FORTIFY_STR_OBJECT", True),
+                                                                     ("fortify_panic", False)]
+    # a stall blames the frame the dispatcher called; the CPU was spinning in lkdtm_HARDLOCKUP
+    stall = stored["10.1.1.3"]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert [(f["function"], f["in_app"]) for f in stall[-2:]] == [("direct_entry", True), ("lkdtm_HARDLOCKUP", False)]
+
+
+def test_frames_show_the_symbols_the_kernel_printed(bugsink: Bugsink, tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn)
+    pipe.handle(reports("lkdtm-BUG_classic_oopspanic", "10.1.2.1")[0], time.time())
+    assert delivery.send_due() == 1
+    [data] = [e["data"] for e in bugsink.events() if e["data"]["server_name"] == "10.1.2.1"]
+    frames = data["exception"]["values"][0]["stacktrace"]["frames"]
+    shown = [f["function"] for f in frames]
+    # ksys_write as printed, not the canonical "write" our fingerprints use
+    assert "ksys_write" in shown and "write" not in shown and "vfs_write" in shown
+    # a compiler clone's suffix goes (the source has direct_entry); raw_function keeps it
+    entry = next(f for f in frames if f["function"] == "direct_entry")
+    assert entry["raw_function"] == "direct_entry.cold" and entry["package"] == "lkdtm"
+    assert all(f["raw_function"].startswith(f["function"]) for f in frames)
+    assert data["fingerprint"] == ["linux-kernel", "kernel BUG", "lkdtm_BUG"]
+
+
 def test_same_report_twice_is_one_event_and_hook_failure_keeps_report(bugsink: Bugsink, tmp_path: Path) -> None:
     def broken_title(addr, klogs):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom")
