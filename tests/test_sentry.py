@@ -144,6 +144,25 @@ def test_frames_show_the_symbols_the_kernel_printed(bugsink: Bugsink, tmp_path: 
     assert data["fingerprint"] == ["linux-kernel", "kernel BUG", "lkdtm_BUG"]
 
 
+def test_the_log_attachment_is_a_plain_attachment_and_what_bugsink_keeps_of_it(fresh_bugsink: Bugsink,
+                                                                              tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, fresh_bugsink.dsn)
+    pipe.handle(reports("sysrq-c_classic", "10.1.3.1")[0], time.time())
+    assert delivery.send_due() == 1
+    [event] = fresh_bugsink.wait_events(1)
+    header, payload = fresh_bugsink.attachment_items()[event["data"]["event_id"].replace("-", "")]
+    # the item as Sentry documents a plain attachment (the envelope as Bugsink received it)
+    assert {k: header.get(k) for k in ("type", "attachment_type", "content_type", "filename")} == {
+        "type": "attachment", "attachment_type": "event.attachment", "content_type": "text/plain",
+        "filename": "kernel.log"}
+    assert header["length"] == len(payload) and b"sysrq: Trigger a crash" in payload
+    # Bugsink 2.6 stores minidumps only: it reads the type now, and says it skips a text log
+    # (the README says so; the event's message carries the header and call trace instead)
+    log = fresh_bugsink.log()
+    assert "skipping non-supported attachment type: event.attachment" in log
+    assert "attachment type: None" not in log
+
+
 def test_same_report_twice_is_one_event_and_hook_failure_keeps_report(bugsink: Bugsink, tmp_path: Path) -> None:
     def broken_title(addr, klogs):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom")
