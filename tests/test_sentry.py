@@ -144,6 +144,35 @@ def test_frames_show_the_symbols_the_kernel_printed(bugsink: Bugsink, tmp_path: 
     assert data["fingerprint"] == ["linux-kernel", "kernel BUG", "lkdtm_BUG"]
 
 
+def test_the_event_carries_what_sentry_native_sends_for_a_crash(bugsink: Bugsink, tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn)
+    cases = {"10.1.4.1": "lkdtm-ACCESS_NULL_ext_oopspanic", "10.1.4.2": "lkdtm-WARNING_ext_then-sysrq-c",
+             "10.1.4.3": "lkdtm-HUNG_TASK_classic"}
+    for host, name in cases.items():
+        pipe.handle(reports(name, host)[0], time.time())
+    assert delivery.send_due() == 3
+    got = {e["data"]["server_name"]: e["data"] for e in bugsink.events() if e["data"]["server_name"] in cases}
+    oops, warning, hung = got["10.1.4.1"], got["10.1.4.2"], got["10.1.4.3"]
+    exc = oops["exception"]["values"][0]
+    assert oops["platform"] == "native" and oops["sdk"]["name"] == "kpr-omprog"
+    # the crashing task as sentry-native's crashed thread, linked from the exception
+    assert oops["threads"] == {"values": [{"id": 140, "name": "sh", "crashed": True, "current": True}]}
+    assert exc["thread_id"] == 140 and exc["mechanism"]["data"]["cpu"] == 0
+    assert exc["mechanism"]["handled"] is False and exc["mechanism"]["synthetic"] is False
+    # the register dump with the top frame: CR2 is the NULL address the oops read
+    regs = exc["stacktrace"]["registers"]
+    assert regs["cr2"] == "0x0000000000000000" and regs["rsp"].startswith("0x") and len(regs) >= 20
+    # uname as sentry-native reports it: name, the release as the version, the build
+    assert oops["contexts"]["os"] == {"name": "Linux", "version": "6.1.0-56-amd64",
+                                      "kernel_version": "6.1.0-56-amd64", "build": "#1  Debian 6.1.192-2"}
+    assert oops["contexts"]["device"]["model"] == "QEMU Standard PC (Q35 + ICH9, 2009)"
+    assert oops["modules"] == {"lkdtm": "OE", "netconsole": "-", "configfs": "-", "e1000": "-"}
+    # a WARNING is handled: the kernel went on
+    assert warning["exception"]["values"][0]["mechanism"]["handled"] is True
+    # a hung task's stack is the blocked task's (sh, state D), not khungtaskd's who reported it
+    assert hung["threads"]["values"] == [{"id": 147, "name": "sh", "crashed": True, "current": True, "state": "D"}]
+
+
 def test_the_log_attachment_is_a_plain_attachment_and_what_bugsink_keeps_of_it(fresh_bugsink: Bugsink,
                                                                               tmp_path: Path) -> None:
     pipe, delivery = pipeline(tmp_path, fresh_bugsink.dsn)
