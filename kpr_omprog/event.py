@@ -340,8 +340,9 @@ def build_event(report: Report, parsed: Parsed, environment: str | None = None,
         "flags": ", ".join(report.flags) or "none",
         "closed_by": report.closed_by,
         "start_line": report.start_line[:1000],
-        "receiver_port": report.port,
     }
+    if report.port:  # the UDP port it came in on; under omprog rsyslog received it (no port here)
+        extra["receiver_port"] = report.port
     if report.seq_gaps:
         extra["seq_gaps"] = report.seq_gaps
     if report.lost_lines:
