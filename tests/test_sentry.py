@@ -570,3 +570,44 @@ def test_userdata_becomes_bounded_tags_and_lost_lines_an_extra() -> None:
     assert tags["weird_key_"] == "x" * 200
     assert len([k for k in tags if k[0] == "k" and k[1:].isdigit()]) == USERDATA_TAGS - 3
     assert event["extra"]["lost_lines"] == 2
+
+
+# The fault line of each architecture, as the kernel prints it (arm64's __show_regs, arm's
+# "PC is at", powerpc's NIP), with the trace that follows: the frame it names is the
+# innermost, with its module, once (arm64 and arm unwind from it, so their trace repeats it).
+ARCH_REPORTS = {
+    "arm64": ["Internal error: Oops - BUG: 00000000f2000800 [#1] PREEMPT SMP",
+              "CPU: 1 PID: 187 Comm: sh Tainted: G           O       6.1.0-26-arm64 #1  Debian 6.1.112-1",
+              "pc : lkdtm_BUG+0x4/0x8 [lkdtm]", "lr : lkdtm_do_action+0x24/0x40 [lkdtm]",
+              "sp : ffff80000a3b3c50", "x29: ffff80000a3b3c50 x28: ffff0000c1f1c000 x27: 0000000000000000",
+              "Call trace:", " lkdtm_BUG+0x4/0x8 [lkdtm]", " direct_entry+0x13c/0x1b0 [lkdtm]",
+              " full_proxy_write+0x68/0xc0", " vfs_write+0xcc/0x2b0", " ksys_write+0x70/0x104"],
+    "arm": ["Internal error: Oops - BUG: 0 [#1] SMP ARM",
+            "CPU: 0 PID: 93 Comm: sh Not tainted 6.1.0 #1",
+            "PC is at lkdtm_BUG+0x4/0x8 [lkdtm]", "LR is at direct_entry+0x120/0x1a0 [lkdtm]",
+            "Backtrace:", "[<bf000004>] (lkdtm_BUG [lkdtm]) from [<bf000120>] (direct_entry+0x120/0x1a0 [lkdtm])",
+            "[<bf000120>] (direct_entry [lkdtm]) from [<c02f1a2c>] (full_proxy_write+0x5c/0x7c)"],
+    "ppc64": ["kernel BUG at drivers/misc/lkdtm/bugs.c:76!",
+              "Oops: Exception in kernel mode, sig: 5 [#1]",
+              "CPU: 0 PID: 120 Comm: sh Not tainted 6.1.0-26-powerpc64le #1 Debian 6.1.112-1",
+              "NIP [c008000000f20f9c] lkdtm_BUG+0x1c/0x30 [lkdtm]",
+              "LR [c008000000f21234] direct_entry+0x13c/0x1b0 [lkdtm]",
+              "Call Trace:", "[c00000000a4bfb80] [c008000000f21234] direct_entry+0x13c/0x1b0 [lkdtm] (unreliable)",
+              "[c00000000a4bfc10] [c0000000006a51f0] full_proxy_write+0x90/0xe0"],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_REPORTS))
+def test_each_architectures_fault_line_is_the_innermost_frame(arch: str) -> None:
+    from kpr_omprog.event import build_event
+
+    asm = Assembler()
+    asm.feed(("\n".join(ARCH_REPORTS[arch]) + "\n").encode(), ("10.7.0.1", 6666), 1.0)
+    [r] = asm.close_all()
+    event, _ = build_event(r, Parsers().run([r.host, r.port], r.text))
+    exc = event["exception"]["values"][0]
+    frames = exc["stacktrace"]["frames"]
+    assert exc["value"] == "in lkdtm_BUG", arch
+    assert (frames[-1]["function"], frames[-1]["package"], frames[-1]["in_app"]) == ("lkdtm_BUG", "lkdtm", True)
+    assert [f["function"] for f in frames].count("lkdtm_BUG") == 1
+    assert sentry_culprit(frames) == "lkdtm_BUG"
