@@ -31,8 +31,9 @@ from .crash import CrashInfo, call_trace, canonical_function
 from .frames import is_skipped, is_trace_start, pc_function
 from .hooks import TAG_LIMIT, Parsed, analyze_text
 
-__all__ = ["EXTRA_VALUE_LIMIT", "OWN_TAGS", "build_event", "build_string", "event_id_for", "sentry_release",
-           "trim_event"]
+__all__ = ["EXTRA_VALUE_LIMIT", "MAX_FRAMES", "MAX_MODULES", "MAX_REGISTERS", "OWN_TAGS", "StackFrame", "Task",
+           "build_event", "build_string", "event_id_for", "fault_function", "header_index", "kernel_stack",
+           "loaded_modules", "printed_function", "registers", "sentry_release", "task", "trim_event"]
 
 #: Sentry keeps 16 kB per extra item.
 EXTRA_VALUE_LIMIT = 16000
