@@ -356,9 +356,75 @@ def _stores_for(cfg: Config) -> list[tuple[str, Any]]:
             for d in dirs]
 
 
-def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
+#: the widest key `show` aligns its values to; a longer one (a hook's extra) sits one space off
+_SHOW_KEY_WIDTH = 28
+
+
+def _show_value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+
+
+def _applies(v: Any) -> bool:
+    """A value worth a line: not empty, not "none" (no flags), not a 0 port (omprog has none)."""
+    return v not in (None, "", "none", [], {})
+
+
+def _in_log(message: str, log: str) -> bool:
+    """The default message (the title, then the log or its key lines): nothing the log lacks."""
+    return all(line in log for line in message.split("\n")[2:]
+               if line and not (line.startswith("[... ") and line.endswith(" in the full log ...]")))
+
+
+def _show_fields(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """What `show` prints of a stored report, each field once, in the event's order."""
     from datetime import UTC, datetime
 
+    when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    state = r["state"] + (f" ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else "")
+    fields = [("event_id", r["event_id"]), ("created", f"{when}Z"), ("host", r["host"]), ("title", r["title"]),
+              ("level", r["level"]), ("route", f"{r['route']} ({r['dsn'] or 'the top-level dsn'})"),
+              ("state", state)]
+    event = r["event"]
+    if event is None:
+        return fields
+    fields.append(("fingerprint", json.dumps(event.get("fingerprint"))))
+    exc = (event.get("exception") or {}).get("values") or [{}]
+    frames = (exc[0].get("stacktrace") or {}).get("frames") or []
+    if frames:
+        # innermost first, as the kernel prints a trace; * marks Sentry's in-app frames
+        fields.append(("stack", "\n".join(f"{'*' if f.get('in_app') else ' '} {f.get('function')} "
+                                          f"[{f.get('package')}]" for f in reversed(frames))))
+    message = event.get("logentry") or event.get("message")
+    text = message.get("formatted", message.get("message", "")) if isinstance(message, dict) else message
+    if text and not (r["log"] and text.startswith(f"{r['title']}\n\n") and _in_log(text, r["log"])):
+        fields.append(("message", text))  # a hook's own message: the log below does not say it
+    contexts = {f"{c}.{k}": v for c, ctx in sorted((event.get("contexts") or {}).items()) if isinstance(ctx, dict)
+                for k, v in ctx.items() if k != "type"}
+    for name in ("tags", "extra", "user", "contexts"):
+        for k, v in sorted((contexts if name == "contexts" else event.get(name) or {}).items()):
+            if not _applies(v) or ((name, k) == ("extra", "receiver_port") and v == 0):
+                continue
+            if (name == "user" or (name, k) == ("tags", "host")) and v == r["host"]:
+                continue  # the host, said above
+            if r["log"] and (name, k) in (("extra", "context"), ("extra", "start_line")):
+                continue  # the log below begins with them
+            fields.append((f"{name}.{k}", _show_value(v)))
+    return fields
+
+
+def _aligned(fields: list[tuple[str, str]]) -> str:
+    """``key  value`` lines, values in one column, a multi-line value's lines under its first."""
+    width = min(_SHOW_KEY_WIDTH, max(len(k) for k, _ in fields))
+    out = []
+    for key, value in fields:
+        first, *rest = value.split("\n")
+        out.append(f"{key:<{width}}  {first}".rstrip())
+        pad = " " * (max(width, len(key)) + 2)
+        out += [(pad + line).rstrip() for line in rest]
+    return "\n".join(out) + "\n"
+
+
+def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     wanted = args.event_id.replace("-", "").lower()
     found = [r for _, store in _stores_for(cfg) if (r := store.report(wanted)) is not None]
     r = found[0] if len(found) == 1 else None
@@ -370,23 +436,10 @@ def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
         sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
         return 0
     out = sys.stdout
-    when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-    out.write(f"event_id  {r['event_id']}\ncreated   {when}Z\nhost      {r['host']}\ntitle     {r['title']}\n"
-              f"level     {r['level']}\nroute     {r['route']} ({r['dsn'] or 'the top-level dsn'})\n"
-              f"state     {r['state']}"
-              + (f" ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else "") + "\n")
-    event = r["event"]
-    if event is None:
+    out.write(_aligned(_show_fields(r)))
+    if r["event"] is None:
         out.write("(the event and log were dropped once Sentry took them; see the event there)\n")
         return 0
-    out.write(f"fingerprint {json.dumps(event.get('fingerprint'))}\n")
-    message = event.get("logentry") or event.get("message")
-    text = message.get("formatted", message.get("message", "")) if isinstance(message, dict) else message
-    if text:
-        out.write(f"message   {text}\n")
-    for name in ("tags", "extra", "user"):
-        for k, v in sorted((event.get(name) or {}).items()):
-            out.write(f"{name}.{k} = {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}\n")
     out.write("--- kernel.log ---\n" + (r["log"] or ""))
     return 0
 
