@@ -23,7 +23,8 @@ _FRAME = re.compile(
     r"(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?(\s+\(unreliable\))?"
 )
 # arm32: "[<c0100000>] (callee) from [<c0200000>] (caller+0x10/0x20)": the line is the callee's frame.
-_ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from ")
+_ARM_FRAME = re.compile(
+    r"^\s*\[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?: \[(\w+)\])?\) from ")
 # ...and its caller, which is the only place a noreturn callee's caller shows.
 _ARM_CALLER = re.compile(r"\) from \[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)\+0x")
 _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[inline\]")
@@ -163,7 +164,7 @@ def parse_frame(line: str, inline: bool = True) -> Frame | None:
         return Frame((m.group(2), m.group(3), m.group(1) is None and m.group(4) is None))
     m = _ARM_FRAME.match(line)
     if m is not None:
-        return Frame((m.group(1), None, True))
+        return Frame((m.group(1), m.group(2), True))
     if inline:
         m = _INLINE_FRAME.match(line)
         if m is not None:

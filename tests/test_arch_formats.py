@@ -191,3 +191,8 @@ Call Trace:
   <<EOE>>  [<ffffffff810944f0>] account_idle_ticks+0x90/0xa0
   [<ffffffff810b6ae5>] tick_nohz_idle_exit+0x165/0x1a0""".splitlines()
     assert analyze(lines).title == "watchdog: hard LOCKUP in account_idle_ticks"
+
+
+def test_an_arm32_frame_without_offset_keeps_its_module() -> None:
+    assert parse_frame("[<bf0000a4>] (lkdtm_BUG [lkdtm]) from [<bf000348>] (lkdtm_do_action+0x1c/0x24 [lkdtm])") \
+        == ("lkdtm_BUG", "lkdtm", True)
