@@ -64,6 +64,8 @@ _START_OF_LINE = (
     # "Oops: 0002 [#1] SMP", ppc "Oops: Kernel access of bad area, sig: 11 [#1]", mips "Oops[#1]:";
     # not a message that merely begins "Oops: " ("Oops: efitime: can't read time!")
     r"|Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: "
+    r"|(?:Kernel bug detected|Reserved instruction in kernel code|Unhandled kernel unaligned access"
+    r"|Instruction bus error|Data bus error|Floating point exception in kernel code)\[#\d+\]:"
     r"|(?:Oops: )?general protection fault"
     r"|(?:CPU \d+ )?Unable to handle kernel "  # mips: "CPU 0 Unable to handle kernel paging request"
     r"|(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "

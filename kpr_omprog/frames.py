@@ -115,7 +115,7 @@ _NEVER_GUILTY = (
     "__stack_chk_fail", "stackleak_", "__schedule_bug", "check_preemption_disabled",
     "debug_smp_processor_id", "__this_cpu_preempt_check", "debug_check_no_", "__pfx_", "stack_trace",
     "stack_trace_save", "stack_trace_consume_entry", "arch_stack_walk", "stack_walk", "walk_stackframe",
-    "read_once_word", "__phys_addr",
+    "read_once_word", "__phys_addr", "__virt_to_phys",
 )
 _SKIP_ANCHORED = (
     r"^complete$", r"^kv?free$", r"^down$", r"^up$", r"^mutex_", r"^__mutex_", r"^rt_mutex_", r"^_raw_",

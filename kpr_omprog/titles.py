@@ -171,6 +171,10 @@ _TRACE_ONLY: tuple[_Part, ...] = (_CALL_TRACE, TRACE)
 _WARNING: tuple[_Part, ...] = (PC, TRACE)
 
 
+def _warning_at(header: str) -> Format:
+    return Format(_rx(header), "WARNING", (_rx(header), PC, TRACE), _TRACE_ONLY)
+
+
 def _warning(header: str, kind: str, *skip: str) -> Format:
     return Format(_rx(header), kind, _WARNING, _TRACE_ONLY, _skip(*skip) if skip else None)
 
@@ -351,12 +355,15 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"WARNING: kernel stack (?:regs|frame pointer) at .* has bad"),
            "WARNING: kernel stack regs has bad value"),
     Format(_rx(r"WARNING: .*still has locks held"), "WARNING: still has locks held", (_AT,)),
-    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
+    # The header names where the WARN fired: first, unless it is a helper (2.6.32's traces
+    # are all "?" frames, and the first of them is often the caller's caller)
+    _warning_at(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ \.?(?P<f>[\w.]+)"),
+    _warning_at(r"^WARNING: \S+:\d+ at \.?(?P<f>[A-Za-z_][\w.]*)"),
     # 2025: "WARNING: file:line at 0x0, CPU#n: comm/pid" when the function is unknown: RIP names it
     Format(_rx(r"^WARNING: \S+:\d+ at 0x[0-9a-f]+, CPU#"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: \[.*\] \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: at \S+:\d+ \.?(?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    _warning_at(r"^WARNING: \[.*\] \S+:\d+ at \.?(?P<f>[A-Za-z_][\w.]*)"),
+    # 2.6.18: "BUG: warning at kernel/rtmutex-debug.c:125/rt_mutex_debug_task_free() (Not tainted)"
+    _warning_at(r"^BUG: warning at \S+:\d+/\.?(?P<f>[A-Za-z_][\w.]*)\(\)"),
     # 2.6-3.x: the function wrapped onto the next line ("foo+0x1/0x2 [mod]() (Tainted: ..)"), or
     # none at all (ppc64, s390 print "WARNING: at arch/powerpc/..c:390": NIP/PSW names it)
     Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+\s*$"), "WARNING",
@@ -383,6 +390,10 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Kernel panic - not syncing: Couldn't open N_TTY ldisc"), "kernel panic: Couldn't open N_TTY ldisc"),
     Format(_rx(r"(?<![A-Za-z])BUG: (.+)"), "BUG: {0}", category="BUG"),
     Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic"),
+    # mips die(): "Kernel bug detected[#1]:" is BUG(); the others name the exception
+    Format(_rx(r"^Kernel bug detected\[#\d+\]:"), "kernel BUG", _RIP_THEN_TRACE),
+    Format(_rx(r"^(Reserved instruction in kernel code|Unhandled kernel unaligned access|Instruction bus error"
+               r"|Data bus error|Floating point exception in kernel code)\[#\d+\]:"), "{0}", _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: )"), "Oops",
            _RIP_THEN_TRACE),
 )
@@ -395,7 +406,7 @@ _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.patt
 _HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
                     "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
                     "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ",
-                    "rust_kernel", "BUG ")
+                    "rust_kernel", "BUG ", "Kernel bug", "kernel code", "unaligned", "bus error")
 for _f in FORMATS:
     assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
 
