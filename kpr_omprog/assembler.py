@@ -591,6 +591,13 @@ class Assembler:
                 self._close(host, "end_marker", closed)
                 self._open(host, line, closed)
                 return
+        if kind != crash.NONE and crash.is_new_detection(text, rep.start_line, rep.ended_at is not None):
+            # Another soft lockup while one is open (each watchdog detection prints a whole
+            # report, with no end marker), or a panic that is itself a crash after the last
+            # one ended ("Kernel panic - not syncing: Watchdog detected hard LOCKUP"): two.
+            self._close(host, "next_crash", closed)
+            self._open(host, line, closed)
+            return
         if kind == crash.PANIC:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         elif rep.ended_at is not None:

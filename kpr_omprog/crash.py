@@ -22,7 +22,7 @@ from .frames import Frame, call_trace, canonical_function, is_trace_start, parse
 from .titles import blame, has_header
 
 __all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "CrashInfo", "Frame", "analyze", "call_trace",
-           "canonical_function", "classify", "is_crash", "is_lead_in", "is_start", "normalize", "parse_frame"]
+           "canonical_function", "classify", "is_crash", "is_lead_in", "is_new_detection", "is_start", "normalize", "parse_frame"]
 
 NONE = 0
 #: a line that opens a crash report
@@ -79,7 +79,7 @@ _START_OF_LINE = (
     r"|NETDEV WATCHDOG: "
     r"|irq \d+: nobody cared"
     r"|(?:do_IRQ: stack overflow|kernel stack overflow)"
-    r"|Unhandled fault: "
+    r"|Unhandled fault: |Unhandled exception: IPSR"
     r"|Kernel panic - not syncing"
     # Bugs reported in one line, with no stack (syzkaller counts them too)
     r"|unregister_netdevice: waiting for \S+ to become free|VFS: Close: file count is 0"
@@ -122,6 +122,25 @@ def is_crash(lines: list[str] | tuple[str, ...]) -> bool:
         if is_trace_start(text) or parse_frame(text, inline=False) is not None:
             return True
     return has_header(lines)
+
+
+_SOFT_LOCKUP = re.compile(r"(?:^|: )BUG: soft lockup - CPU#\d+ stuck")
+# Panics that are a crash of their own, not the consequence of the one before them
+_PANIC_IS_CRASH = re.compile(r"^Kernel panic - not syncing: Watchdog detected hard LOCKUP")
+
+
+def is_new_detection(text: str, start_line: str, ended: bool) -> bool:
+    """A start line that begins a report of its own although one is open: a second soft
+    lockup (each detection prints a whole report and no end marker), or, after the open
+    report's end marker, a panic that is a crash of its own (a hard lockup on another CPU).
+
+        >>> is_new_detection("BUG: soft lockup - CPU#1 stuck for 61s! [kbd:3360]",
+        ...                  "BUG: soft lockup - CPU#0 stuck for 61s! [kbd:3360]", False)
+        True
+    """
+    if _SOFT_LOCKUP.search(text) is not None:
+        return _SOFT_LOCKUP.search(start_line) is not None
+    return ended and _PANIC_IS_CRASH.match(text) is not None
 
 
 def is_lead_in(text: str) -> bool:

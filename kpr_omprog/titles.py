@@ -64,6 +64,8 @@ class Format:
     #: an anchor of ``stack`` that is missing means no frame (rather than reading on), so that
     #: ``alt`` is tried: a stall's timer-interrupt frames must never name it
     strict: bool = False
+    #: with no reliable frame, the unwinder's "?" guesses may name it
+    guesses: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,7 @@ _HANG_BUCKETS = (("rtnl_lock", "rtnl_lock"), ("synchronize_rcu", "synchronize_rc
                  ("synchronize_srcu", "synchronize_rcu"), ("synchronize_net", "synchronize_rcu"),
                  ("synchronize_sched", "synchronize_rcu"))
 _HANG_SKIP = re.compile(r"sched|_lock|_slowlock|down|rwsem|completion|kthread|wait|synchronize|context_switch"
-                        r"|__switch_to|cancel_delayed_work|rcu_barrier")
+                        r"|__switch_to|cancel_delayed_work|rcu_barrier|sync_page|sync_buffer|sleep_on|bit_wait")
 
 
 def _hang(frames: list[str]) -> str | None:
@@ -164,6 +166,10 @@ def _skip(*names: str) -> re.Pattern[str]:
 
 
 _RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _CALL_TRACE, TRACE)
+_INSTRUMENTATION = re.compile(r"__sanitizer_cov|__asan|__msan|__tsan|kasan|check_memory_region|kcsan|kmsan")
+_EXCEPTION_FRAME = re.compile(r"^\s*--- (?:Exception|interrupt):")
+# The end of an NMI's or interrupt's own stack: what follows is the interrupted code
+_EOE = _rx(r"(?:<<EOE>>|<EOE>|<EOI>|</NMI>)(?:\s*(?:\[<[0-9a-f]+>\]\s*)?(?:\?\s+)?(?P<f>[A-Za-z_][\w.]*)\+0x)?")
 # An old WARNING's function on the line after its header: "ath_rx_tasklet+0x2d1/0x990 [ath9k]()"
 _WRAPPED_FUNCTION = _rx(r"^\.?(?P<f>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?\(\)")
 _TRACE_ONLY: tuple[_Part, ...] = (_CALL_TRACE, TRACE)
@@ -241,12 +247,14 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Internal error: "), "Internal error", _RIP_THEN_TRACE),
     # --- lockups, stalls, hangs -------------------------------------------------------------
     Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
-    Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
+    # Where the CPU was: the register dump's RIP/pc, else the code the NMI interrupted (after
+    # "<<EOE>>"/"<EOI>"). A buddy or timer detector's trace is the detector's own: no function.
+    Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", (PC,), (_EOE, TRACE), strict=True),
     # 3.x printed a hard lockup as a WARNING of the watchdog itself: the code it interrupted
     # is the first frame after the NMI stack
     Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at kernel/watchdog\.c:\d+ watchdog_overflow_callback"),
            "watchdog: hard LOCKUP",
-           (_rx(r"(?:<<EOE>>|<EOE>|</NMI>)(?:\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<f>[A-Za-z_][\w.]*)\+0x)?"), TRACE),
+           (_EOE, TRACE),
            _TRACE_ONLY, _skip("watchdog", "perf_", "nmi", "^warn_", "intel_pmu", "x86_pmu")),
     Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"
                r"|INFO: RCU detected CPU \d+ stall"),
@@ -295,8 +303,9 @@ FORMATS: tuple[Format, ...] = (
            _TRACE_ONLY),
     Format(_rx(r"BUG: sleeping function called from invalid context"),
            "BUG: sleeping function called from invalid context", _TRACE_ONLY),
+    # the scheduler's own frames, not a driver's *_schedule function
     Format(_rx(r"BUG: scheduling while atomic"), "BUG: scheduling while atomic", _TRACE_ONLY,
-           skip=_skip("schedule")),
+           skip=_skip("^_*schedule")),
     Format(_rx(r"BUG: using ([a-z_]+)\(\) in preemptible"), "BUG: using {0}() in preemptible code", _TRACE_ONLY,
            skip=_skip("dump_stack", "preemption", "preempt", "debug_", "processor_id", "this_cpu")),
     Format(_rx(r"BUG: workqueue leaked lock or atomic"), "BUG: workqueue leaked lock or atomic",
@@ -322,9 +331,14 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"[Kk]ernel BUG at "), "kernel BUG", _RIP_THEN_TRACE,
            skip=_skip("^skb_", "fortify", "assert", "_panic$", "__phys_addr", "folio_unlock", "unlock_page")),
     Format(_rx(r"BUG kmalloc-.*: Object already free"), "BUG: Object already free"),
+    # Leaked objects: where they were allocated (a driver's own *_alloc_* is the culprit)
+    Format(_rx(r"^BUG [\w.:-]+(?: \([^)]*\))?: (Objects remaining[\w -]*)"), "BUG: slab {0}",
+           (_rx(r"^(?:INFO: )?Allocated in (?P<f>[\w.]+)\+0x"),),
+           skip=_skip("^_*kmem_cache", "^_*kv?[mzc]alloc", "^_*slab_", "^krealloc", "^_*alloc_pages")),
     # 2.6-4.x print no taint in parentheses: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
     Format(_rx(r"^BUG [\w.:-]+(?: \([^)]*\))?: ([A-Za-z][\w -]*)"), "BUG: slab {0}",
-           (_rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x"), _rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x")),
+           (_rx(r"^(?:INFO: )?(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x"),
+            _rx(r"^(?:INFO: )?(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x")),
            skip=_skip(*_ALLOC_SKIP, "kfree", "free", "^_*slab_")),
     Format(_rx(r"^pagealloc: memory corruption"), "BUG: pagealloc: memory corruption", _TRACE_ONLY,
            skip=_skip("page", "poison", "alloc", "^_*slab_", "kmem_cache", "free")),
@@ -382,6 +396,10 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^VFS: Busy inodes after unmount"), "VFS: Busy inodes after unmount (use-after-free)"),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: (?P<f>[\w.]+)\+"),
            "kernel panic: stack is corrupted", (_rx(r"corrupted in: (?P<f>[\w.]+)\+"),)),
+    # 2.6.32 printed the corrupted function's address: a reliable frame may name it, but its
+    # "?" guesses are stale stack contents (sprintf's leftovers), never the function
+    Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: [0-9a-f]+\s*$"),
+           "kernel panic: stack is corrupted", _TRACE_ONLY, skip=_skip("stack_chk"), guesses=False),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector"), "kernel panic: stack is corrupted",
            _TRACE_ONLY, skip=_skip("stack_chk")),
     Format(_rx(r"^Kernel panic - not syncing: corrupted stack end"), "kernel panic: corrupted stack end",
@@ -392,8 +410,11 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic"),
     # mips die(): "Kernel bug detected[#1]:" is BUG(); the others name the exception
     Format(_rx(r"^Kernel bug detected\[#\d+\]:"), "kernel BUG", _RIP_THEN_TRACE),
-    Format(_rx(r"^(Reserved instruction in kernel code|Unhandled kernel unaligned access|Instruction bus error"
-               r"|Data bus error|Floating point exception in kernel code)\[#\d+\]:"), "{0}", _RIP_THEN_TRACE),
+    Format(_rx(r"^Reserved instruction in kernel code\[#\d+\]:"), "invalid opcode", _RIP_THEN_TRACE),
+    Format(_rx(r"^(Unhandled kernel unaligned access|Instruction bus error|Data bus error"
+               r"|Floating point exception in kernel code)\[#\d+\]:"), "{0}", _RIP_THEN_TRACE),
+    # ARMv7-M (no MMU): "Unhandled exception: IPSR = 00000005 LR = fffffff1"
+    Format(_rx(r"^Unhandled exception: IPSR"), "Unhandled exception", _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: )"), "Oops",
            _RIP_THEN_TRACE),
 )
@@ -406,7 +427,7 @@ _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.patt
 _HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
                     "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
                     "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ",
-                    "rust_kernel", "BUG ", "Kernel bug", "kernel code", "unaligned", "bus error")
+                    "rust_kernel", "BUG ", "Unhandled exception", "Kernel bug", "kernel code", "unaligned", "bus error")
 for _f in FORMATS:
     assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
 
@@ -598,16 +619,29 @@ def blame(lines: Sequence[str]) -> Blame:
         # The anchor the format reads named only a helper (a lock taken in a never-guilty
         # function, a fault in memcpy): the first guilty frame of the call trace instead.
         frames = _candidates(region, _TRACE_ONLY, fmt.skip)
-    if not frames:
+    if not frames and fmt.guesses:
         # Executing data or user memory leaves the unwinder only "? f+0x.." guesses: the
         # best of them beats no function at all.
         frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict, unreliable=True)
     raw: str | None = None
     if frames and fmt.extractor is _stall and fmt.stack[0] is PC and not fmt.strict:
         # A lockup or stack overflow caught where the CPU was: the function the fault line
-        # names is the loop itself, unless it is a helper (then the stall's dispatch rule).
-        pc = _candidates(region, (PC,), fmt.skip)
-        raw = pc[0] if pc else None
+        # names is the loop itself. Without a fault line (an old kernel's, or a trimmed log)
+        # the trace's top is. A fault line naming a helper (a lock, the timer code) leaves the
+        # choice to the stall's dispatch rule, as syzkaller does.
+        # (A fuzzing kernel's instrumentation, KCOV or KASAN's checks, is where such a CPU is
+        # most often caught: noise, and syzkaller's dispatch rule names those; a stack
+        # overflow recurses, so a helper it was caught in says nothing either.)
+        pc_names = [pc for x in region[:60] if (pc := pc_function(x)) is not None][:1]
+        if not (pc_names and _INSTRUMENTATION.match(pc_names[0])) \
+                and not (pc_names and fmt.kind != "BUG: soft lockup" and frames[0] != pc_names[0]):
+            raw = frames[0]
+        if raw is None:
+            # ppc's "--- Exception: 300 at ..." starts another context's frames (a fault the
+            # stuck task took earlier): the stall is in the frames above it
+            cut = next((k for k, x in enumerate(region) if _EXCEPTION_FRAME.match(x)), None)
+            if cut is not None:
+                frames = _candidates(region[:cut], fmt.stack, fmt.skip, fmt.strict) or frames
         if raw is not None and raw.startswith("smp_call_function"):
             raw = "smp_call_function"  # waiting on other CPUs: syzkaller's one bucket
     if raw is None and frames and fmt.extractor is not None:
