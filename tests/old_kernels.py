@@ -43,6 +43,8 @@ DAMAGED = (
 )
 
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\] ?")
+# A timestamp behind a "<level>" prefix, as dmesg -r and pstore print it ("<4>[ 39.4][ T17] ")
+_LEVEL_TIMESTAMP = re.compile(r"^(<\d{1,3}>)?\[\s*\d+\.\d+\]")
 # A timestamp as a damaged console prints it: EBCDIC 'c 1851.72!' or a first column lost
 # with ']' turned into another byte ('64.735421\u00a8 '). The first-line check allows it.
 _DAMAGED_TIMESTAMP = re.compile(r"^(?:[\[c]\s*)?\d+\.\d+[\]!\u00a8] ?")
@@ -91,8 +93,9 @@ def found(lines: list[bytes]) -> list[bytes]:
 def timestamps(lines: list[bytes]) -> list[bytes]:
     """Remove printk timestamps where the log has them, add them where it has none."""
     text = [x.decode("utf-8", "surrogateescape") for x in lines]
-    if any(_TIMESTAMP.match(x) for x in text):
-        out = [_TIMESTAMP.sub("", x, count=1) for x in text]
+    if any(_LEVEL_TIMESTAMP.match(x) for x in text):
+        out = [_TIMESTAMP.sub("", x, count=1) if _TIMESTAMP.match(x) else _LEVEL_TIMESTAMP.sub(r"\1", x, count=1)
+               for x in text]
     else:
         out = [f"[{1234.567890 + i * 0.000011:12.6f}] {x}" for i, x in enumerate(text)]
     return [x.encode("utf-8", "surrogateescape") + b"\n" for x in out]
