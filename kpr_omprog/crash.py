@@ -19,10 +19,11 @@ import re
 from dataclasses import dataclass
 
 from .frames import Frame, call_trace, canonical_function, is_trace_start, parse_frame, pc_function
-from .titles import blame, has_header
+from .titles import blame, has_header, without_cpu_column
 
 __all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "CrashInfo", "Frame", "analyze", "call_trace",
-           "canonical_function", "classify", "is_crash", "is_lead_in", "is_new_detection", "is_start", "normalize", "parse_frame"]
+           "canonical_function", "classify", "is_crash", "is_lead_in", "is_new_detection", "is_start", "normalize",
+           "parse_frame"]
 
 NONE = 0
 #: a line that opens a crash report
@@ -48,7 +49,7 @@ _ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "INFO: RCU", "LOCKUP", "Machine Check"
 # Lines a fault handler or checker prints just before the header (arch/x86/mm/fault.c,
 # lib/string_helpers.c): the report begins with them, not after them.
 _LEAD_IN = (r"kernel tried to execute NX-protected page|unable to execute userspace code \(SMEP\?\)"
-            r"|(?:\w+: )?detected buffer overflow")
+            r"|(?:\w+: )?detected buffer overflow|Eeek! page_mapcount\(page\) went negative")
 _LEAD_IN_RE = re.compile(_LEAD_IN)
 _START_OF_LINE = (
     r"BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
@@ -96,6 +97,8 @@ _CUT_HERE = re.compile(r"-+\[ cut here \]-+")
 
 def classify(text: str) -> int:
     """Return :data:`START`, :data:`PANIC`, :data:`END_NOW`, :data:`END_GRACE` or :data:`NONE`."""
+    if text[3:5] == ": " and text[:3].isdigit():
+        text = text[5:]  # PREEMPT_RT's console CPU column: "000: WARNING: CPU: 0 PID: 0 at ..."
     m = _AT_START.match(text)
     if m is None:
         for literal in _ANYWHERE_LITERALS:
@@ -217,6 +220,7 @@ def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:
         >>> info.title, info.level, info.module
         ('kernel BUG in lkdtm_BUG', 'fatal', 'lkdtm')
     """
+    lines = list(without_cpu_column(lines))
     b = blame(lines)
     kind = normalize(b.kind) or "kernel crash"
     header = lines[b.header_index] if lines else ""

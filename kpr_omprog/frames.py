@@ -38,7 +38,7 @@ _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[i
 _PC = re.compile(
     r"^(?:R?IP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|EIP is at |pc : |PC is at |NIP:? *\[[0-9a-f]+\] "
     r"|epc\s*: [0-9a-f]+ |(?:Krnl )?PSW\s*: [0-9a-f]+ [0-9a-f]+ \()"
-    r"\s*(?:\[<[0-9a-f]+>\]\s*)*\.?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
+    r"\s*(?:\[?<[0-9a-f]+>\]\s*)*\.?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
 )
 # No function is this big: a larger "size" means the address is in data (executing a
 # buffer: lkdtm EXEC_DATA gives data_area+0x0/0xffffffffffff76e0), not in the function named.
@@ -69,7 +69,8 @@ _NEVER_GUILTY = (
     "timer_is_static_object", "work_is_static_object", "v?printk", "va_format", "dev_info", "dev_notice",
     "dev_warn", "dev_err", "dev_alert", "dev_crit", "dev_emerg", "dev_printk", "program_check_exception",
     "program_check_common", "print_usage_bug", "print_unlock", "imbalance_bug", "nmi_cpu_backtrace",
-    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die", "oops_(?:enter|exit|begin|end)", "bad_stack",
+    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die",
+    "oops_(?:enter|exit|begin|end)", "bad_stack",
     "page_fault_oops", "no_context", "bad_area", "__bad_area_nosemaphore", "do_user_addr_fault",
     "do_kern_addr_fault", "handle_page_fault", "kernelmode_fixup_or_oops", "exc_", "asm_exc_",
     "asm_sysvec_", "sysvec_", "fixup_exception", "should_fail(?:slab|_alloc|_ex|_usercopy)?", "fail_dump",
@@ -99,6 +100,7 @@ _NEVER_GUILTY = (
     "kv?asprintf", "indirect_thunk", "check_object_size", "usercopy_abort", "hex_dump", "hex_dump_to_buffer",
     "print_hex_dump", "extract_(?:user|iter)_to_sg",
     # lists and trees
+    "__?dev_get_by_(?:index|name)",
     "list_add", "list_del", "list_replace", "list_move", "list_splice", "list_debug", "rhashtable",
     "rhashtable_lookup", "xas_(?:start|load|find)",
     # workqueues, timers, completions

@@ -50,8 +50,7 @@ _PREFIX_FIRST = (b"[", b"<")
 # other characters by a console's code page ("c 1851.721062! " through EBCDIC, "64.735421¨ "
 # through a 3270). Anchored, and fails within a few bytes on an ordinary line.
 _DAMAGED_STAMP = re.compile(rb"(?:[^\s\d\[<]{1,2} )? *(\d{1,10}\.\d{6})(?:\]|[^\w\s\]]{1,2}) ?")
-# PREEMPT_RT's console prints the CPU after the stamp: "[    4.886243] 000: WARNING: ..."
-_RT_CPU_COLUMN = re.compile(rb"\d{3}: ")
+
 # The fast path's two shapes (HostDecoder.quick_line), matched whole: anything else
 # (a caller id, a CR, a NUL, several lines, escapes, fragments, metadata, a continued
 # record) takes the full decoder. Each is one pass over the datagram, no backtracking
@@ -59,7 +58,7 @@ _RT_CPU_COLUMN = re.compile(rb"\d{3}: ")
 # "?+" is possessive: a line whose text starts with "[" ("[ INFO: possible recursive locking ]")
 # must not match by leaving the space in its text, or its banner is lost.
 _ONE_CLASSIC_LINE = re.compile(
-    rb"\[ *(\d{1,10}\.\d{1,9})\] ?+(?!\d{3}: )((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
+    rb"\[ *(\d{1,10}\.\d{1,9})\] ?+((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
 _ONE_EXTENDED_RECORD = re.compile(
     rb"(?:(?!\d{1,64},)([^,;\x00\n]{1,64}),)?(\d{1,4}),(\d{1,19}),(\d{1,19}),-;([^\x00\n\\]*)(?<!\r)\n?").fullmatch
 
@@ -394,8 +393,6 @@ class HostDecoder:
             if m is not None:
                 ts = float(m.group(1))
                 raw = raw[m.end():]
-        if ts is not None and raw[3:5] == b": " and _RT_CPU_COLUMN.match(raw) is not None:
-            raw = raw[5:]
         if len(raw) > self.limits.max_line_bytes:
             self.stats.oversized += 1
             raw = raw[: self.limits.max_line_bytes]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
 
-__all__ = ["FORMATS", "Blame", "Format", "blame", "has_header", "is_separator"]
+__all__ = ["FORMATS", "Blame", "Format", "blame", "has_header", "is_separator", "without_cpu_column"]
 
 #: part: read the following lines as a call trace
 TRACE = "TRACE"
@@ -303,9 +303,8 @@ FORMATS: tuple[Format, ...] = (
            _TRACE_ONLY),
     Format(_rx(r"BUG: sleeping function called from invalid context"),
            "BUG: sleeping function called from invalid context", _TRACE_ONLY),
-    # the scheduler's own frames, not a driver's *_schedule function
     Format(_rx(r"BUG: scheduling while atomic"), "BUG: scheduling while atomic", _TRACE_ONLY,
-           skip=_skip("^_*schedule")),
+           skip=_skip("schedule")),
     Format(_rx(r"BUG: using ([a-z_]+)\(\) in preemptible"), "BUG: using {0}() in preemptible code", _TRACE_ONLY,
            skip=_skip("dump_stack", "preemption", "preempt", "debug_", "processor_id", "this_cpu")),
     Format(_rx(r"BUG: workqueue leaked lock or atomic"), "BUG: workqueue leaked lock or atomic",
@@ -488,7 +487,15 @@ _FATAL = Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", 
 
 def has_header(lines: Sequence[str]) -> bool:
     """Some line is a crash header that a format knows."""
-    return _find_header(lines) is not None
+    return _find_header(without_cpu_column(lines)) is not None
+
+
+def without_cpu_column(lines: Sequence[str]) -> Sequence[str]:
+    """The lines without PREEMPT_RT's console CPU column ("000: WARNING: ..."), when every
+    line that has a stamp-free start carries one: the report as other kernels print it."""
+    if lines and all(x[3:5] == ": " and x[:3].isdigit() for x in lines[:3]):
+        return [x[5:] if x[3:5] == ": " and x[:3].isdigit() else x for x in lines]
+    return lines
 
 
 def _region(lines: Sequence[str], start: int) -> Sequence[str]:
@@ -590,6 +597,7 @@ def _fatal_after_warning(lines: Sequence[str], index: int) -> tuple[int, Format,
 
 def blame(lines: Sequence[str]) -> Blame:
     """Find the report's header line, its kind and its guilty function."""
+    lines = without_cpu_column(lines)
     found = _find_header(lines)
     if found is not None and found[1].kind.startswith("WARNING"):
         found = _fatal_after_warning(lines, found[0]) or found
@@ -625,16 +633,14 @@ def blame(lines: Sequence[str]) -> Blame:
         frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict, unreliable=True)
     raw: str | None = None
     if frames and fmt.extractor is _stall and fmt.stack[0] is PC and not fmt.strict:
-        # A lockup or stack overflow caught where the CPU was: the function the fault line
-        # names is the loop itself. Without a fault line (an old kernel's, or a trimmed log)
-        # the trace's top is. A fault line naming a helper (a lock, the timer code) leaves the
-        # choice to the stall's dispatch rule, as syzkaller does.
+        # A soft lockup names where the CPU was: the function the fault line names, or the
+        # first guilty frame after it when that is a helper (a lock, a delay loop), or the
+        # trace's top when there is no fault line (an old kernel's, a trimmed log).
         # (A fuzzing kernel's instrumentation, KCOV or KASAN's checks, is where such a CPU is
-        # most often caught: noise, and syzkaller's dispatch rule names those; a stack
-        # overflow recurses, so a helper it was caught in says nothing either.)
+        # most often caught: noise, and syzkaller's dispatch rule names those. A stack
+        # overflow recurses: where it ran out says little, so the dispatch rule names it too.)
         pc_names = [pc for x in region[:60] if (pc := pc_function(x)) is not None][:1]
-        if not (pc_names and _INSTRUMENTATION.match(pc_names[0])) \
-                and not (pc_names and fmt.kind != "BUG: soft lockup" and frames[0] != pc_names[0]):
+        if not (pc_names and (_INSTRUMENTATION.match(pc_names[0]) or fmt.kind != "BUG: soft lockup")):
             raw = frames[0]
         if raw is None:
             # ppc's "--- Exception: 300 at ..." starts another context's frames (a fault the

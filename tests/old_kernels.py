@@ -93,7 +93,9 @@ def found(lines: list[bytes]) -> list[bytes]:
 def timestamps(lines: list[bytes]) -> list[bytes]:
     """Remove printk timestamps where the log has them, add them where it has none."""
     text = [x.decode("utf-8", "surrogateescape") for x in lines]
-    if any(_LEVEL_TIMESTAMP.match(x) for x in text):
+    if any(_DAMAGED_TIMESTAMP.match(x) and not _TIMESTAMP.match(x) for x in text):
+        out = [_DAMAGED_TIMESTAMP.sub("", x, count=1) for x in text]
+    elif any(_LEVEL_TIMESTAMP.match(x) for x in text):
         out = [_TIMESTAMP.sub("", x, count=1) if _TIMESTAMP.match(x) else _LEVEL_TIMESTAMP.sub(r"\1", x, count=1)
                for x in text]
     else:
