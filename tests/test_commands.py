@@ -256,20 +256,28 @@ def test_processes_sharing_stderr_never_interleave_their_log_lines(tmp_path: Pat
 
 
 def test_udp_workers_log_each_line_whole(tmp_path: Path) -> None:
-    # the real thing: two workers and their supervisor on one stderr, all logging as they stop
+    # the real thing: two workers on one stderr, both logging a report line for each of 400
+    # crashes closing at the same moment, then both stopping at once
     port = free_udp_port()
     err = tmp_path / "stderr"
+    hosts = [f"127.0.{k // 200 + 1}.{k % 200 + 1}" for k in range(400)]
     with open(err, "wb") as f:
         p = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "udp", "--listen", f"127.0.0.1:{port}",
-                              "--workers", "2", "--state-dir", str(tmp_path / "state"), "--log-format", "json"],
+                              "--workers", "2", "--state-dir", str(tmp_path / "state"), "--log-format", "json",
+                              "--idle-timeout", "1"],
                              stdout=subprocess.DEVNULL, stderr=f, env=dict(ENV, PYTHONUNBUFFERED="1"))
         try:
             wait_for(lambda: err.read_text().count('"udp_started"') == 2, 60, "both workers to start", p)
+            crash = capture("lkdtm-BUG_classic_oopspanic")
+            play(("127.0.0.1", port), dict.fromkeys(hosts, crash), speed=50, timeout=120)
+            wait_for(lambda: err.read_text().count('"event": "report"') >= len(hosts), 120, "a report line a crash",
+                     p, show=lambda: err.read_text()[-2000:])
         finally:
             p.send_signal(signal.SIGTERM)
             assert p.wait(60) == 0
-    objects = [json.loads(line) for line in err.read_text().split("\n")[:-1]]
-    assert [o["event"] for o in objects].count("udp_stopped") == 2
+    objects = [json.loads(line) for line in err.read_text().split("\n")[:-1]]  # an empty or doubled line fails
+    events = [o["event"] for o in objects]
+    assert events.count("report") >= len(hosts) and events.count("udp_stopped") == 2
 
 
 def test_hook_modules_are_imported_from_hooks_dirs_default_the_config_files_directory(tmp_path: Path) -> None:
