@@ -4,9 +4,12 @@ A copy of the debootstrapped Debian 12 root (tests/run.sh builds it; rsyslog, py
 sudo) is entered with chroot inside private network, mount and PID namespaces: loopback
 only, nothing mounted on the host, and every process it starts (rsyslogd, kpr-omprog)
 ends with it. tests/nosystemd_install_check.sh then runs the README's commands there:
-install.sh must leave a running receiver and check it, ``kpr-omprog reports`` must work
-as written, a real crash must be stored, ``--uninstall`` must say what it keeps, and
-``--standalone`` must say exactly what to run.
+install.sh must leave a running receiver and check it (and ``kpr-omprog status`` see
+rsyslogd on the port), ``kpr-omprog reports`` must work as written, the README's smoke
+test pasted as written must print the stored crash, a rerun that changes nothing must not
+restart rsyslogd, ``--with-bugsink`` must start Bugsink with a pid file and a rerun
+recognise it, ``--uninstall`` must stop that Bugsink, leave rsyslogd stopped as it found
+it and say what it keeps, and ``--standalone`` must say exactly what to run.
 """
 
 from __future__ import annotations
