@@ -112,11 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
 
     p = sub.add_parser("status", help="is it running, what waits, what needs a human (exit 1 if something does)",
-                       description="From the state directory alone: whether a receiver holds it, the outbox "
+                       description="Whether anything receives, for what install.sh installed (the file "
+                                   "'installed' beside the config): under rsyslog, rsyslogd running with the "
+                                   "drop-in loaded and its UDP port bound; standalone, the receiver running. "
+                                   "Then, from the state directory: whether a receiver holds it, the outbox "
                                    "(waiting, oldest, dead, fill against its cap) and the journal of open "
-                                   "reports. Exits 1 when something needs a human: dead-lettered reports, a "
-                                   "report waiting longer than --max-wait, or a full outbox. For cron or a "
-                                   "health check.")
+                                   "reports. Exits 1 when something needs a human: nothing receiving, "
+                                   "dead-lettered reports, a report waiting longer than --max-wait, or a full "
+                                   "outbox. For cron or a health check.")
     p.add_argument("--max-wait", type=float, default=3600, metavar="SECONDS",
                    help="a report undelivered for longer needs a human (default 3600)")
     _add_store_args(p)
