@@ -71,9 +71,10 @@ def check(config_dir: str | None, holders: list[str]) -> Receiving:
                                "kpr-omprog, or kpr-omprog udp --config FILE)", True)
     if holders:
         return Receiving("unknown", running, False)
-    where = os.path.join(config_dir, INSTALLED_FILE) if config_dir else "an installed config"
+    record = (f"{os.path.join(config_dir, INSTALLED_FILE)} is missing" if config_dir else
+              "no config file, so no 'installed' record beside it")
     return Receiving("unknown", f"nothing receives: no receiver holds the state directory, and no install is "
-                                f"recorded ({where} is missing: ./install.sh writes it; or run kpr-omprog udp)", True)
+                                f"recorded ({record}: ./install.sh writes it; or run kpr-omprog udp)", True)
 
 
 def _rsyslog(dropin: str) -> Receiving:
