@@ -562,7 +562,8 @@ def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     config = getattr(args, "config", None) or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
     receiving = check(os.path.dirname(os.path.abspath(config)) if config else None,
                       [h for folder, _ in stores if (h := state_dir_holder(folder))])
-    out.write(f"receiving {receiving.line}\n")
+    said = "NO: " + receiving.line.removeprefix("nothing receives: ") if receiving.problem else receiving.line
+    out.write(f"receiving {said}\n")
     if receiving.problem:
         problems.append(receiving.line)
     for folder, store in stores:
