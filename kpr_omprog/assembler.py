@@ -54,6 +54,8 @@ _AFTERMATH = re.compile(
     r"|Disabling lock debugging|Uhhuh|Fixing|Process |Task |pgd |\*pgd|Internal error|Unable to handle"
     # SLUB's diagnostics after a slab WARNING (print_tracking, print_trailer)
     r"|Allocated in |Freed in |Slab 0x|Object 0x|Redzone |Padding |FIX |INFO: "
+    # arm64's panic tail after "Kernel Offset:"
+    r"|PHYS_OFFSET: |CPU features: |Memory Limit: "
 )
 # A separator printed right before a header ("=====" before SLUB's "BUG <cache>: ...",
 # lockdep's banners) opens the report with it.
@@ -76,6 +78,9 @@ class AssemblerConfig:
     idle_timeout: float = 2.0
     #: lines that may follow ``---[ end trace`` / ``Kernel Offset:`` (seconds)
     end_grace: float = 0.25
+    #: ...after an end marker and an empty line: powerpc's oops_end prints one, then waits a
+    #: second before its panic ("Fatal exception"), which belongs to the same report
+    slow_panic_grace: float = 1.5
     #: a crash that starts right after another's end marker, this close in kernel time
     #: (seconds), with no line between them, is the same incident: a 6.x fortify overflow
     #: prints a whole WARNING and then the BUG and panic it leads to. It is split again if
@@ -602,6 +607,8 @@ class Assembler:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         elif rep.ended_at is not None:
             rep.lines_after_end += 1
+            if rep.lines_after_end == 1 and not text.strip() and rep.grace_until is not None:
+                rep.grace_until = max(rep.grace_until, rep.ended_at + self.config.slow_panic_grace)
             if kind == crash.NONE and _AFTERMATH.match(text) is None:
                 # After the end marker, a line of another kind ("lkdtm: Overflow detected",
                 # the next test's trigger, another CPU's message) is not this crash's: it is

@@ -48,7 +48,8 @@ _ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "INFO: RCU", "LOCKUP", "Machine Check"
 # Markers that start a line: tried at position 0 only, which costs a fraction of a search.
 # Lines a fault handler or checker prints just before the header (arch/x86/mm/fault.c,
 # lib/string_helpers.c): the report begins with them, not after them.
-_LEAD_IN = (r"kernel tried to execute NX-protected page|unable to execute userspace code \(SMEP\?\)"
+_LEAD_IN = (r"kernel tried to execute (?:NX|exec)-protected page|unable to execute userspace code \(SMEP\?\)"
+            r"|Kernel attempted to (?:read|write|access|execute) user page"  # powerpc
             r"|(?:\w+: )?detected buffer overflow|Eeek! page_mapcount\(page\) went negative")
 _LEAD_IN_RE = re.compile(_LEAD_IN)
 _START_OF_LINE = (
@@ -79,7 +80,7 @@ _START_OF_LINE = (
     r"|usercopy: Kernel memory"
     r"|NETDEV WATCHDOG: "
     r"|irq \d+: nobody cared"
-    r"|(?:do_IRQ: stack overflow|kernel stack overflow)"
+    r"|(?:do_IRQ: stack overflow|[Kk]ernel stack overflow)"
     r"|Unhandled fault: |Unhandled exception: IPSR"
     r"|Kernel panic - not syncing"
     # Bugs reported in one line, with no stack (syzkaller counts them too)

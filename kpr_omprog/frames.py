@@ -24,7 +24,7 @@ __all__ = ["Frame", "arm_caller", "call_trace", "canonical_function", "is_skippe
 _FRAME = re.compile(
     r"^\s*(?:<<?[A-Z]{2,7}>>?\s+)?\(?(?:\S?[<(][0-9a-fx]{6,}[>)]\S?\s*|\[?[0-9a-fx]{6,}\]\s*|\[\]\s*)*(\?\s+)?\(?"
     r"(?::(\w+):)?"
-    r"\.?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+\)?(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?(\s+\(unreliable\))?"
+    r"\.?([A-Za-z_$][\w.$]*)\+0x([0-9a-f]+)/0x([0-9a-f]+)\)?(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?(\s+\(unreliable\))?"
 )
 # arm32: "[<c0100000>] (callee) from [<c0200000>] (caller+0x10/0x20)": the line is the callee's frame.
 _ARM_FRAME = re.compile(
@@ -38,7 +38,7 @@ _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[i
 _PC = re.compile(
     r"^(?:R?IP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|EIP is at |pc : |PC is at |NIP:? *\[[0-9a-f]+\] "
     r"|epc\s*: [0-9a-f]+ |(?:Krnl )?PSW\s*: [0-9a-f]+ [0-9a-f]+ \()"
-    r"\s*(?:\[?<[0-9a-f]+>\]\s*)*\.?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
+    r"\s*(?:\[?<[0-9a-f]+>\]\s*)*\.?([A-Za-z_$][\w.$]*)\+0x([0-9a-f]+)(?:/0x([0-9a-f]+))?"
 )
 # No function is this big: a larger "size" means the address is in data (executing a
 # buffer: lkdtm EXEC_DATA gives data_area+0x0/0xffffffffffff76e0), not in the function named.
@@ -168,8 +168,11 @@ def parse_frame(line: str, inline: bool = True) -> Frame | None:
     frames unless ``inline`` is False). ``?`` frames come back with ``reliable`` False."""
     m = _FRAME.match(line)
     if m is not None:
+        offset, size = m.group(4), m.group(5)
+        if int(offset, 16) > int(size, 16) or int(size, 16) > _MAX_FUNCTION_BYTES:
+            return None  # an address past the symbol's end is data the CPU ran, not a function
         # ppc64 marks the frame it guessed from the link register "(unreliable)"
-        return Frame((m.group(3), m.group(4) or m.group(2), m.group(1) is None and m.group(5) is None))
+        return Frame((m.group(3), m.group(6) or m.group(2), m.group(1) is None and m.group(7) is None))
     m = _ARM_FRAME.match(line)
     if m is not None:
         return Frame((m.group(1), m.group(2), True))
@@ -189,8 +192,11 @@ def arm_caller(line: str) -> str | None:
 def pc_function(line: str) -> str | None:
     """The function of a faulting-instruction line (``RIP: 0010:f+0x..``, ``pc : f+0x..``, ...)."""
     m = _PC.match(line)
-    if m is None or (m.group(2) is not None and int(m.group(2), 16) > _MAX_FUNCTION_BYTES):
+    if m is None:
         return None
+    size = m.group(3)
+    if size is not None and (int(size, 16) > _MAX_FUNCTION_BYTES or int(m.group(2), 16) >= int(size, 16)):
+        return None  # past the symbol's end: the CPU ran data (a jump into a buffer)
     return m.group(1)
 
 

@@ -66,6 +66,10 @@ class Format:
     strict: bool = False
     #: with no reliable frame, the unwinder's "?" guesses may name it
     guesses: bool = True
+    #: tried when ``stack`` and ``alt`` find no frame
+    last: tuple[_Part, ...] = ()
+    #: a fault below this address (a line "Failing address: ...") is a NULL pointer dereference
+    null_below: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +169,13 @@ def _skip(*names: str) -> re.Pattern[str]:
     return re.compile("|".join(names))
 
 
-_RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _CALL_TRACE, TRACE)
+# powerpc's link register ("LR [..] f+0x.."): the caller, which names the fault when NIP is in
+# a helper or in data (a jump into a buffer); ppc's trace can only guess it ("(unreliable)").
+# arm's and arm64's traces name the caller reliably, and their lr may be stale.
+_LR = re.compile(r"^LR \[[0-9a-f]+\] \.?(?P<f>[A-Za-z_][\w.]*)\+0x")
+_RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _LR, _CALL_TRACE, TRACE)
 _INSTRUMENTATION = re.compile(r"__sanitizer_cov|__asan|__msan|__tsan|kasan|check_memory_region|kcsan|kmsan")
+_FAILING_ADDRESS = re.compile(r"^[Ff]ailing address: ([0-9a-f]{1,16})\b")
 _EXCEPTION_FRAME = re.compile(r"^\s*--- (?:Exception|interrupt):")
 # The end of an NMI's or interrupt's own stack: what follows is the interrupted code
 _EOE = _rx(r"(?:<<EOE>>|<EOE>|<EOI>|</NMI>)(?:\s*(?:\[<[0-9a-f]+>\]\s*)?(?:\?\s+)?(?P<f>[A-Za-z_][\w.]*)\+0x)?")
@@ -224,7 +233,7 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"UBSAN: ([\w\- ]+?) in "), "UBSAN: {0}", _TRACE_ONLY, skip=_skip("ubsan", "overflow")),
     # --- faults ---------------------------------------------------------------------------
     Format(_rx(r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address"
-               r"|Unable to handle kernel data access)"),
+               r"|Unable to handle kernel data access|Unable to handle kernel instruction fetch)"),
            "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE),
     Format(_rx(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
                r"|Kernel NULL pointer dereference)"),
@@ -232,9 +241,10 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^(?:CPU \d+ )?Unable to handle kernel (NULL pointer dereference|paging request|access to user memory"
                r"|execute from non-executable memory|write to read-only memory)"),
            "BUG: unable to handle kernel {0}", _RIP_THEN_TRACE),
-    # s390: "Unable to handle kernel pointer dereference in virtual kernel address space"
+    # s390: "Unable to handle kernel pointer dereference in virtual kernel address space",
+    # a NULL pointer dereference when its "Failing address:" is in the first page
     Format(_rx(r"^Unable to handle kernel pointer dereference in virtual"),
-           "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE),
+           "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE, null_below=0x1000),
     Format(_rx(r"BUG: (?:unable to handle kernel|Unable to handle kernel)"), "BUG: unable to handle kernel",
            _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops: )?general protection fault"), "general protection fault", _RIP_THEN_TRACE),
@@ -259,7 +269,9 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"
                r"|INFO: RCU detected CPU \d+ stall"),
            "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, PC, TRACE),
-           _skip("apic_timer_interrupt", "rcu"), _stall, strict=True),
+           _skip("apic_timer_interrupt", "rcu"), _stall, strict=True,
+           # s390 prints the self-detecting CPU's own registers: its PSW is where it was stuck
+           last=(_rx(r"^Krnl PSW : [0-9a-f]+ [0-9a-f]+ \(\.?(?P<f>[A-Za-z_][\w.]*)\+0x"),)),
     Format(_rx(r"INFO: task .* blocked (?:in I/O wait )?for more than"), "INFO: task hung", _TRACE_ONLY,
            extractor=_hang),
     Format(_rx(r"INFO: task .* can't die for more than"), "INFO: task can't die", _TRACE_ONLY,
@@ -617,12 +629,18 @@ def blame(lines: Sequence[str]) -> Blame:
         kind = kind.replace("{rw}", rw)
     if "{" in kind:
         kind = kind.format(*groups)
+    if fmt.null_below:
+        failing = next((f for x in region[:4] if (f := _FAILING_ADDRESS.match(x)) is not None), None)
+        if failing is not None and int(failing.group(1), 16) < fmt.null_below:
+            kind = "BUG: unable to handle kernel NULL pointer dereference"
     category = fmt.category or kind
     if not fmt.stack:
         return Blame(kind, category, None, index, False, True)
     frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict)
     if not frames and fmt.alt:
         frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
+    if not frames and fmt.last:
+        frames = _candidates(region, fmt.last, fmt.skip)
     if not frames and fmt.stack != _TRACE_ONLY and not fmt.strict:
         # The anchor the format reads named only a helper (a lock taken in a never-guilty
         # function, a fault in memcpy): the first guilty frame of the call trace instead.

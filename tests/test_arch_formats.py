@@ -37,7 +37,7 @@ EXPECTED = {
                    "Unable to handle kernel NULL pointer dereference")],
     "i386.txt": [("BUG: unable to handle kernel NULL pointer dereference in mydrv_open",
                   "BUG: unable to handle kernel NULL pointer dereference")],
-    "s390.txt": [("BUG: unable to handle kernel paging request in mydrv_write",
+    "s390.txt": [("BUG: unable to handle kernel NULL pointer dereference in mydrv_write",
                   "Unable to handle kernel pointer dereference in virtual kernel address space")],
     "mips.txt": [("BUG: unable to handle kernel paging request in mydrv_probe",
                   "CPU 0 Unable to handle kernel paging request")],
