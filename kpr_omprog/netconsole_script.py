@@ -342,7 +342,8 @@ find_mac() {
 netconsole_loaded() { [ -d /sys/module/netconsole ]; }
 
 load_netconsole() {
-  if ! netconsole_loaded; then
+  # a module option set up before (no configfs): loaded with it in option_up, not plain here
+  if ! netconsole_loaded && [ ! -f "$STATE/option" ]; then
     if modprobe netconsole 2>/dev/null; then
       mkdir -p "$STATE" && : > "$STATE/loaded-module"
       change "loaded the netconsole module"
@@ -650,7 +651,9 @@ do_remove() {
     if [ -f "$STATE/option" ] || [ -z "$(ls -A "$CFS/netconsole" 2>/dev/null)" ]; then
       # rmmod: busybox's modprobe -r also tries configfs, which stays in use while mounted
       if err=$(rmmod netconsole 2>&1) || ! netconsole_loaded; then change "unloaded the netconsole module"
-      else say "left the netconsole module loaded: modprobe -r failed${err:+: $err}"; fi
+      else say "left the netconsole module loaded: rmmod failed${err:+: $err}"; fi
+    else
+      say "left the netconsole module loaded: other netconsole targets use it"
     fi
   fi
   [ -d "$STATE" ] && rm -rf "$STATE" && change "removed $STATE"
@@ -691,7 +694,9 @@ if ! t=$(mktemp "${TMPDIR:-/tmp}/kpr-omprog-netconsole.XXXXXX"); then
 fi
 cat > "$t" <<'KPR_OMPROG_HELPER_END'
 @HELPER@KPR_OMPROG_HELPER_END
-sh "$t" @ACTION@
+# stdin to /dev/null: under `| ssh host sh` the rest of this script is on stdin, and
+# nothing the helper runs may read it
+sh "$t" @ACTION@ </dev/null
 rc=$?
 rm -f "$t"
 exit "$rc"

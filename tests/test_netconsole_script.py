@@ -134,6 +134,18 @@ def test_helper_tags_reach_the_shell_unchanged(tmp_path: Path) -> None:
         assert r.stdout == "dc ams1\nrack r 12\nquote it's \"x\" $HOME `id` \\", (shell, r.stdout)
 
 
+@pytest.mark.parametrize("action", ["install", "remove"])
+def test_not_root_is_one_line(action: str) -> None:
+    """Run as an ordinary user, the helper changes nothing and says why in one line."""
+    helper = render_helper(VARIANTS[1], "test")
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    for shell in (["dash"], [BUSYBOX, "sh"]):
+        r = subprocess.run([*user, *shell, "-s", action], input=helper, capture_output=True, text=True, timeout=30,
+                           cwd="/")
+        assert r.returncode == 1 and r.stdout == "", r
+        assert r.stderr.startswith("kpr-omprog netconsole: error: run as root") and r.stderr.count("\n") == 1
+
+
 def test_systemd_unit_texts() -> None:
     s = settings("192.0.2.10", 6666, ["dc=ams1"], "1d")
     unit = setup_unit(s)
@@ -211,11 +223,18 @@ step leftovers sh -c 'ls -d $0 /etc/rc.local /usr/local/sbin/kpr-omprog-netconso
   /sys/module/netconsole 2>/dev/null; ps | grep "[h]eartbeat-loop"; true' "$T"
 echo "<5>kpr-live: after remove" > /dev/kmsg
 step remove2 sh /nc-remove.sh
-step install3 sh /nc.sh
+# as `... | ssh root@host sh` runs it: the script on the shell's stdin
+step install3 sh -c 'sh < /nc.sh'
 step remove3 sh /nc-remove.sh
 # A kernel without configfs netconsole, as the script sees it: the module option.
 step fallback env KPR_NC_CONFIGFS=/tmp/nocfs sh /nc.sh
 step fallback2 env KPR_NC_CONFIGFS=/tmp/nocfs sh /nc.sh
+# its reboot: no module, no heartbeat; the boot line loads it with the option again
+kill -- "-$(cat /run/kpr-omprog-netconsole-heartbeat.pid)"
+rmmod netconsole
+step fallback-boot env KPR_NC_CONFIGFS=/tmp/nocfs sh /etc/rc.local
+until_true '[ -d /sys/module/netconsole ] && [ -s /run/kpr-omprog-netconsole-heartbeat.pid ]'
+echo "<5>kpr-live: after fallback boot" > /dev/kmsg
 step fallback-remove env KPR_NC_CONFIGFS=/tmp/nocfs sh /nc-remove.sh
 echo KPR-DONE
 poweroff -f
@@ -412,6 +431,7 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
     fb = next(line for _, line in got if line.text.endswith(nonce4))
     assert fb.seq is not None and fb.release == (release if new_kernel else None)
     assert "nothing changed" in steps["fallback2"][1], steps["fallback2"]
+    assert "kpr-live: after fallback boot" in texts
     rc, out = steps["fallback-remove"]
     assert rc == 0 and "unloaded the netconsole module" in out, out
 
