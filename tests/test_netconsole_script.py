@@ -242,6 +242,12 @@ step fallback-boot env KPR_NC_CONFIGFS=/tmp/nocfs sh /etc/rc.local
 until_true '[ -d /sys/module/netconsole ] && [ -s /run/kpr-omprog-netconsole-heartbeat.pid ]'
 mark "kpr-live: after fallback boot"
 step fallback-remove env KPR_NC_CONFIGFS=/tmp/nocfs sh /nc-remove.sh
+# IPv6: QEMU's user network answers for fec0::2 and hands it to the host's ::1
+ip -6 addr add fec0::15/64 dev eth0
+until_true '! ip -6 addr show dev eth0 | grep -q tentative'
+step install6 sh /nc6.sh
+mark "kpr-live: over ipv6"
+step remove6 sh /nc-remove.sh
 echo KPR-DONE
 poweroff -f
 """
@@ -311,16 +317,17 @@ def _steps(serial: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _received(capture: Path) -> list[tuple[bytes, Line]]:
+def _received(capture: Path) -> list[tuple[str, bytes, Line]]:
     """The captured datagrams through the project's own reading path: the capture format,
     then the netconsole decoder (one per source, as the assembler keeps them)."""
     decoders: dict[str, HostDecoder] = {}
     got = []
     for i, raw in enumerate(capture.read_text().splitlines()):
         d = parse_line(raw, f"{capture}:{i + 1}")
-        assert d.source[0] == "127.0.0.1"  # QEMU's user network hands 10.0.2.2 to loopback
+        # QEMU's user network hands 10.0.2.2 to 127.0.0.1 and fec0::2 to ::1
+        assert d.source[0] in ("127.0.0.1", "::1"), d.source
         for line in decoders.setdefault(d.source[0], HostDecoder()).feed(d.data, d.at):
-            got.append((d.data, line))
+            got.append((d.source[0], d.data, line))
     return got
 
 
@@ -344,18 +351,19 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
         "nc.sh": render(settings("10.0.2.2", port, tags, f"{HEARTBEAT}s"), "test"),
         "nc-remove.sh": render(settings(None, remove=True), "test"),
         "nc-unreach.sh": render(settings("192.0.2.77", port), "test"),
+        "nc6.sh": render(settings("fec0::2", port, tags), "test"),
     }
     initrd = _guest_initramfs(tmp_path / "initramfs.cpio.gz", kdir, scripts)
     capture = tmp_path / "capture.jsonl"
     cap = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "capture", "--listen", f"127.0.0.1:{port}",
-                            "--out", str(capture)], stderr=subprocess.PIPE)
+                            "--listen", f"[::1]:{port}", "--out", str(capture)], stderr=subprocess.PIPE)
     serial_file = tmp_path / "serial.txt"
     try:
         wait_for(lambda: _udp_bound(port), 30, f"kpr-omprog capture on 127.0.0.1:{port}", cap)
         cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "512M", "-nodefaults",
                "-no-user-config", "-display", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
                "-append", "console=ttyS0 panic=-1",
-               "-netdev", "user,id=n0,ipv6=off", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
+               "-netdev", "user,id=n0", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
                "-serial", f"file:{serial_file}", "-no-reboot"]
         subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     finally:
@@ -364,7 +372,8 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
     serial = serial_file.read_text(errors="replace")
     assert "KPR-DONE" in serial and "KPR-TIMEOUT" not in serial, serial[-4000:]
     steps = _steps(serial)
-    got = _received(capture)
+    got6 = [(raw, line) for src, raw, line in _received(capture) if src == "::1"]
+    got = [(raw, line) for src, raw, line in _received(capture) if src == "127.0.0.1"]
     texts = [line.text for _, line in got]
 
     # bad input the client finds: one line, exit 1
@@ -443,7 +452,21 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
     rc, out = steps["fallback-remove"]
     assert rc == 0 and "unloaded the netconsole module" in out, out
 
-    # --- kpr-omprog hosts: the lead adds the server side's assertions here after merging
-    # the fleet branch (the guest as one host with its release, the extended format, its
-    # tags dc=ams1 and rack=r 12, the last test line nonce and heartbeats; silent after
-    # remove once the heartbeat interval has passed). `capture` holds the datagrams.
+    # an IPv6 server: route, neighbour discovery and the configfs target over IPv6
+    rc, out = steps["install6"]
+    assert rc == 0 and f"enabled the netconsole target: eth0 fec0::15 -> fec0::2:{port}" in out, out
+    nonce6 = out.split("netconsole test from kpr-guest ")[1].split("'")[0]
+    v6 = next(line for _, line in got6 if line.text.endswith(nonce6))
+    assert v6.seq is not None and v6.userdata == ((("dc", "ams1"), ("rack", "r 12")) if new_kernel else None)
+    assert "kpr-live: over ipv6" in [line.text for _, line in got6]
+    assert steps["remove6"][0] == 0
+
+    # ====================================================================================
+    # LEAD: `kpr-omprog hosts` assertions go here once the fleet branch (server side) is
+    # merged. `capture` holds every datagram the guest sent, in order (127.0.0.1 and ::1);
+    # feed them to the receiver (e.g. run `kpr-omprog udp --listen 127.0.0.1:{port}` next to
+    # or instead of `capture`, or replay the capture into a state directory) and check:
+    # the guest is one host with its release (new kernel), the extended format, its tags
+    # dc=ams1 and rack=r 12 (new kernel), the last test line (nonce1..nonce4, nonce6) and
+    # heartbeats; after remove1 and {HEARTBEAT} s more, `hosts --silent` lists it.
+    # ====================================================================================
