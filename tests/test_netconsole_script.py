@@ -3,8 +3,10 @@
 Real parts: the printed script is checked by ``shellcheck`` and parsed by ``dash`` and
 ``busybox sh``, and it runs in a QEMU guest on two real Debian kernels (the suite's 6.1,
 whose netconsole has no release, userdata or sysdata, and Debian 13's backports kernel,
-which has them all), under busybox sh and dash, with no systemd: the receiver here is
-``kpr-omprog capture`` and the datagrams are read back through the project's decoder.
+which has them all), under busybox sh and dash, with no systemd (rc.local and the
+heartbeat loop), and in the debootstrapped Debian 12 root booted with systemd as PID 1 (the
+boot unit and the heartbeat timer). The receiver here is ``kpr-omprog capture`` and the
+datagrams are read back through the project's decoder.
 """
 
 from __future__ import annotations
@@ -470,3 +472,160 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
     # dc=ams1 and rack=r 12 (new kernel), the last test line (nonce1..nonce4, nonce6) and
     # heartbeats; after remove1 and {HEARTBEAT} s more, `hosts --silent` lists it.
     # ====================================================================================
+
+
+# --- live: a systemd host (Debian 12 booted with systemd as PID 1) ------------------------
+
+SYSTEMD_CHECK = r"""#!/bin/sh
+# The netconsole script on a systemd host, reported on the serial console.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+hostname kpr-systemd
+modprobe e1000
+i=0; until dev=$(ls /sys/class/net | grep -v '^lo$' | head -n 1) && [ -n "$dev" ] || [ $i -ge 150 ]; do
+  sleep 0.2; i=$((i+1)); done
+ip addr add 10.0.2.15/24 dev "$dev"
+ip link set "$dev" up
+ip route add default via 10.0.2.2
+i=0; while [ "$(cat /sys/class/net/$dev/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+T=/sys/kernel/config/netconsole/kpr-omprog
+tx() { cat "/sys/class/net/$dev/statistics/tx_packets"; }
+step() { n=$1; shift; echo "KPR-STEP-BEGIN $n"; "$@" 2>&1; echo "KPR-STEP-END $n rc=$?"; }
+until_true() {  # bounded: 600 polls, then a line the host fails on
+  i=0; until eval "$1"; do [ $i -ge 600 ] && { echo "KPR-TIMEOUT $1"; return 1; }; sleep 0.2; i=$((i+1)); done
+}
+mark() { b=$(tx); echo "<5>$1" > /dev/kmsg; until_true "[ \$(tx) -gt $b ]"; }
+beats() { dmesg | grep -c "netconsole heartbeat from kpr-systemd"; }
+step install1 sh /root/nc.sh
+step install2 sh /root/nc.sh
+step enabled systemctl is-enabled kpr-omprog-netconsole.service kpr-omprog-netconsole-heartbeat.timer
+until_true '[ "$(beats)" -ge 2 ]'
+# the boot unit, as at a boot: the target is gone and the unit sets it up again
+for d in "$T"/userdata/*/; do [ -d "$d" ] && rmdir "$d"; done
+echo 0 > "$T/enabled"; rmdir "$T"
+step unit systemctl restart kpr-omprog-netconsole.service
+step target cat "$T/enabled"
+mark "kpr-live: after the unit"
+step remove1 sh /root/nc-remove.sh
+# nothing of ours left: files, target, helper, timer
+step leftovers sh -c 'ls /etc/systemd/system | grep kpr-omprog-netconsole; \
+  ls -d $0 /usr/local/sbin/kpr-omprog-netconsole 2>/dev/null; \
+  systemctl list-timers --all --no-legend | grep kpr-omprog; true' "$T"
+echo "<5>kpr-live: after remove" > /dev/kmsg
+step install3 sh /root/nc.sh
+mark "kpr-live: after install3"
+step remove3 sh /root/nc-remove.sh
+echo KPR-DONE
+"""
+
+SYSTEMD_UNIT = """[Unit]
+Description=kpr-omprog netconsole script check (test guest)
+After=multi-user.target
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /root/check.sh
+StandardOutput=tty
+TTYPath=/dev/ttyS0
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _systemd_initramfs(work: Path, scripts: dict[str, str]) -> Path:
+    from tests.qemu import trailer, tree_cpio
+    from tests.test_install_systemd import ROOTFS
+
+    release = (KERNEL_DIR / "RELEASE").read_text().strip()
+    mods = f"usr/lib/modules/{release}"
+    out_path = work / "initramfs.cpio"
+    with open(out_path, "wb") as out:
+        ino = tree_cpio(out, ROOTFS)
+        for d in ("usr/local/sbin", "usr/lib/modules", mods, f"{mods}/kernel"):
+            _entry(out, ino, d, stat.S_IFDIR | 0o755)
+            ino += 1
+        # Debian's minbase root has neither iproute2 nor kmod: busybox stands in for ip,
+        # ping, modprobe and rmmod (the script needs only their common options)
+        files: list[tuple[str, int, bytes]] = [("usr/local/sbin/busybox", stat.S_IFREG | 0o755,
+                                                Path(BUSYBOX).read_bytes())]
+        files += [(f"usr/local/sbin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in ("ip", "ping", "modprobe",
+                                                                                    "rmmod")]
+        files += [(f"{mods}/kernel/{m}.ko", stat.S_IFREG | 0o644, _module_bytes(KERNEL_DIR, m))
+                  for m in ("e1000", "configfs", "netconsole")]
+        dep = "kernel/e1000.ko:\nkernel/configfs.ko:\nkernel/netconsole.ko: kernel/configfs.ko\n"
+        files.append((f"{mods}/modules.dep", stat.S_IFREG | 0o644, dep.encode()))
+        files += [(f"root/{name}", stat.S_IFREG | 0o755, text.encode()) for name, text in scripts.items()]
+        files.append(("etc/systemd/system/kpr-nc-check.service", stat.S_IFREG | 0o644, SYSTEMD_UNIT.encode()))
+        files.append(("etc/systemd/system/multi-user.target.wants/kpr-nc-check.service", stat.S_IFLNK | 0o777,
+                      b"/etc/systemd/system/kpr-nc-check.service"))
+        for name, mode, data in files:
+            _entry(out, ino, name, mode, data)
+            ino += 1
+        trailer(out)
+    return out_path
+
+
+@pytest.mark.slow
+def test_live_systemd_guest_runs_the_script(tmp_path: Path) -> None:
+    """The unit and the timer under a real systemd: enabled, the timer's heartbeats, the
+    boot unit setting the target up again, --remove disabling and deleting both."""
+    from tests.test_install_systemd import ROOTFS
+
+    why = qemu_usable() or (None if (ROOTFS / "lib" / "systemd" / "systemd").exists() else
+                            f"{ROOTFS} has no systemd (tests/run.sh debootstraps it)")
+    if why is not None:
+        pytest.skip(f"SYSTEMD NETCONSOLE TEST NOT RUN: {why}")
+    port = _free_udp_port()
+    scripts = {"check.sh": SYSTEMD_CHECK,
+               "nc.sh": render(settings("10.0.2.2", port, ["dc=ams1"], "3s"), "test"),
+               "nc-remove.sh": render(settings(None, remove=True), "test")}
+    initrd = _systemd_initramfs(tmp_path, scripts)
+    capture = tmp_path / "capture.jsonl"
+    cap = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "capture", "--listen", f"127.0.0.1:{port}",
+                            "--out", str(capture)], stderr=subprocess.PIPE)
+    serial_file = tmp_path / "serial.txt"
+    try:
+        wait_for(lambda: _udp_bound(port), 30, f"kpr-omprog capture on 127.0.0.1:{port}", cap)
+        cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "2048M", "-nodefaults",
+               "-no-user-config", "-display", "none", "-kernel", str(KERNEL_DIR / "vmlinuz"), "-initrd", str(initrd),
+               "-append", "console=ttyS0 rdinit=/lib/systemd/systemd panic=-1 systemd.show_status=0 "
+               "systemd.mask=serial-getty@ttyS0.service",
+               "-netdev", "user,id=n0,ipv6=off", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
+               "-serial", f"file:{serial_file}", "-no-reboot"]
+        # a bound, not a wait: the guest powers off when its check is done
+        subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    finally:
+        cap.send_signal(signal.SIGTERM)
+        cap.wait(timeout=30)
+    serial = serial_file.read_text(errors="replace")
+    assert "KPR-DONE" in serial and "KPR-TIMEOUT" not in serial, serial[-4000:]
+    steps = _steps(serial)
+    texts = [line.text for _, _, line in _received(capture)]
+
+    rc, out = steps["install1"]
+    assert rc == 0 and "kpr-omprog netconsole: done:" in out, out
+    for what in ("wrote /etc/systemd/system/kpr-omprog-netconsole.service",
+                 "enabled kpr-omprog-netconsole.service (runs at boot)",
+                 "wrote /etc/systemd/system/kpr-omprog-netconsole-heartbeat.timer",
+                 "enabled kpr-omprog-netconsole-heartbeat.timer (every 3 s)"):
+        assert what in out, out
+    assert "rc.local" not in out and "started the heartbeat" not in out, out  # systemd's, not the fallback
+    rc, out = steps["install2"]
+    assert rc == 0 and "nothing changed" in out, out
+    assert steps["enabled"] == (0, "enabled\nenabled"), steps["enabled"]
+    assert texts.count("kpr-omprog: netconsole heartbeat from kpr-systemd") >= 2, texts
+    assert steps["unit"][0] == 0 and steps["target"] == (0, "1"), (steps["unit"], steps["target"])
+    assert "kpr-live: after the unit" in texts
+
+    rc, out = steps["remove1"]
+    assert rc == 0, out
+    for what in ("removed /etc/systemd/system/kpr-omprog-netconsole-heartbeat.timer",
+                 "removed /etc/systemd/system/kpr-omprog-netconsole-heartbeat.service",
+                 "removed /etc/systemd/system/kpr-omprog-netconsole.service",
+                 "removed the netconsole target", "removed /usr/local/sbin/kpr-omprog-netconsole"):
+        assert what in out, out
+    assert steps["leftovers"] == (0, ""), steps["leftovers"]
+    nonce3 = steps["install3"][1].split("netconsole test from kpr-systemd ")[1].split("'")[0]
+    until = next(i for i, t in enumerate(texts) if t.endswith(nonce3))
+    assert "kpr-live: after remove" not in texts[:until] and "kpr-live: after install3" in texts
+    assert steps["remove3"][0] == 0
