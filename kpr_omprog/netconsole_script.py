@@ -122,6 +122,9 @@ def parse_tag(text: str) -> tuple[str, str]:
 
 
 def _server(text: str) -> str:
+    if "%" in text:
+        raise ScriptError(f"--server {text!r}: give the address without a %zone (the client's route lookup "
+                          "finds the interface)")
     try:
         addr = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
@@ -392,6 +395,14 @@ configfs_up() {
     change "enabled the netconsole target: $dev $src -> $SERVER:$PORT via $mac"
   fi
   userdata_up
+  # Another target at the same receiver (an older setup, a module option) sends every line
+  # twice: harmless (the receiver keeps one copy), but worth knowing.
+  for o in "$CFS"/netconsole/*/; do
+    [ "$o" = "$T/" ] && continue
+    if [ "$(cat "$o/remote_ip" 2>/dev/null)" = "$SERVER" ] && [ "$(cat "$o/remote_port" 2>/dev/null)" = "$PORT" ]; then
+      say "note: the netconsole target $(basename "$o") also sends to $SERVER:$PORT (each line arrives twice)"
+    fi
+  done
 }
 
 userdata_up() {

@@ -56,6 +56,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     (["--server", "127.0.0.1"], "loopback"),
     (["--server", "0.0.0.0"], "unspecified"),
     (["--server", "224.0.0.1"], "multicast"),
+    (["--server", "fe80::1%eth0"], "without a %zone"),
     (["--port", "514"], "--server ADDR is needed"),
     (["--server", "192.0.2.10", "--port", "70000"], "--port 70000: must be 1-65535"),
     (["--server", "192.0.2.10", "--tag", "dc"], "expected key=value"),
@@ -213,8 +214,13 @@ mark() { b=$(tx); echo "<5>$1" > /dev/kmsg; until_true "[ \$(tx) -gt $b ]"; }
 step unreachable sh /nc-unreach.sh
 ip route add default via 10.0.2.2
 step install1 sh /nc.sh
-# again under dash, as /bin/sh too (the helper and its heartbeat run `sh`)
+# again under dash, as /bin/sh too (the helper and its heartbeat run `sh`); another
+# (disabled) target at the same receiver is pointed out
+mkdir /sys/kernel/config/netconsole/other
+echo 10.0.2.2 > /sys/kernel/config/netconsole/other/remote_ip
+cat /port > /sys/kernel/config/netconsole/other/remote_port
 step install2 env PATH=/dashbin:/bin /usr/bin/dash /nc.sh
+rmdir /sys/kernel/config/netconsole/other
 until_true '[ "$(dmesg | grep -c "netconsole heartbeat from kpr-guest")" -ge 2 ]'
 # A reboot, as far as the target and the heartbeat know: both gone, rc.local runs.
 kill -- "-$(cat /run/kpr-omprog-netconsole-heartbeat.pid)"
@@ -354,6 +360,7 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
         "nc-remove.sh": render(settings(None, remove=True), "test"),
         "nc-unreach.sh": render(settings("192.0.2.77", port), "test"),
         "nc6.sh": render(settings("fec0::2", port, tags), "test"),
+        "port": str(port),
     }
     initrd = _guest_initramfs(tmp_path / "initramfs.cpio.gz", kdir, scripts)
     capture = tmp_path / "capture.jsonl"
@@ -409,6 +416,7 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
     # second run (under dash): nothing changes, and it says so
     rc, out = steps["install2"]
     assert rc == 0 and "kpr-omprog netconsole: nothing changed: netconsole already sends to 10.0.2.2:" in out, out
+    assert f"note: the netconsole target other also sends to 10.0.2.2:{port} (each line arrives twice)" in out
     nonce2 = out.split("netconsole test from kpr-guest ")[1].split("'")[0]
     assert nonce2 != nonce1 and any(t.endswith(nonce2) for t in texts)
 
