@@ -143,7 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", default="-", help="output file (default stdout)")
     p.add_argument("--count", type=int, metavar="N", help="stop after N datagrams")
     p.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    _add_netconsole_script(sub)
     return parser
+
+
+def _add_netconsole_script(sub: Any) -> None:
+    p = sub.add_parser("netconsole-script", help="print a sh script that sets up netconsole on a client",
+                       description="Print a POSIX sh script to run as root on a client, e.g. `kpr-omprog "
+                                   "netconsole-script --server 192.0.2.10 --tag dc=ams1 | ssh root@web1 sh`. It "
+                                   "finds the route, interface, source address and next hop's MAC, creates a "
+                                   "netconsole target with everything the client's kernel offers (extended "
+                                   "format, release, sysdata, one userdata entry per tag), keeps it across "
+                                   "reboots and ends with a test line. A second run changes nothing; --remove "
+                                   "undoes it all.")
+    p.add_argument("--server", metavar="ADDR", help="this receiver's IP address as the client reaches it")
+    p.add_argument("--port", type=int, default=514, metavar="N", help="the receiver's UDP port (default 514)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label the client sends with every line (netconsole userdata; repeatable)")
+    p.add_argument("--heartbeat", metavar="INTERVAL",
+                   help="also write a heartbeat line at this interval (1d, 12h, 30m, 45s), so a client "
+                        "whose netconsole broke shows up as silent")
+    p.add_argument("--remove", action="store_true", help="print the script that undoes the setup")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -712,6 +732,18 @@ def _cmd_capture(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_netconsole_script(args: argparse.Namespace) -> int:
+    from .netconsole_script import ScriptError, render, settings
+
+    try:
+        s = settings(args.server, args.port, args.tag, args.heartbeat, args.remove)
+    except ScriptError as e:
+        sys.stderr.write(f"kpr-omprog netconsole-script: error: {e}\n")
+        return 2
+    sys.stdout.write(render(s, __version__))
+    return 0
+
+
 def _answer_start_before_exit(args: argparse.Namespace) -> None:
     """Under rsyslog, a program that fails before its start ``OK`` makes rsyslogd 8.2302
     crash (SIGSEGV, measured with the shipped drop-in; rsyslog issue 5017), taking the
@@ -748,6 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
+        if args.command == "netconsole-script":
+            return _cmd_netconsole_script(args)
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
                    "reports": _cmd_reports, "show": _cmd_show, "status": _cmd_status,
