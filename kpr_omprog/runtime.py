@@ -59,7 +59,7 @@ def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
 
     def hook(key: str, spec: str) -> Any:
         try:
-            return load_hook(spec)
+            return load_hook(spec, h.dirs)
         except ValueError as e:
             raise ConfigError(f"hooks.{key}: {e}") from None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kpr_omprog"
 PURE = {"netconsole", "assembler", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs", "capture",
+        "netconsole_script",
         "symbolize"}
 
 
