@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["Frame", "arm_caller", "call_trace", "canonical_function", "is_skipped", "is_trace_start", "parse_frame",
-           "pc_function"]
+           "pc_function", "pc_in_data"]
 
 # One frame of a call trace. The address columns are optional and tolerant: a line damaged
 # in transit ("<ffffffff81234567>] func+0x..", a "[" lost) still names its function. s390
@@ -192,12 +192,20 @@ def arm_caller(line: str) -> str | None:
 def pc_function(line: str) -> str | None:
     """The function of a faulting-instruction line (``RIP: 0010:f+0x..``, ``pc : f+0x..``, ...)."""
     m = _PC.match(line)
-    if m is None:
-        return None
-    size = m.group(3)
-    if size is not None and (int(size, 16) > _MAX_FUNCTION_BYTES or int(m.group(2), 16) >= int(size, 16)):
+    if m is None or _past_symbol(m):
         return None  # past the symbol's end: the CPU ran data (a jump into a buffer)
     return m.group(1)
+
+
+def _past_symbol(m: re.Match[str]) -> bool:
+    size = m.group(3)
+    return size is not None and (int(size, 16) > _MAX_FUNCTION_BYTES or int(m.group(2), 16) >= int(size, 16))
+
+
+def pc_in_data(line: str) -> bool:
+    """A fault line whose address lies past its symbol's end: the CPU was running data."""
+    m = _PC.match(line)
+    return m is not None and _past_symbol(m)
 
 
 def is_trace_start(line: str) -> bool:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
+from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function, pc_in_data
 
 __all__ = ["FORMATS", "Blame", "Format", "blame", "has_header", "is_separator", "without_cpu_column"]
 
@@ -173,6 +173,7 @@ def _skip(*names: str) -> re.Pattern[str]:
 # a helper or in data (a jump into a buffer); ppc's trace can only guess it ("(unreliable)").
 # arm's and arm64's traces name the caller reliably, and their lr may be stale.
 _LR = re.compile(r"^LR \[[0-9a-f]+\] \.?(?P<f>[A-Za-z_][\w.]*)\+0x")
+_ANY_LR = re.compile(r"^(?:LR \[[0-9a-f]+\] |lr : |LR is at )\.?(?P<f>[A-Za-z_][\w.]*)\+0x")
 _RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _LR, _CALL_TRACE, TRACE)
 _INSTRUMENTATION = re.compile(r"__sanitizer_cov|__asan|__msan|__tsan|kasan|check_memory_region|kcsan|kmsan")
 _FAILING_ADDRESS = re.compile(r"^[Ff]ailing address: ([0-9a-f]{1,16})\b")
@@ -637,6 +638,10 @@ def blame(lines: Sequence[str]) -> Blame:
     if not fmt.stack:
         return Blame(kind, category, None, index, False, True)
     frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict)
+    if fmt.stack and fmt.stack[0] is PC and any(pc_in_data(x) for x in region[:40]):
+        # The CPU jumped into data: the link register names the code that jumped there
+        # (the trace may not show it: the jump left no frame)
+        frames = [*_candidates(region, (_ANY_LR,), fmt.skip), *frames]
     if not frames and fmt.alt:
         frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
     if not frames and fmt.last:
