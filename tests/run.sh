@@ -41,7 +41,7 @@ if [ ! -f "$KERNEL_DIR/vmlinuz" ]; then
 fi
 export KPR_KERNEL_DIR="$KERNEL_DIR"
 
-# A real arm64 kernel for tests/test_live_kernel_arm64.py: Debian's current arm64 kernel
+# A real arm64 kernel for tests/test_live_kernel.py: Debian's current arm64 kernel
 # package and busybox-static:arm64 (dpkg learns the foreign architecture once), of which only
 # the kernel, busybox and the modules of the guest's e1000 NIC and netconsole are kept (about 30 MB).
 ARM64_DIR=${KPR_ARM64_DIR:-$HOME/.cache/kpr-omprog-kernel-arm64}
