@@ -70,11 +70,10 @@ def run(count: int = 60_000, rate: float = 150_000, rounds: int = 3) -> list[Row
                 print(f"  round {r + 1} {name}: sent {sent}, program got {got}, rsyslog processed {processed}, "
                       f"{got_rate[name]:,.0f} lines/s", flush=True)
             ratios.append(got_rate["kpr-omprog"] / got_rate["ok-sink"] if got_rate["ok-sink"] else 0.0)
-    ours, ceiling, ratio = (statistics.median(rates["kpr-omprog"]), statistics.median(rates["ok-sink"]),
-                            statistics.median(ratios))
+    ours, ceiling = statistics.median(rates["kpr-omprog"]), statistics.median(rates["ok-sink"])
     spread = ", ".join(f"{100 * x:.0f} %" for x in ratios)
     return [Row("2. rsyslog -> omprog: lines/s taken, journaling on (vs OK-only program = ceiling B)",
-                ours, ceiling, "lines/s", ">= 80% of ceiling B, zero loss", ratio >= 0.8 and lost == 0,
+                ours, ceiling, "lines/s", ">= 80% of ceiling B, zero loss", ours >= 0.8 * ceiling and lost == 0,
                 f"medians of {rounds} rounds; each round's ratio: {spread}; ours {min(rates['kpr-omprog']):,.0f}"
                 f"-{max(rates['kpr-omprog']):,.0f}, ceiling {min(rates['ok-sink']):,.0f}-"
                 f"{max(rates['ok-sink']):,.0f} lines/s; lost {lost} of {sent_total} "
