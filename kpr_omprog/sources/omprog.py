@@ -135,6 +135,10 @@ def parse_omprog_line(line: bytes) -> tuple[bytes, str, float | None]:
 
     >>> parse_omprog_line(b'{"ip": "10.0.0.1", "received": "2026-01-01T00:00:00+00:00", "raw": "x\\\\n"}')
     (b'x\\n', '10.0.0.1', 1767225600.0)
+    >>> parse_omprog_line(b'{"ip": "10.0.0.2", "received": "2026-01-01T00:00:00+00:00", "raw": "y"}')[2]  # cached
+    1767225600.0
+    >>> [parse_omprog_line(b'{"ip": "10.0.0.1", "received": "%s", "raw": "y"}' % t)[2] for t in (b"never", b"never")]
+    [None, None]
     >>> parse_omprog_line(b"[" * 100000)
     Traceback (most recent call last):
     ...
