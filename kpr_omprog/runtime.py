@@ -232,10 +232,6 @@ class Pipeline:
 OVERFLOW_IN_MEMORY = 1000
 #: and about this many bytes of them
 OVERFLOW_BYTES = 64 << 20
-#: a recent datagram kept for context is cut to this: the kernel sends at most 1000 bytes
-#: (MAX_PRINT_CHUNK), so only what no kernel sends is cut, and 10,000 idle hosts stay small
-CONTEXT_ROW_BYTES = 1024
-
 #: closing reasons that mean a bound bit, and the setting behind each
 _BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_open_reports",
            "open_bytes_budget": "assembler.open_bytes_budget", "max_lines": "assembler.max_lines",
@@ -263,7 +259,6 @@ class Intake:
         self.journal = journal
         self._by_ip = assembler.config.group_by == "ip"
         self._max_datagram = assembler.config.max_datagram_bytes
-        self._recent: dict[str, deque[Row]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
         # Journal rows not yet written: flush() writes them with one write. The omprog
@@ -353,17 +348,12 @@ class Intake:
         row = (key, at, ip, source[1], kept)
         if asm.last_fed_open or key in self._held:
             if key not in journaled:
-                self._batch.extend(self._recent.pop(key, ()))
+                # The host's context lines, from the assembler's record of it (one record a
+                # host): journaled first, they rebuild the same context on replay.
+                self._batch.extend((key, at, ip, source[1], x) for x in asm.take_context(source))
                 journaled.add(key)
             self._batch.append(row)
             self._last[key] = (at, kept)
-        else:
-            q = self._recent.get(key)
-            if q is None:
-                if len(self._recent) >= asm.config.max_hosts:
-                    self._recent.pop(next(iter(self._recent)))
-                q = self._recent[key] = deque(maxlen=asm.config.context_lines + 1)
-            q.append(row if len(kept) <= CONTEXT_ROW_BYTES else (key, at, ip, source[1], kept[:CONTEXT_ROW_BYTES]))
 
     def flush(self) -> None:
         """Write the journal rows fed so far (call before acknowledging them)."""
@@ -495,7 +485,8 @@ class Intake:
                 if key not in self._journaled and self.journal is not None:
                     # It opened and closed within this datagram: journal its context now (the
                     # datagram itself follows in feed(), as the host is held).
-                    self._batch.extend(self._recent.pop(key, ()))
+                    self._batch.extend((key, report.first_seen, report.host, report.port, x)
+                                       for x in self.assembler.take_context((report.host, report.port)))
                     self._journaled.add(key)
                 self.flush()
                 continue

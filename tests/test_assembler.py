@@ -176,11 +176,17 @@ def test_hosts_are_kept_apart_and_grouping_by_port_works() -> None:
 
 
 def test_host_eviction_forgets_idle_hosts_before_any_open_report() -> None:
-    asm = Assembler(AssemblerConfig(max_hosts=2))
+    # Hosts heard twice (admitted) are bounded by max_hosts, hosts heard once by new_hosts.
+    asm = Assembler(AssemblerConfig(max_hosts=2, new_hosts=1))
     out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0)])
-    out += run_no_close(asm, [(b"noise\n", B, 1.1), (b"noise\n", ("10.0.0.3", 1), 1.2)])
+    out += run_no_close(asm, [(b"noise\n", B, 1.1), (b"noise\n", B, 1.15), (b"noise\n", ("10.0.0.3", 1), 1.2),
+                              (b"noise\n", ("10.0.0.3", 1), 1.25)])
     assert out == [] and asm.is_open(A) and not asm.is_open(B)
     assert asm.hosts == 2 and asm.stats.hosts_evicted == 1 and asm.stats.reports_evicted == 0
+    assert not asm.is_open(B) and asm.stats.hosts_admitted == 2 and asm.idle_hosts == 1
+    # a source heard once goes to the new-hosts table: it pushes out the one there, not B
+    run_no_close(asm, [(b"noise\n", ("10.0.0.4", 1), 1.3), (b"noise\n", ("10.0.0.5", 1), 1.4)])
+    assert asm.stats.new_hosts_forgotten == 1 and asm.new_hosts == 1 and asm.idle_hosts == 1
 
 
 def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
@@ -189,7 +195,7 @@ def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
     lines = [(d, 1.0 + i * 0.05) for i, d in enumerate(classic(OOPS))]
     solo = Assembler()
     alone = run_no_close(solo, [(d, A, at) for d, at in lines]) + solo.close_all()
-    asm = Assembler(AssemblerConfig(max_hosts=1000))
+    asm = Assembler(AssemblerConfig(max_hosts=1000, new_hosts=1000))
     out: list[Report] = []
     for i, (d, at) in enumerate(lines):
         out += asm.feed(d, A, at)
@@ -198,13 +204,14 @@ def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
                 out += asm.feed(b"noise\n", (f"10.9.{n // 250}.{n % 250}", 6666), at + n * 1e-6)
     out += asm.close_all()
     assert _reports_key(out) == _reports_key(alone) and len(out) >= 1
-    assert asm.stats.hosts_evicted >= 11_000 and asm.stats.reports_evicted == 0
+    assert asm.stats.new_hosts_forgotten >= 11_000 and asm.stats.reports_evicted == 0
 
 
 def test_when_every_tracked_host_has_an_open_report_the_least_recent_closes_whole() -> None:
     asm = Assembler(AssemblerConfig(max_hosts=2))
+    c = ("10.0.0.3", 1)
     out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0), (classic([OOPS[1]])[0], B, 1.1),
-                             (b"noise\n", ("10.0.0.3", 1), 1.2)])
+                             (b"noise\n", c, 1.2), (b"noise\n", c, 1.3)])
     [r] = out
     assert r.host == "10.0.0.1" and r.closed_by == "evicted" and "evicted" in r.flags
 
@@ -263,7 +270,7 @@ def test_reports_do_not_depend_on_how_senders_interleave(rnd: random.Random) -> 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(st.binary(max_size=1200), st.integers(0, 300)), max_size=200))
 def test_random_datagrams_from_many_hosts_stay_within_caps(items: list[tuple[bytes, int]]) -> None:
-    cfg = AssemblerConfig(max_hosts=50, max_lines=40, max_bytes=4000, context_lines=4)
+    cfg = AssemblerConfig(max_hosts=50, new_hosts=20, max_lines=40, max_bytes=4000, context_lines=4)
     asm = Assembler(cfg)
     t = 0.0
     for data, h in items:
@@ -271,9 +278,9 @@ def test_random_datagrams_from_many_hosts_stay_within_caps(items: list[tuple[byt
         for r in asm.expire(t) + asm.feed(b"BUG: x\n" + data if h % 7 == 0 else data, (f"10.9.{h}.1", 1), t):
             assert len(r.lines) <= cfg.max_lines
             "\n".join(r.lines).encode("utf-8")
-        assert asm.hosts <= cfg.max_hosts
+        assert asm.hosts <= cfg.max_hosts + cfg.new_hosts
         for host in asm._hosts.values():
-            assert len(host.recent) <= cfg.context_lines
+            assert host.nctx <= cfg.context_lines and host.ctx.count(b"\n") == host.nctx
             if host.report is not None:
                 assert len(host.report.lines) < cfg.max_lines
                 assert host.report.nbytes < cfg.max_bytes + cfg.decoder.max_line_bytes
