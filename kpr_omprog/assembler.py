@@ -99,7 +99,7 @@ class AssemblerConfig:
     #: hosts heard more than once tracked at once (about 1.2 KB each when idle, see the
     #: README); beyond this the least recently heard host *without* an open report is
     #: forgotten (a flood of spoofed sources cannot cut a real report)
-    max_hosts: int = 100000
+    max_hosts: int = 120000
     #: hosts heard only once, tracked apart: a flood of one-datagram sources (spoofed)
     #: churns these, never the hosts above. Beyond it the least recently heard is forgotten
     new_hosts: int = 10000
@@ -194,9 +194,9 @@ class AssemblerStats:
 
     reports: int = 0
     hosts: int = 0
-    #: hosts forgotten (either bound below)
+    #: hosts forgotten at max_hosts
     hosts_evicted: int = 0
-    #: ...of them, hosts heard only once forgotten at new_hosts (a flood of new sources)
+    #: hosts heard only once forgotten at new_hosts (a flood of new sources, or a fleet starting)
     new_hosts_forgotten: int = 0
     #: hosts admitted to the max_hosts table (heard a second time)
     hosts_admitted: int = 0
@@ -637,11 +637,11 @@ class Assembler:
             _, old = self._idle.popitem(last=False)
         else:
             old = next(iter(self._opened.values()))
+        self.stats.hosts_evicted += 1
         self._forget(old, closed)
 
     def _forget(self, old: _Host, closed: list[Report]) -> None:
         del self._hosts[old.key]
-        self.stats.hosts_evicted += 1
         if not old.admitted:
             h = hash(old.key) or 1
             self._ghost[h & (GHOST_SLOTS - 1)] = h

@@ -376,6 +376,12 @@ class Intake:
          "a datagram held more lines than a kernel sends; the rest were kept as one line"),
         ("starts_ignored", "one report a datagram",
          "a datagram held several crash starts; one report was made, the rest kept as context"),
+        ("hosts_evicted", "assembler.max_hosts",
+         "more hosts heard more than once than the table holds: the least recently heard idle host was forgotten "
+         "(its context lines with it); open reports are never cut for one"),
+        ("new_hosts_forgotten", "assembler.new_hosts",
+         "more sources heard only once than the table holds (a fleet starting, or spoofed sources): the least "
+         "recently heard was forgotten; hosts heard twice are not touched"),
     )
 
     def _log_datagram_bounds(self) -> None:
@@ -412,6 +418,8 @@ class Intake:
         a = self.assembler.stats
         g = self.pipeline.gate.stats
         return {"reports": a.reports, "hosts_evicted": a.hosts_evicted, "reports_evicted": a.reports_evicted,
+                "new_hosts_forgotten": a.new_hosts_forgotten, "test_lines": a.test_lines,
+                "heartbeat_lines": a.heartbeat_lines,
                 "reports_truncated": a.reports_truncated, "datagrams_cut": a.datagrams_cut,
                 "open_reports_limited": a.open_reports_limited, "open_bytes_limited": a.open_bytes_limited,
                 "undecodable": a.decode.undecodable, "malformed_headers": a.decode.malformed_headers,

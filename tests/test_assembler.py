@@ -451,3 +451,81 @@ def test_a_foreign_line_after_the_end_marker_is_context_not_the_crash_and_splits
     assert reports[0].lines == tuple(OOPS[1:])  # the panic joined, the link message left out
     assert reports[1].context[-1] == "lkdtm: Performing direct entry BUG"
     assert "e1000: eth0 NIC Link is Down" in reports[1].context
+
+
+# -- a fleet: compact idle hosts, hosts heard once kept apart (issue 22) ------------------------
+
+def _fleet_addr(n: int) -> tuple[str, int]:
+    return (f"127.{10 + n // 62500}.{(n // 250) % 250}.{2 + n % 250}", 6666)
+
+
+def test_a_host_quiet_while_100000_others_spoke_keeps_its_context_lines() -> None:
+    # The defaults: Q prints 12 lines, falls quiet while 100,000 other hosts print two lines
+    # each (classic and extended), then crashes. Its report starts with its last lines.
+    asm = Assembler()
+    q = ("10.1.0.1", 6666)
+    before = [f"mce: [Hardware Error]: quiet host line {i}" for i in range(12)]
+    for i, d in enumerate(classic(before)):
+        assert asm.feed(d, q, 1 + i * 0.01) == []
+    for r in range(2):
+        for n in range(100_000):
+            data = (b"[%5d.%06d] usb 1-1: noise %d\n" % (5 + r, n, n) if n % 2 else
+                    b"6,%d,%d,-;systemd[1]: noise %d\n" % (r + 1, (5 + r) * 1_000_000 + n, n))
+            assert asm.feed(data, _fleet_addr(n), 5 + r + n * 1e-6) == []
+    assert asm.stats.hosts_evicted == 0 and asm.hosts == 100_001
+    out = run(asm, [(d, q, 10 + i * 0.001) for i, d in enumerate(classic(OOPS[1:], t0=30))])
+    [rep] = [r for r in out if r.host == q[0]]
+    assert rep.context == tuple(before[-10:]) and rep.start_line == OOPS[1]
+    assert [r for r in out if r.host != q[0]] == []
+
+
+def test_a_flood_of_one_datagram_sources_pushes_out_no_host_heard_twice() -> None:
+    # 50,000 spoofed sources, one datagram each, against new_hosts = 500: they churn the
+    # new-hosts table only; the 500 real hosts keep their context and an open report its lines.
+    asm = Assembler(AssemblerConfig(max_hosts=1000, new_hosts=500))
+    for r in range(2):
+        for n in range(500):
+            asm.feed(b"[%5d.%06d] real host %d line %d\n" % (1 + r, n, n, r), _fleet_addr(n), 1 + r + n * 1e-6)
+    asm.feed(classic([OOPS[1]], t0=3)[0], _fleet_addr(0), 3.0)
+    for n in range(50_000):
+        asm.feed(b"[    4.%06d] spoof %d\n" % (n % 1_000_000, n), (f"10.{n // 62500}.{n // 250 % 250}.{n % 250}", 1),
+                 4 + n * 1e-6)
+    assert asm.stats.new_hosts_forgotten >= 49_000 and asm.stats.hosts_evicted == 0
+    assert asm.idle_hosts == 499 and asm.new_hosts == 500 and asm.is_open(_fleet_addr(0))
+    out = run(asm, [(d, _fleet_addr(7), 5 + i * 0.001) for i, d in enumerate(classic(OOPS[1:], t0=5))])
+    by_host = {r.host: r for r in out}
+    assert by_host[_fleet_addr(7)[0]].context == ("real host 7 line 0", "real host 7 line 1")
+    assert by_host[_fleet_addr(0)[0]].lines == (OOPS[1],) and by_host[_fleet_addr(0)[0]].context == (
+        "real host 0 line 0", "real host 0 line 1")
+
+
+def test_a_source_forgotten_while_heard_once_is_admitted_when_heard_again() -> None:
+    # A fleet starting: more new sources than new_hosts between two lines of each. The ghost
+    # table remembers the forgotten ones, so their second line admits them.
+    asm = Assembler(AssemblerConfig(new_hosts=10))
+    for r in range(2):
+        for n in range(1000):
+            asm.feed(b"[%5d.%06d] line %d\n" % (1 + r, n, r), _fleet_addr(n), 1 + r + n * 1e-6)
+    # (a ghost slot shared by two hosts forgets one of them: a few of 990, as hashes fall)
+    assert asm.stats.new_hosts_forgotten >= 990 and asm.idle_hosts >= 950
+    rows = asm.take_dirty(5000)
+    # counted from the datagram that admitted them (2 for those still in new_hosts then)
+    assert len(rows) == asm.idle_hosts and all(x.datagrams in (1, 2) and x.formats == 1 for x in rows)
+
+
+def test_test_and_heartbeat_lines_are_recorded_and_never_open_a_report_or_become_context() -> None:
+    from kpr_omprog.coverage import heartbeat_line, test_line
+
+    asm = Assembler()
+    lines = ["first", test_line("web1", "a1b2c3"), "second", heartbeat_line("web1"),
+             "kpr-omprog: netconsole test from not a valid one", *OOPS[1:]]
+    out = run(asm, [(d, A, 1 + i * 0.001) for i, d in enumerate(classic(lines))])
+    [r] = out
+    assert r.context == ("first", "second", "kpr-omprog: netconsole test from not a valid one")
+    assert (asm.stats.test_lines, asm.stats.heartbeat_lines) == (1, 1)
+    [rec] = asm.take_dirty(10)
+    assert rec.special == heartbeat_line("web1") and rec.reports == 1 and rec.datagrams == len(lines)
+    ext = Assembler()
+    ext.feed(b"6,1,1000,-;" + test_line("h", "n").encode() + b"\n sysdata\n", B, 1.0)
+    ext.feed(b"6,2,2000,-;" + test_line("h", "m").encode() + b"\n", B, 1.1)
+    assert ext.stats.test_lines == 2 and ext.open_reports == 0
