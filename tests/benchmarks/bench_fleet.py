@@ -34,8 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_udp import BARE_LOOP, cpu_seconds
-from common import (PY, RECEIVER_CPU, SENDER_CPU, Row, csender, free_port, json_logs, kpr, rss_mb, wait_drained,
-                    wait_log)
+from common import PY, RECEIVER_CPU, SENDER_CPU, Row, csender, free_port, json_logs, kpr, rss_mb, wait_drained, wait_log
 from sender import crash_datagrams, host_addr, kernel_time
 
 CRASH_HOSTS = 10
