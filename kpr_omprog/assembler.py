@@ -69,6 +69,7 @@ _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 CONTEXT_LINE_CHARS = 1024
 # Lines that are not noise for the fast path: a boot banner (a reboot, a release) and ours
 _NOT_NOISE = ("Linux version ", SPECIAL_PREFIX)
+_INF = float("inf")
 #: slots of the table of hosts forgotten while heard only once (8 bytes each): a host heard
 #: again while its slot still names it is admitted at once (see Assembler._host)
 GHOST_SLOTS = 1 << 19
@@ -103,6 +104,10 @@ class AssemblerConfig:
     #: hosts heard only once, tracked apart: a flood of one-datagram sources (spoofed)
     #: churns these, never the hosts above. Beyond it the least recently heard is forgotten
     new_hosts: int = 10000
+    #: a host heard again is queued for the store's hosts table at most once this often
+    #: (seconds; any other change at once): its last-heard time there is this coarse, and
+    #: 100,000 hosts cost 100,000 rows per interval, whatever they send
+    heard_resolution: float = 300.0
     #: reports being collected at once; beyond this the oldest is closed whole (flag "evicted")
     max_open_reports: int = 5000
     #: bytes of text all open reports may hold together; beyond it the largest is closed
@@ -120,7 +125,7 @@ class AssemblerConfig:
             raise ValueError(f"group_by must be 'ip' or 'ip-port', not {self.group_by!r}")
         if self.same_incident_gap < 0:
             raise ValueError("same_incident_gap must be >= 0")
-        for name in ("idle_timeout", "end_grace", "max_age"):
+        for name in ("idle_timeout", "end_grace", "max_age", "heard_resolution"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("max_lines", "max_bytes", "max_hosts", "new_hosts", "max_open_reports", "open_bytes_budget",
@@ -340,8 +345,8 @@ class _Host:
     text only when the host opens a report."""
 
     __slots__ = ("admitted", "ctx", "datagrams", "decoder", "dirty", "first", "ip", "key", "last", "lost", "nctx",
-                 "opened_ctx", "port", "release", "report", "reports", "scheduled", "special", "special_at",
-                 "title")
+                 "opened_ctx", "port", "release", "report", "reports", "requeue_at", "scheduled", "special",
+                 "special_at", "title")
 
     def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder, at: float,
                  admitted: bool) -> None:
@@ -359,6 +364,8 @@ class _Host:
         self.admitted = admitted
         #: True while queued for the store, and always for a host not admitted (never queued)
         self.dirty = not admitted
+        #: a datagram at or after this queues the host (infinite while queued or not admitted)
+        self.requeue_at = 0.0 if admitted else _INF
         self.first = at
         self.last = at
         #: since the host was last taken for the store
@@ -427,7 +434,7 @@ class Assembler:
         host.port = source[1]
         host.last = at
         host.datagrams += 1
-        if not host.dirty:
+        if at >= host.requeue_at:
             self._queue(host)
         decoder = host.decoder
         if host.report is None and host.scheduled is None:
@@ -586,6 +593,7 @@ class Assembler:
         while dirty and len(out) < limit:
             host = dirty.popleft()
             host.dirty = False
+            host.requeue_at = host.last + self.config.heard_resolution
             d = host.decoder
             key = host.key if isinstance(host.key, str) else f"{host.key[0]}:{host.key[1]}"
             out.append(HostRecord(key, host.ip, host.first, host.last, host.datagrams, host.release, d.formats,
@@ -621,6 +629,7 @@ class Assembler:
         """A host heard once is heard again: it joins the max_hosts table."""
         host.admitted = True
         host.dirty = False
+        host.requeue_at = 0.0
         self.stats.hosts_admitted += 1
         if host.report is None:
             del self._new[host.key]
@@ -657,6 +666,7 @@ class Assembler:
         """``host`` changed: queue it (once) for the store. The queue is bounded like the table."""
         if len(self._dirty) < self.config.max_hosts:
             host.dirty = True
+            host.requeue_at = _INF
             self._dirty.append(host)
         else:
             self.stats.host_updates_deferred += 1

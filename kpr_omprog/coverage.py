@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["HEARTBEAT_PREFIX", "HEARTBEAT_RE", "SPECIAL_PREFIX", "TEST_PREFIX", "TEST_RE", "HostRecord",
-           "heartbeat_line", "special", "test_line"]
+           "format_heartbeat_line", "format_test_line", "special"]
 
 #: every line of ours starts with this: one ``str.startswith`` on the hot path
 SPECIAL_PREFIX = "kpr-omprog: netconsole "
@@ -27,12 +27,12 @@ TEST_RE = r"^kpr-omprog: netconsole test from [A-Za-z0-9.-]{1,253} [A-Za-z0-9]{1
 HEARTBEAT_RE = r"^kpr-omprog: netconsole heartbeat from [A-Za-z0-9.-]{1,253}$"
 
 
-def test_line(hostname: str, nonce: str) -> str:
+def format_test_line(hostname: str, nonce: str) -> str:
     """The line the client script writes once, after setting netconsole up."""
     return f"{TEST_PREFIX}{hostname} {nonce}"
 
 
-def heartbeat_line(hostname: str) -> str:
+def format_heartbeat_line(hostname: str) -> str:
     """The line the client's heartbeat timer writes."""
     return f"{HEARTBEAT_PREFIX}{hostname}"
 

@@ -94,6 +94,8 @@ class Pipeline:
         self._overflow_bytes = 0
         #: reports the outbox refused that are held in the journal only (memory bound bit)
         self.overflow_spilled = 0
+        #: the title of the last report handle() parsed (None when it was folded unparsed)
+        self.last_title: str | None = None
         #: source lines from the crashing kernel's debug files (after a report closes)
         self.symbolizer = Symbolizer(config.symbols) if config.symbols.time_limit > 0 else None
 
@@ -114,6 +116,7 @@ class Pipeline:
             log.info("report_discarded_by_check_hook", host=report.host, lines=len(report.lines))
             return True
         parsed = self.parsers.run(addr, klogs)
+        self.last_title = parsed.title
         key = ("crash", report.host, tuple(parsed.fingerprint))
         if not gate.admit_crash(report.host, key[2], now):
             # a summary folded again was counted when it was first folded
@@ -279,6 +282,16 @@ class Intake:
         self.duplicates = 0
         #: the newest receive time replayed from the journal
         self.last_at: float | None = None
+        # The hosts table (kpr-omprog hosts): the assembler's records of the hosts that
+        # changed, written every hosts.flush_interval, flush_batch rows a step.
+        self._hosts_cfg = pipeline.config.hosts
+        self._next_hosts = time.monotonic() + self._hosts_cfg.flush_interval
+        self._hosts_draining = False
+        self._new_budget = self._hosts_cfg.new_per_flush
+        self.hosts_deferred = 0
+        self.hosts_dropped = 0
+        self.hosts_write_failures = 0
+        self._host_counts: dict[str, int] = {}
 
     def key(self, source: tuple[str, int]) -> str:
         return source[0] if self._by_ip else f"{source[0]}:{source[1]}"
@@ -393,7 +406,51 @@ class Intake:
                 log.warning("datagram_bound", what=name, count=count, bound=bound, why=why)
                 self._bound_steps[name] = 10 * count if count < 1000 else count + 10_000
 
+    def write_hosts(self, now: float, everything: bool = False) -> None:
+        """Write the hosts that changed to the store: one batch a call (the receive loop runs
+        between batches) once hosts.flush_interval has passed, or all of them (shutdown)."""
+        cfg = self._hosts_cfg
+        mono = time.monotonic()
+        if not everything and not self._hosts_draining and mono < self._next_hosts:
+            return
+        if not self._hosts_draining:
+            self._new_budget = cfg.new_per_flush  # a new interval: hosts.new_per_flush replacements
+        asm = self.assembler
+        while True:
+            batch = asm.take_dirty(cfg.flush_batch)
+            try:
+                _, deferred, dropped = self.pipeline.store.put_hosts(batch, time.time(), cfg.max_rows,
+                                                                     max(0, self._new_budget))
+                self._new_budget -= dropped
+            except Exception as e:  # a full disk must not stop the receiving
+                self.hosts_write_failures += 1
+                if worth_logging(self.hosts_write_failures):
+                    log.error("hosts_write_failed", error=f"{type(e).__name__}: {e}", hosts=len(batch),
+                              failures=self.hosts_write_failures, why="the hosts table misses these updates")
+                deferred = dropped = 0
+            if deferred:
+                self.hosts_deferred += deferred
+                if worth_logging(self.hosts_deferred):
+                    log.warning("hosts_not_stored", count=self.hosts_deferred, bound="hosts.new_per_flush",
+                                why="more new senders than a write adds (a flood of spoofed sources?): the rest are "
+                                    "added at their next line")
+            if dropped:
+                self.hosts_dropped += dropped
+                if worth_logging(self.hosts_dropped):
+                    log.warning("hosts_dropped", count=self.hosts_dropped, bound="hosts.max_rows",
+                                why="the hosts table is full: the least recently heard were dropped")
+            if not everything or not asm.dirty_hosts:
+                break
+        self._hosts_draining = asm.dirty_hosts > 0 and not everything
+        if not self._hosts_draining:
+            self._next_hosts = mono + cfg.flush_interval
+            try:
+                self._host_counts = self.pipeline.store.host_counts(time.time(), cfg.silent_after)
+            except Exception:
+                pass  # counted above when the store fails; the gauges keep their last values
+
     def expire(self, now: float) -> None:
+        self.write_hosts(now)
         self._log_datagram_bounds()
         self._closed(self.assembler.expire(now), now)
         self.pipeline.send_summaries(now)
@@ -429,7 +486,8 @@ class Intake:
                 "starts_ignored": a.starts_ignored, "reports_folded": g.folded_by_host + g.folded_by_crash,
                 "summaries": g.summaries,
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
-                "journal_failures": self.journal_failures, **self._symbol_counters()}
+                "journal_failures": self.journal_failures, "hosts_not_stored": self.hosts_deferred,
+                "hosts_dropped": self.hosts_dropped, **self._symbol_counters()}
 
     def _symbol_counters(self) -> dict[str, int]:
         sy = self.pipeline.symbolizer
@@ -451,6 +509,7 @@ class Intake:
             counters = {**self.counters(), "datagrams": a.stats.decode.datagrams, "lines": a.stats.decode.lines,
                         **self.front_counters}
             gauges = {"open_reports": a.open_reports, "open_report_bytes": a.open_bytes, "hosts_tracked": a.hosts,
+                      **self._host_counts,
                       "waiting_for_outbox": self.waiting_for_outbox, "outbox_bytes": store.pending_bytes,
                       "journal_bytes": self.journal.size if self.journal is not None else 0}
             delivery = self.pipeline.delivery
@@ -471,6 +530,7 @@ class Intake:
         self._closed(self.assembler.close_ended(), now)
         self.pipeline.flush_summaries(now)
         self.flush()
+        self.write_hosts(now, everything=True)
         self.write_metrics()
 
     def _closed(self, reports: list[Report], now: float) -> None:
@@ -480,7 +540,10 @@ class Intake:
                 log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
                             bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
                             what_happens="the report is sent as it is, flagged")
+            self.pipeline.last_title = None
             settled = self.pipeline.handle(report, now)
+            if self.pipeline.last_title is not None:
+                self.assembler.note_title((report.host, report.port), self.pipeline.last_title)
             key = self.key((report.host, report.port))
             if not settled:
                 # No room in the outbox: the report's rows stay journaled (a restart rebuilds

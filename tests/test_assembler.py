@@ -514,18 +514,18 @@ def test_a_source_forgotten_while_heard_once_is_admitted_when_heard_again() -> N
 
 
 def test_test_and_heartbeat_lines_are_recorded_and_never_open_a_report_or_become_context() -> None:
-    from kpr_omprog.coverage import heartbeat_line, test_line
+    from kpr_omprog.coverage import format_heartbeat_line, format_test_line
 
     asm = Assembler()
-    lines = ["first", test_line("web1", "a1b2c3"), "second", heartbeat_line("web1"),
+    lines = ["first", format_test_line("web1", "a1b2c3"), "second", format_heartbeat_line("web1"),
              "kpr-omprog: netconsole test from not a valid one", *OOPS[1:]]
     out = run(asm, [(d, A, 1 + i * 0.001) for i, d in enumerate(classic(lines))])
     [r] = out
     assert r.context == ("first", "second", "kpr-omprog: netconsole test from not a valid one")
     assert (asm.stats.test_lines, asm.stats.heartbeat_lines) == (1, 1)
     [rec] = asm.take_dirty(10)
-    assert rec.special == heartbeat_line("web1") and rec.reports == 1 and rec.datagrams == len(lines)
+    assert rec.special == format_heartbeat_line("web1") and rec.reports == 1 and rec.datagrams == len(lines)
     ext = Assembler()
-    ext.feed(b"6,1,1000,-;" + test_line("h", "n").encode() + b"\n sysdata\n", B, 1.0)
-    ext.feed(b"6,2,2000,-;" + test_line("h", "m").encode() + b"\n", B, 1.1)
+    ext.feed(b"6,1,1000,-;" + format_test_line("h", "n").encode() + b"\n sysdata\n", B, 1.0)
+    ext.feed(b"6,2,2000,-;" + format_test_line("h", "m").encode() + b"\n", B, 1.1)
     assert ext.stats.test_lines == 2 and ext.open_reports == 0
