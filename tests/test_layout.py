@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kpr_omprog"
-PURE = {"netconsole", "assembler", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs", "capture",
+PURE = {"netconsole", "assembler", "coverage", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs", "capture",
         "symbolize"}
 
 
