@@ -10,8 +10,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kpr_omprog"
-PURE = {"netconsole", "assembler", "coverage", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs", "capture",
-        "symbolize"}
+PURE = {"netconsole", "assembler", "coverage", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs",
+        "capture", "symbolize"}
 
 
 def module_name(path: Path) -> str:

@@ -200,8 +200,8 @@ def ours(exe: str, rate: float, warm: str, path: str, n: int, max_seconds: float
             p.send_signal(signal.SIGTERM)
             p.wait(120)
         stop = next(x for x in json_logs(log) if x["event"] == "udp_stopped")
-        received_warm = int(stop["datagrams"]) - sent
         got = sent - dropped
+        received_warm = int(stop["datagrams"]) - got
         stored = reports(db)
     by_host: dict[str, str] = {}
     for host, text in stored:
