@@ -24,8 +24,8 @@ at once by the panic it caused stays one report.
 from __future__ import annotations
 
 import heapq
+import mmap
 import re
-from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,9 +70,11 @@ CONTEXT_LINE_CHARS = 1024
 # Lines that are not noise for the fast path: a boot banner (a reboot, a release) and ours
 _NOT_NOISE = ("Linux version ", SPECIAL_PREFIX)
 _INF = float("inf")
-#: slots of the table of hosts forgotten while heard only once (8 bytes each): a host heard
-#: again while its slot still names it is admitted at once (see Assembler._host)
-GHOST_SLOTS = 1 << 19
+#: slots of the table of hosts forgotten while heard only once (4 bytes each, 8 MiB of
+#: anonymous memory, touched only as hosts are forgotten): a host heard again while its
+#: slot still names it is admitted at once (see Assembler._host). 2^21 slots keep 95 % of
+#: the names while 100,000 others are forgotten after them (a fleet of that size starting)
+GHOST_SLOTS = 1 << 21
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +336,11 @@ class _Open:
             self.userdata = line.userdata
 
 
+def _ghost_slot(key: tuple[str, int] | str) -> tuple[int, int]:
+    h = hash(key) & 0xFFFFFFFFFFFFFFFF
+    return (h >> 32) & (GHOST_SLOTS - 1), (h & 0xFFFFFFFF) or 1
+
+
 class _Host:
     """One sender: the compact record kept for every host, idle or not, and the one
     record of it the receiver has (coverage included, see :meth:`Assembler.take_dirty`).
@@ -393,9 +400,10 @@ class Assembler:
         # evicts in O(1) and never passes over (or cuts) an open report.
         self._idle: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
         self._new: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
-        # hash of each host forgotten from _new, one slot each (a newer one overwrites):
-        # heard again while its slot still names it, the host skips _new (see _host)
-        self._ghost = array("q", [0]) * GHOST_SLOTS
+        # 32 bits of the hash of each host forgotten from _new, in a slot the other 32 pick
+        # (a newer one overwrites): heard again while its slot still names it, the host
+        # skips _new (see _host)
+        self._ghost = memoryview(mmap.mmap(-1, 4 * GHOST_SLOTS)).cast("I")
         # admitted hosts changed since take_dirty() last took them, each once
         self._dirty: deque[_Host] = deque()
         # (deadline, tie-breaker, key): lazily invalidated; see _check_deadline
@@ -608,9 +616,8 @@ class Assembler:
         """A host not tracked: into _new (heard once), or straight into the max_hosts table
         when it was forgotten from _new lately (its ghost slot still names it). O(1)."""
         key: tuple[str, int] | str = source[0] if self._by_ip else (source[0], source[1])
-        h = hash(key) or 1
-        slot = h & (GHOST_SLOTS - 1)
-        admitted = self._ghost[slot] == h
+        slot, tag = _ghost_slot(key)
+        admitted = self._ghost[slot] == tag
         if admitted:
             self._ghost[slot] = 0
             self._room(closed)
@@ -652,8 +659,8 @@ class Assembler:
     def _forget(self, old: _Host, closed: list[Report]) -> None:
         del self._hosts[old.key]
         if not old.admitted:
-            h = hash(old.key) or 1
-            self._ghost[h & (GHOST_SLOTS - 1)] = h
+            slot, tag = _ghost_slot(old.key)
+            self._ghost[slot] = tag
         for line in old.decoder.flush():
             self._line(old, line, closed)
         if old.report is not None:

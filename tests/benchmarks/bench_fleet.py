@@ -267,11 +267,11 @@ def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), datagrams: int = 300_
     ratio = large["cpu_us"] / small["cpu_us"]
     lost = sum(r["lost_context"] + (CRASH_HOSTS - r["reports"]) for r in results.values())
     return [
-        Row(f"22a. fleet: RSS with {big:,} hosts, every crash's context kept (`bench_fleet.py`)", large["rss1"], None,
+        Row(f"10. fleet: RSS with {big:,} hosts, every crash's context kept (`bench_fleet.py`)", large["rss1"], None,
             "MB", "<= 400 MB, no context lost", large["rss1"] <= 400 and lost == 0,
             f"{large['per_k'] * 1000 / 1024:,.2f} KiB per host by RSS, {per_host:,.0f} B by tracemalloc; "
             f"context lines lost: {lost}"),
-        Row(f"22b. fleet: CPU per datagram, {big:,} hosts (ceiling: {min(sizes):,} hosts, same traffic)",
+        Row(f"10b. fleet: CPU per datagram, {big:,} hosts (ceiling: {min(sizes):,} hosts, same traffic)",
             large["cpu_us"], small["cpu_us"], "us", "<= 1.2 x", ratio <= 1.2,
             f"bare loop {large['bare_us']:.1f} / {small['bare_us']:.1f} us; {datagrams:,} datagrams at "
             f"{rate:,.0f}/s; lost {large['sent'] - large['got']:,} / {small['sent'] - small['got']:,}"),
