@@ -110,6 +110,10 @@ class AssemblerConfig:
     #: (seconds; any other change at once): its last-heard time there is this coarse, and
     #: 100,000 hosts cost 100,000 rows per interval, whatever they send
     heard_resolution: float = 300.0
+    #: bytes all hosts' context rings may hold together (a realistic line is ~70 bytes, so
+    #: 100,000 hosts x 10 lines fit in ~75 MB; a line may take up to 1 KiB): beyond it the
+    #: least recently heard idle host is forgotten, hosts heard once first
+    context_bytes_budget: int = 128 << 20
     #: reports being collected at once; beyond this the oldest is closed whole (flag "evicted")
     max_open_reports: int = 5000
     #: bytes of text all open reports may hold together; beyond it the largest is closed
@@ -130,7 +134,8 @@ class AssemblerConfig:
         for name in ("idle_timeout", "end_grace", "max_age", "heard_resolution"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("max_lines", "max_bytes", "max_hosts", "new_hosts", "max_open_reports", "open_bytes_budget",
+        for name in ("max_lines", "max_bytes", "max_hosts", "new_hosts", "context_bytes_budget", "max_open_reports",
+                     "open_bytes_budget",
                      "max_datagram_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -210,6 +215,8 @@ class AssemblerStats:
     #: test and heartbeat lines received (see :mod:`kpr_omprog.coverage`)
     test_lines: int = 0
     heartbeat_lines: int = 0
+    #: idle hosts forgotten because the context rings held context_bytes_budget
+    hosts_forgotten_for_bytes: int = 0
     #: changed hosts not queued for the store because the queue was full (written at their next line)
     host_updates_deferred: int = 0
     reports_evicted: int = 0
@@ -232,6 +239,7 @@ class AssemblerStats:
                 "new_hosts_forgotten": self.new_hosts_forgotten, "hosts_admitted": self.hosts_admitted,
                 "test_lines": self.test_lines, "heartbeat_lines": self.heartbeat_lines,
                 "host_updates_deferred": self.host_updates_deferred,
+                "hosts_forgotten_for_bytes": self.hosts_forgotten_for_bytes,
                 "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
                 "datagrams_cut": self.datagrams_cut, "open_reports_limited": self.open_reports_limited,
                 "open_bytes_limited": self.open_bytes_limited, "incidents_joined": self.incidents_joined,
@@ -411,6 +419,8 @@ class Assembler:
         self._serial = 0
         self._by_ip = self.config.group_by == "ip"
         self._cl = self.config.context_lines
+        # bytes every host's context ring holds together (bound: context_bytes_budget)
+        self._ring_bytes = 0
         self._last_host: _Host | None = None
         # Hosts with an open report, oldest report first, and the text they hold together.
         self._opened: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
@@ -457,13 +467,17 @@ class Assembler:
                     if len(datagram) > CONTEXT_LINE_CHARS or datagram[-1:] != b"\n":
                         self._keep(host, decoder.line(quick, at))  # a line to cut, or no LF
                         return closed
-                    ctx = host.ctx + datagram
+                    old = host.ctx
+                    ctx = old + datagram
                     n = host.nctx
                     if n < self._cl:
                         host.nctx = n + 1
                     else:
                         ctx = ctx[ctx.index(b"\n") + 1:]
                     host.ctx = ctx
+                    self._ring_bytes += len(ctx) - len(old)
+                    if self._ring_bytes > self.config.context_bytes_budget:
+                        self._over_rings(host, closed)
                     return closed
                 self._line(host, decoder.line(quick, at), closed)
                 self._schedule(host)
@@ -485,6 +499,8 @@ class Assembler:
                 self._schedule(host)
             if self._open_bytes > self.config.open_bytes_budget:
                 self._over_budget(closed)
+            if self._ring_bytes > self.config.context_bytes_budget:
+                self._over_rings(host, closed)
             return closed
         self._due(host, at, closed)
         for line in decoder.feed(datagram, at):
@@ -492,6 +508,8 @@ class Assembler:
         self._schedule(host)
         if self._open_bytes > self.config.open_bytes_budget:
             self._over_budget(closed)
+        if self._ring_bytes > self.config.context_bytes_budget:
+            self._over_rings(host, closed)
         return closed
 
     def expire(self, now: float) -> list[Report]:
@@ -558,6 +576,11 @@ class Assembler:
     @property
     def hosts(self) -> int:
         return len(self._hosts)
+
+    @property
+    def context_bytes(self) -> int:
+        """Bytes the hosts' context rings hold together (bound: context_bytes_budget)."""
+        return self._ring_bytes
 
     @property
     def idle_hosts(self) -> int:
@@ -656,8 +679,30 @@ class Assembler:
         self.stats.hosts_evicted += 1
         self._forget(old, closed)
 
+    def _over_rings(self, current: _Host, closed: list[Report]) -> None:
+        """The context rings hold more than context_bytes_budget: forget the least recently
+        heard idle hosts, those heard once first, until they fit. O(1) a host forgotten."""
+        while self._ring_bytes > self.config.context_bytes_budget:
+            table = self._new if self._new else self._idle
+            if not table:
+                return
+            key = next(iter(table))
+            old = table[key]
+            if old is current:
+                if table is self._idle or not self._idle:
+                    return  # only the host being fed is left: its ring alone is bounded
+                table = self._idle
+                old = table[next(iter(table))]
+                if old is current:
+                    return
+            del table[old.key]
+            self.stats.hosts_forgotten_for_bytes += 1
+            self._forget(old, closed)
+
     def _forget(self, old: _Host, closed: list[Report]) -> None:
         del self._hosts[old.key]
+        self._ring_bytes -= len(old.ctx)
+        old.ctx = b""
         if not old.admitted:
             slot, tag = _ghost_slot(old.key)
             self._ghost[slot] = tag
@@ -696,12 +741,14 @@ class Assembler:
             entry = b" " + raw + b"\n"  # the decoder takes one space there, not a "<4>" or "[1.0]" of the text
         else:
             entry = raw + b"\n"
-        ctx = host.ctx + entry
+        old = host.ctx
+        ctx = old + entry
         if host.nctx < self._cl:
             host.nctx += 1
         else:
             ctx = ctx[ctx.index(b"\n") + 1:]
         host.ctx = ctx
+        self._ring_bytes += len(ctx) - len(old)
 
     def _context(self, ring: bytes, at: float) -> list[tuple[str, float | None]]:
         """The ring's lines, decoded again (text, kernel time): each entry alone, with a
@@ -770,6 +817,7 @@ class Assembler:
             if host.report is not None:
                 host.report.flags.add("reboot_seen")
                 self._close(host, "reboot", closed)
+            self._ring_bytes -= len(host.ctx)
             host.ctx = b""
             host.nctx = 0
         text = line.text
@@ -907,6 +955,7 @@ class Assembler:
         rep = _Open(self._serial, line, tuple(t for t, _ in context), host.release)
         if ring:
             rep.userdata = host.decoder.userdata
+        self._ring_bytes -= len(ring)
         host.ctx = b""
         host.nctx = 0
         host.report = rep

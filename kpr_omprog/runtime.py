@@ -392,6 +392,9 @@ class Intake:
         ("hosts_evicted", "assembler.max_hosts",
          "more hosts heard more than once than the table holds: the least recently heard idle host was forgotten "
          "(its context lines with it); open reports are never cut for one"),
+        ("hosts_forgotten_for_bytes", "assembler.context_bytes_budget",
+         "the hosts' context lines held the budget: the least recently heard idle host was forgotten (one heard "
+         "once first); open reports are never cut for one"),
         ("new_hosts_forgotten", "assembler.new_hosts",
          "more sources heard only once than the table holds (a fleet starting, or spoofed sources): the least "
          "recently heard was forgotten; hosts heard twice are not touched"),
@@ -476,6 +479,7 @@ class Intake:
         g = self.pipeline.gate.stats
         return {"reports": a.reports, "hosts_evicted": a.hosts_evicted, "reports_evicted": a.reports_evicted,
                 "new_hosts_forgotten": a.new_hosts_forgotten, "test_lines": a.test_lines,
+                "hosts_forgotten_for_bytes": a.hosts_forgotten_for_bytes,
                 "heartbeat_lines": a.heartbeat_lines,
                 "reports_truncated": a.reports_truncated, "datagrams_cut": a.datagrams_cut,
                 "open_reports_limited": a.open_reports_limited, "open_bytes_limited": a.open_bytes_limited,
@@ -509,6 +513,7 @@ class Intake:
             counters = {**self.counters(), "datagrams": a.stats.decode.datagrams, "lines": a.stats.decode.lines,
                         **self.front_counters}
             gauges = {"open_reports": a.open_reports, "open_report_bytes": a.open_bytes, "hosts_tracked": a.hosts,
+                      "context_bytes": a.context_bytes,
                       **self._host_counts,
                       "waiting_for_outbox": self.waiting_for_outbox, "outbox_bytes": store.pending_bytes,
                       "journal_bytes": self.journal.size if self.journal is not None else 0}

@@ -279,6 +279,7 @@ def test_random_datagrams_from_many_hosts_stay_within_caps(items: list[tuple[byt
             assert len(r.lines) <= cfg.max_lines
             "\n".join(r.lines).encode("utf-8")
         assert asm.hosts <= cfg.max_hosts + cfg.new_hosts
+        assert asm.context_bytes == sum(len(h.ctx) for h in asm._hosts.values())
         for host in asm._hosts.values():
             assert host.nctx <= cfg.context_lines and host.ctx.count(b"\n") == host.nctx
             if host.report is not None:
@@ -529,3 +530,23 @@ def test_test_and_heartbeat_lines_are_recorded_and_never_open_a_report_or_become
     ext.feed(b"6,1,1000,-;" + format_test_line("h", "n").encode() + b"\n sysdata\n", B, 1.0)
     ext.feed(b"6,2,2000,-;" + format_test_line("h", "m").encode() + b"\n", B, 1.1)
     assert ext.stats.test_lines == 2 and ext.open_reports == 0
+
+
+def test_the_context_rings_are_bounded_in_bytes_hosts_heard_once_forgotten_first() -> None:
+    # 200 hosts heard twice with 1,000-byte lines against a 100 KB budget: the least recently
+    # heard idle hosts go, never one with an open report, and sources heard once go first.
+    cfg = AssemblerConfig(context_bytes_budget=100_000, context_lines=4)
+    asm = Assembler(cfg)
+    asm.feed(classic([OOPS[1]])[0], A, 0.5)
+    long = b"y" * 980
+    for r in range(2):
+        for n in range(200):
+            asm.feed(b"[%5d.%06d] %d %s\n" % (1 + r, n, n, long), _fleet_addr(n), 1 + r + n * 1e-5)
+            assert asm.context_bytes <= cfg.context_bytes_budget
+    assert asm.is_open(A) and asm.stats.hosts_forgotten_for_bytes > 0
+    assert asm.context_bytes == sum(len(h.ctx) for h in asm._hosts.values())
+    asm.feed(b"[    3.000000] %s\n" % long, ("10.7.0.1", 1), 3.0)
+    kept = asm.idle_hosts
+    for n in range(2, 50):  # sources heard once: each pushes out the previous one, no host heard twice
+        asm.feed(b"[    3.000000] %s\n" % long, (f"10.7.0.{n}", 1), 3.0 + n / 100)
+    assert asm.new_hosts == 1 and asm.idle_hosts == kept and asm.context_bytes <= cfg.context_bytes_budget

@@ -414,6 +414,7 @@ def test_open_reports_stay_within_their_count_and_byte_bounds(items: list[tuple[
         idle, new, opened = asm._idle.keys(), asm._new.keys(), asm._opened.keys()
         assert idle | new | opened == asm._hosts.keys()
         assert not idle & opened and not new & opened and not idle & new
+        assert asm.context_bytes == sum(len(h.ctx) for h in asm._hosts.values())
     asm.close_all()
     assert asm.open_reports == 0 and asm.open_bytes == 0
 
