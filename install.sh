@@ -13,8 +13,10 @@ usage: ./install.sh [--standalone] [--port N] [--shards N] [--relayed-port N] [-
 Installs kpr-omprog into /opt/kpr-omprog (a virtual environment on the system's python3),
 links /usr/local/bin/kpr-omprog, writes /etc/kpr-omprog/config.toml (never overwritten)
 and, by default, the rsyslog drop-in /etc/rsyslog.d/30-kpr-omprog.conf, then restarts
-rsyslog (systemctl, or rsyslogd itself where systemd is not running) and checks that a
-datagram sent to the port reaches kpr-omprog. Installs elfutils (eu-addr2line, the
+rsyslog (systemctl, or rsyslogd itself where systemd is not running) when the drop-in, the
+package or the config changed (or starts it if it was not running), and checks that a
+datagram sent to the port reaches kpr-omprog. /etc/kpr-omprog/installed records what was
+installed (kpr-omprog status reads it). Installs elfutils (eu-addr2line, the
 symbolizer) with apt when it is missing; without it kpr-omprog works, without source lines.
 
   --standalone  no rsyslog: a systemd unit runs `kpr-omprog udp` as user kpr-omprog
@@ -36,7 +38,8 @@ symbolizer) with apt when it is missing; without it kpr-omprog works, without so
                 a reinstall keeps the installed one)
   --dry-run     print every step, change nothing
   --uninstall   remove the package, the drop-in or unit, the link, and Bugsink's service and
-                package; keep config, reports and Bugsink's data
+                package; keep config, reports and Bugsink's data. rsyslogd and Bugsink are left
+                as the install found them (stopped if it started them), and it says so
 
 Run it as root (with sudo if you are not root). Debian and Ubuntu; the RHEL family is not
 supported by this script (see README).
@@ -53,6 +56,11 @@ RELAY_DROPIN=$R/etc/rsyslog.d/40-kpr-omprog-relay.conf
 BS_VERSION=2.6.1; BS_USER=kpr-omprog-bugsink; BS_PREFIX=$R/opt/kpr-omprog-bugsink; BS_CONF_DIR=$CONF_DIR/bugsink
 BS_STATE=$R/var/lib/kpr-omprog-bugsink; BS_UNIT=$R/etc/systemd/system/kpr-omprog-bugsink.service
 BS_RUN=$BS_PREFIX/bin/kpr-omprog-bugsink
+# without systemd install.sh starts Bugsink itself, in a session of its own, and keeps its pid here
+BS_PIDFILE=$R/run/kpr-omprog-bugsink.pid
+# what this script installed (mode, drop-in, port, the config it started with, whether rsyslogd
+# ran before the first install): `kpr-omprog status` reads it, --uninstall undoes by it
+MARKER=$CONF_DIR/installed; PKG_STAMP=$PREFIX/.kpr-omprog-source
 MODE=rsyslog; PORT=514; DRY=0; UNINSTALL=0; SHARDS=""; RELAYED_PORT=""; RELAY=""; BUGSINK=0; BS_PORT=""
 # Half the cores: a shard at full rate keeps a core busy, and rsyslogd (its input and one
 # worker thread per shard) and the host need the rest. Measured on 2 cores: 2 shards took
@@ -96,22 +104,77 @@ port_bound() {  # something bound to UDP port $1 (IPv4 or IPv6)
 }
 # rsyslog picks up the drop-in only when restarted: systemctl, or rsyslogd itself where
 # systemd is not running (a container; Debian 12's rsyslog has no init script).
-restart_rsyslog() {
-  if [ -n "$R" ]; then echo "(skipped) restart rsyslog: staged install"; return 0; fi
+restart_rsyslog() {  # restart_rsyslog WHY
+  if [ -n "$R" ]; then echo "(skipped) restart rsyslog ($1): staged install"; return 0; fi
+  echo "rsyslogd: restarting ($1)"
   if [ "$SYSTEMD" = 1 ]; then run systemctl restart rsyslog; return; fi
-  local pid=""
-  [ -f /run/rsyslogd.pid ] && pid=$(cat /run/rsyslogd.pid 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    run kill -TERM "$pid"
-    [ "$DRY" = 1 ] || for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if [ "$DRY" != 1 ] && kill -0 "$pid" 2>/dev/null; then run kill -KILL "$pid"; sleep 0.5; fi
-  fi
+  stop_rsyslog
   run rsyslogd
 }
+rsyslogd_pid() {  # the running rsyslogd (its pid file, else the first one), nothing if none
+  local pid=""
+  [ -f /run/rsyslogd.pid ] && pid=$(cat /run/rsyslogd.pid 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; return; fi
+  pgrep -x rsyslogd 2>/dev/null | head -1 || true
+}
+rsyslogd_running() {
+  if [ "$SYSTEMD" = 1 ]; then systemctl is-active --quiet rsyslog; else [ -n "$(rsyslogd_pid)" ]; fi
+}
+stop_rsyslog() {  # without systemd: SIGTERM, then SIGKILL after 10 s
+  if [ "$SYSTEMD" = 1 ]; then run systemctl stop rsyslog; return; fi
+  local pid; pid=$(rsyslogd_pid)
+  [ -n "$pid" ] || return 0
+  run kill -TERM "$pid"
+  [ "$DRY" = 1 ] || for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if [ "$DRY" != 1 ] && kill -0 "$pid" 2>/dev/null; then run kill -KILL "$pid"; sleep 0.5; fi
+}
+marker_get() { sed -n "s/^$1=//p" "$MARKER" 2>/dev/null | head -1 || true; }
+file_sha() { if [ -f "$1" ]; then sha256sum < "$1" | cut -d' ' -f1; else echo none; fi; }
+# rsyslogd's state before the first install, kept across reinstalls: --uninstall restores it
+RS_BEFORE=$(marker_get rsyslogd_before)
+if [ -z "$RS_BEFORE" ]; then
+  if [ -n "$R" ]; then RS_BEFORE=staged; elif rsyslogd_running; then RS_BEFORE=running; else RS_BEFORE=stopped; fi
+fi
+write_marker() {  # write_marker MODE: what is installed now (never in a dry run)
+  [ "$DRY" = 1 ] && return 0
+  mkdir -p "$CONF_DIR"
+  { echo "# written by install.sh: what it installed here. kpr-omprog status reads it; --uninstall undoes by it"
+    echo "mode=$1"
+    [ "$1" = standalone ] && echo "unit=$UNIT" || echo "dropin=$( [ "$1" = relay ] && echo "$RELAY_DROPIN" || echo "$DROPIN")"
+    echo "port=$PORT"
+    echo "config_sha=$(file_sha "$CONF_DIR/config.toml")"
+    echo "rsyslogd_before=$RS_BEFORE"
+  } > "$MARKER.tmp" && mv "$MARKER.tmp" "$MARKER"
+}
+# restart what receives only for a reason: "changed: the drop-in, the package" (or nothing)
+changed() { local out="" x; for x in "$@"; do [ -n "$x" ] && out="${out:+$out, }$x"; done; echo "$out"; }
 tcp_listening() {  # something listens on TCP port $1 (IPv4 or IPv6)
   awk 'NR > 1 && $4 == "0A" {print $2}' /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qi ":$(printf %04X "$1")\$"
 }
-bs_running() { pgrep -f "$BS_PREFIX/bin/gunicorn" >/dev/null 2>&1; }
+bs_pid() {  # the Bugsink install.sh started without systemd (its pid file), nothing if it is gone
+  local pid; pid=$(cat "$BS_PIDFILE" 2>/dev/null || true)
+  case "$pid" in ''|*[!0-9]*) return 0 ;; esac
+  # still that process (a pid is reused): its command line names the package
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$BS_PREFIX/" && echo "$pid" || true
+}
+bs_procs() { pgrep -f "$BS_PREFIX/" 2>/dev/null | tr '\n' ' ' | sed 's/ $//' || true; }  # runuser, gunicorn, workers
+bs_running() { [ -n "$(bs_pid)" ] || [ -n "$(bs_procs)" ]; }
+bs_start() {  # in a session of its own (setsid: not a group leader here, so $! is the session's id)
+  echo "+ setsid $BS_RUN serve >>$BS_STATE/gunicorn.log 2>&1 &   (pid in $BS_PIDFILE)"
+  [ "$DRY" = 1 ] && return 0
+  mkdir -p "$(dirname "$BS_PIDFILE")"
+  setsid "$BS_RUN" serve >>"$BS_STATE/gunicorn.log" 2>&1 </dev/null &
+  echo $! > "$BS_PIDFILE"
+}
+bs_stop() {  # the whole session install.sh started (runuser, gunicorn, its workers): SIGTERM, SIGKILL after 30 s
+  local pid; pid=$(bs_pid)
+  if [ -n "$pid" ]; then
+    run kill -TERM -- "-$pid" || true
+    [ "$DRY" = 1 ] || for _ in $(seq 1 300); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+    if [ "$DRY" != 1 ] && kill -0 -- "-$pid" 2>/dev/null; then run kill -KILL -- "-$pid" || true; fi
+  fi
+  [ "$DRY" = 1 ] || rm -f "$BS_PIDFILE"
+}
 if [ "$BUGSINK" = 1 ] && [ "$UNINSTALL" = 0 ]; then
   # Bugsink's port: given, or the installed one, or 8000; taken by anything but our Bugsink
   # on that same port, nothing is installed.
@@ -126,24 +189,49 @@ fi
 
 if [ "$UNINSTALL" = 1 ]; then
   bs_was=0
-  if [ -f "$BS_UNIT" ] || [ -d "$BS_PREFIX" ]; then
+  if [ -f "$BS_UNIT" ] || [ -d "$BS_PREFIX" ] || [ -f "$BS_PIDFILE" ]; then
     bs_was=1
     [ -f "$BS_UNIT" ] && { restart disable --now kpr-omprog-bugsink || true; run rm -f "$BS_UNIT"; restart daemon-reload || true; }
+    if [ -n "$(bs_pid)" ]; then echo "Bugsink: stopping what install.sh started (session $(bs_pid))"; bs_stop; fi
     run rm -rf "$BS_PREFIX"
   fi
   [ -f "$UNIT" ] && { restart disable --now kpr-omprog || true; run rm -f "$UNIT"; restart daemon-reload || true; }
   [ -f "$SYSCTL" ] && run rm -f "$SYSCTL"  # the running value stays until reboot
-  [ -f "$DROPIN" ] || [ -f "$RELAY_DROPIN" ] && { run rm -f "$DROPIN" "$RELAY_DROPIN"; restart_rsyslog || true; }
+  if [ -f "$DROPIN" ] || [ -f "$RELAY_DROPIN" ]; then
+    run rm -f "$DROPIN" "$RELAY_DROPIN"
+    # rsyslogd as the first install found it: stopped if it was not running then (it
+    # started it), else running without the drop-in
+    rs_before=$(marker_get rsyslogd_before)
+    if [ -n "$R" ]; then echo "(skipped) rsyslog: staged install"
+    elif [ "$rs_before" = stopped ]; then
+      if rsyslogd_running; then
+        stop_rsyslog || true
+        echo "rsyslogd stopped: it was not running before ./install.sh started it"
+      fi
+    else
+      restart_rsyslog "without the drop-in" || true
+      echo "rsyslogd running without the drop-in ($( [ "$rs_before" = running ] && echo "as before the install" \
+        || echo "it ran when install.sh first ran, or that was not recorded"))"
+    fi
+  fi
   [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/kpr-omprog" ] && run rm -f "$LINK"
   run rm -rf "$PREFIX"
+  [ -f "$MARKER" ] && run rm -f "$MARKER"
   left=$(pgrep -f "$PREFIX/bin/kpr-omprog" 2>/dev/null | tr '\n' ' ' || true)
-  [ -z "$left" ] || echo "still running from the removed package (stop it): pid $left"
+  [ -z "$left" ] || echo "still running from the removed package (stop it: kill $left)"
   echo "kept: $CONF_DIR (config), $STATE (stored reports), $LOGDIR (logs)$(id kpr-omprog >/dev/null 2>&1 \
     && echo ' and the system user kpr-omprog'); remove them by hand if wanted"
   if [ "$bs_was" = 1 ]; then
-    left=$(pgrep -f "$BS_PREFIX/bin/gunicorn" 2>/dev/null | tr '\n' ' ' || true)
-    [ -z "$left" ] || echo "Bugsink still running from the removed package (stop it): pid $left"
-    echo "Bugsink removed; kept: $BS_STATE (its events and users), $BS_CONF_DIR (its settings and admin" \
+    left=$(bs_procs)
+    if [ "$DRY" != 1 ] && [ -n "$left" ]; then
+      # say what runs, each process, not "removed"
+      echo "Bugsink's package is removed but Bugsink still runs (install.sh did not start it): pid $left"
+      ps -o pid=,args= -p "${left// /,}" 2>/dev/null | sed 's/^/  /' || true
+      echo "  stop it: kill $left"
+    else
+      echo "Bugsink stopped and removed"
+    fi
+    echo "kept: $BS_STATE (Bugsink's events and users), $BS_CONF_DIR (its settings and admin" \
          "password)$(id "$BS_USER" >/dev/null 2>&1 && echo " and the system user $BS_USER"); remove them by hand if wanted"
     if grep -Eqs '^[[:space:]]*dsn[[:space:]]*=[[:space:]]*"http://[^"]*@127\.0\.0\.1:' "$CONF_DIR/config.toml"; then
       echo "the dsn in $CONF_DIR/config.toml still names the removed Bugsink: set your Sentry's there"
@@ -192,14 +280,20 @@ if [ "$MODE" = relay ]; then
       "$HERE/rsyslog.d/40-kpr-omprog-relay.conf" | "$PY" "$HERE/kpr_omprog/dropin.py" relay --receivers "$RELAY" > "$tmp" \
     || { rm -f "$tmp"; exit 2; }
   drop_loaded imudp "$tmp"
-  run install -D -m 0644 "$tmp" "$RELAY_DROPIN"; rm -f "$tmp"
+  relay_changed=""; cmp -s "$tmp" "$RELAY_DROPIN" || relay_changed="the drop-in"
+  # written only when it differs: its time says whether rsyslogd has loaded it
+  [ -z "$relay_changed" ] || run install -D -m 0644 "$tmp" "$RELAY_DROPIN"
+  rm -f "$tmp"
   check_rsyslog_conf "$RELAY_DROPIN"
-  restart_rsyslog
+  if [ -z "$R" ] && ! rsyslogd_running; then restart_rsyslog "it was not running"
+  elif [ -n "$relay_changed" ]; then restart_rsyslog "changed: $relay_changed"
+  else echo "rsyslogd not restarted: the relay drop-in is unchanged"; fi
   if [ -z "$R" ] && [ "$DRY" != 1 ]; then
     for _ in $(seq 1 100); do port_bound "$PORT" && break; sleep 0.1; done
     port_bound "$PORT" || { echo "install.sh: rsyslog is not listening on UDP $PORT; see rsyslogd -N1 -f $RSYSLOG_CONF" >&2; exit 1; }
   fi
   [ "$DRY" = 1 ] && { echo "dry run: nothing was changed"; exit 0; }
+  write_marker relay
   echo "kpr-omprog relay installed: UDP port $PORT -> $RELAY (TCP, each host always to the same receiver)"
   echo "  drop-in: $RELAY_DROPIN; on each receiver: ./install.sh --relayed-port PORT"
   exit 0
@@ -216,9 +310,20 @@ fi
 # A venv an older install built on another interpreter (a pyenv one) is built again.
 if [ -f "$PREFIX/pyvenv.cfg" ] && ! grep -qx "home = $(dirname "$PY")" "$PREFIX/pyvenv.cfg"; then run rm -rf "$PREFIX"; fi
 [ -x "$PREFIX/bin/python" ] || run "$PY" -m venv "$PREFIX"
-# [fast]: orjson for omprog lines; a platform without its wheel installs without it
-run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE[fast]" \
-  || run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
+# The package changed when its source did (a reinstall from the same tree changes nothing,
+# and then rsyslogd need not restart for it): the tree's digest, kept in the venv.
+src_sha=$(cd "$HERE" && find kpr_omprog pyproject.toml -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 \
+  | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+pkg_changed=""
+if [ -x "$PREFIX/bin/kpr-omprog" ] && [ "$(cat "$PKG_STAMP" 2>/dev/null || true)" = "$src_sha" ]; then
+  echo "package unchanged: $PREFIX"
+else
+  # [fast]: orjson for omprog lines; a platform without its wheel installs without it
+  run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE[fast]" \
+    || run "$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$HERE"
+  [ "$DRY" = 1 ] || echo "$src_sha" > "$PKG_STAMP"
+  pkg_changed="the package"
+fi
 run install -d -m 0755 "$(dirname "$LINK")"
 run ln -sfn "$PREFIX/bin/kpr-omprog" "$LINK"
 run install -d -m 0755 "$CONF_DIR"
@@ -319,13 +424,26 @@ BSUNIT
     [ -n "$bs_dsn" ] || { echo "install.sh: Bugsink's provisioning printed no DSN: $bs_out" >&2; exit 1; }
     (umask 077; echo "DSN=$bs_dsn" > "$BS_CONF_DIR/provisioned")
   fi
+  bs_state=""
   if [ "$SYSTEMD" = 1 ]; then
     run systemctl daemon-reload
     run systemctl enable --quiet kpr-omprog-bugsink
     # a second run with nothing changed leaves the running server alone
     if [ "$bs_changed" = 1 ]; then run systemctl restart kpr-omprog-bugsink; else run systemctl start kpr-omprog-bugsink; fi
-    if [ "$DRY" != 1 ]; then
-      "$PY" - "http://127.0.0.1:$BS_PORT/health/ready" <<'PYEOF' || { echo "install.sh: Bugsink does not answer on 127.0.0.1:$BS_PORT; see journalctl -u kpr-omprog-bugsink" >&2; exit 1; }
+  elif [ -z "$R" ]; then
+    # No systemd: install.sh starts Bugsink itself and keeps its pid file, so a rerun finds
+    # it running (and restarts it only when its package or settings changed) and
+    # --uninstall stops exactly what it started.
+    if [ -n "$(bs_pid)" ] && [ "$bs_changed" = 1 ]; then echo "Bugsink: restarting (its package or settings changed)"; bs_stop; fi
+    if [ -n "$(bs_pid)" ]; then bs_state="running, pid $(bs_pid), left as it was (nothing of it changed)"
+    elif [ -n "$(bs_procs)" ]; then
+      bs_state="running, pid $(bs_procs), started by hand, not by install.sh: left alone (and --uninstall leaves it too)"
+    else bs_start; bs_state="started by install.sh, session $(cat "$BS_PIDFILE" 2>/dev/null || echo '(dry run)')"
+    fi
+  fi
+  if [ -z "$R" ] && [ "$DRY" != 1 ]; then
+    bs_look=$( [ "$SYSTEMD" = 1 ] && echo "journalctl -u kpr-omprog-bugsink" || echo "$BS_STATE/gunicorn.log")
+    "$PY" - "http://127.0.0.1:$BS_PORT/health/ready" <<'PYEOF' || { echo "install.sh: Bugsink does not answer on 127.0.0.1:$BS_PORT; see $bs_look" >&2; exit 1; }
 import sys, time, urllib.request
 end = time.monotonic() + 180  # a slow machine imports Django slowly
 while True:
@@ -337,8 +455,7 @@ while True:
             sys.exit(1)
         time.sleep(0.2)
 PYEOF
-      echo "checked: Bugsink answers on http://127.0.0.1:$BS_PORT"
-    fi
+    echo "checked: Bugsink answers on http://127.0.0.1:$BS_PORT"
   fi
   if [ "$DRY" = 1 ]; then echo "+ set the dsn in $CONF_DIR/config.toml to the project's, if it is empty"; bs_dsn_was=dry
   else
@@ -357,11 +474,13 @@ PYEOF
             echo "    to send to Bugsink instead, set dsn = \"$bs_dsn\" in $CONF_DIR/config.toml" ;;
     esac
     echo "  later, to a real Sentry: set dsn = \"https://KEY@sentry.example/1\" in $CONF_DIR/config.toml, then"
-    echo "    ./install.sh again (it restarts the receiver); Bugsink alone stops with:$( [ "$SYSTEMD" = 1 ] \
-      && echo " systemctl disable --now kpr-omprog-bugsink" || echo " pkill -f $BS_PREFIX/bin/gunicorn")"
-    if [ "$SYSTEMD" != 1 ] && [ -z "$R" ]; then
-      echo "Bugsink is NOT running: systemd is not running here. Start it yourself, as root, e.g.:"
-      echo "  nohup $BS_RUN serve >>$BS_STATE/gunicorn.log 2>&1 &"
+    if [ "$SYSTEMD" = 1 ]; then
+      echo "    ./install.sh again (it restarts the receiver); Bugsink alone stops with: systemctl disable --now kpr-omprog-bugsink"
+    else
+      echo "    ./install.sh again (it restarts the receiver); Bugsink alone stops with: kill -TERM -- -\$(cat $BS_PIDFILE)"
+    fi
+    if [ -n "$bs_state" ]; then
+      echo "Bugsink is $bs_state (systemd is not running here: no service; after a reboot, ./install.sh --with-bugsink starts it again)"
     fi
   }
 fi
@@ -374,8 +493,8 @@ if [ "$MODE" = standalone ]; then
     [ "$DRY" = 1 ] || { mkdir -p "$(dirname "$SYSCTL")"; echo "net.core.rmem_max = $RCVBUF" > "$SYSCTL"; }
     [ -n "$R" ] || run sysctl -q -w net.core.rmem_max=$RCVBUF
   fi
-  echo "+ write $UNIT"
-  [ "$DRY" = 1 ] || cat > "$UNIT" <<UNITEOF
+  unit_tmp=$(mktemp)
+  cat > "$unit_tmp" <<UNITEOF
 [Unit]
 Description=kpr-omprog: netconsole crash reports to Sentry (standalone UDP)
 After=network-online.target
@@ -393,7 +512,18 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 UNITEOF
-  restart daemon-reload; restart enable kpr-omprog; restart restart kpr-omprog  # an upgrade runs the new code
+  unit_changed=""
+  if ! cmp -s "$unit_tmp" "$UNIT"; then
+    unit_changed="the unit"; echo "+ write $UNIT"
+    [ "$DRY" = 1 ] || { mkdir -p "$(dirname "$UNIT")"; cp "$unit_tmp" "$UNIT"; chmod 0644 "$UNIT"; }
+  fi
+  rm -f "$unit_tmp"
+  why=$(changed "$unit_changed" "$pkg_changed" "$( [ "$(marker_get config_sha)" = "$(file_sha "$CONF_DIR/config.toml")" ] || echo "the config")")
+  restart daemon-reload; restart enable kpr-omprog
+  # an upgrade, a new unit or config runs anew; a rerun that changed nothing leaves it running
+  if [ -n "$why" ]; then echo "kpr-omprog: restarting (changed: $why)"; restart restart kpr-omprog
+  else echo "kpr-omprog not restarted: the unit, the package and the config are unchanged"; restart start kpr-omprog; fi
+  write_marker standalone
   if [ "$SYSTEMD" != 1 ] && [ -z "$R" ] && [ "$DRY" != 1 ]; then
     cat <<NOSYSTEMD
 kpr-omprog installed (standalone mode) but NOT running: systemd is not running here.
@@ -423,10 +553,19 @@ else
     mv "$tmp.fleet" "$tmp"
   fi
   drop_loaded imudp "$tmp"; drop_loaded imtcp "$tmp"; drop_loaded fmhash "$tmp"
-  run install -D -m 0644 "$tmp" "$DROPIN"; rm -f "$tmp"
+  dropin_changed=""; cmp -s "$tmp" "$DROPIN" || dropin_changed="the drop-in"
+  # written only when it differs: its time says whether rsyslogd has loaded it (kpr-omprog status)
+  [ -z "$dropin_changed" ] || run install -D -m 0644 "$tmp" "$DROPIN"
+  rm -f "$tmp"
   echo "rsyslog drop-in: $SHARDS shard(s)${RELAYED_PORT:+, relayed frames on TCP $RELAYED_PORT}"
   check_rsyslog_conf "$DROPIN"
-  restart_rsyslog
+  # rsyslogd restarts (its logging pauses, its omprog children restart) only for a reason
+  conf_changed=""; [ "$(marker_get config_sha)" = "$(file_sha "$CONF_DIR/config.toml")" ] || conf_changed="the config"
+  why=$(changed "$dropin_changed" "$pkg_changed" "$conf_changed")
+  restarted=1
+  if [ -z "$R" ] && ! rsyslogd_running; then restart_rsyslog "it was not running"
+  elif [ -n "$why" ]; then restart_rsyslog "changed: $why"
+  else restarted=0; echo "rsyslogd not restarted: the drop-in, the package and the config are unchanged"; fi
   if [ -z "$R" ] && [ "$DRY" != 1 ]; then
     # Check it, as an operator would: rsyslog listens, and a datagram reaches kpr-omprog
     # (rsyslog starts the program at the first message): a new kpr-omprog process that
@@ -434,7 +573,8 @@ else
     for _ in $(seq 1 100); do port_bound "$PORT" && break; sleep 0.1; done
     port_bound "$PORT" || { echo "install.sh: rsyslog is not listening on UDP $PORT; see rsyslogd -N1 -f $RSYSLOG_CONF" >&2; exit 1; }
     programs() { pgrep -f "$PREFIX/bin/kpr-omprog omprog" 2>/dev/null | sort || true; }
-    before=" $(programs | tr '\n' ' ')"
+    # after a restart, a new program; without one, the running one will do
+    before=" "; [ "$restarted" = 0 ] || before=" $(programs | tr '\n' ' ')"
     ok=0
     for _ in $(seq 1 30); do
       "$PY" -c "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'kpr-omprog install check\n', ('127.0.0.1', $PORT))"
@@ -448,6 +588,7 @@ else
     [ "$ok" = 1 ] || { echo "install.sh: rsyslog listens on UDP $PORT but kpr-omprog did not start; see $LOGDIR/omprog.log" >&2; exit 1; }
     echo "checked: rsyslog listens on UDP $PORT and hands datagrams to kpr-omprog"
   fi
+  write_marker rsyslog
 fi
 [ "$DRY" = 1 ] && { echo "dry run: nothing was changed"; exit 0; }
 if [ "$BUGSINK" = 1 ]; then

@@ -56,6 +56,8 @@ _AFTERMATH = re.compile(
     r"|Disabling lock debugging|Uhhuh|Fixing|Process |Task |pgd |\*pgd|Internal error|Unable to handle"
     # SLUB's diagnostics after a slab WARNING (print_tracking, print_trailer)
     r"|Allocated in |Freed in |Slab 0x|Object 0x|Redzone |Padding |FIX |INFO: "
+    # arm64's panic tail after "Kernel Offset:"
+    r"|PHYS_OFFSET: |CPU features: |Memory Limit: "
 )
 # A separator printed right before a header ("=====" before SLUB's "BUG <cache>: ...",
 # lockdep's banners) opens the report with it.
@@ -86,6 +88,9 @@ class AssemblerConfig:
     idle_timeout: float = 2.0
     #: lines that may follow ``---[ end trace`` / ``Kernel Offset:`` (seconds)
     end_grace: float = 0.25
+    #: ...after an end marker and an empty line: powerpc's oops_end prints one, then waits a
+    #: second before its panic ("Fatal exception"), which belongs to the same report
+    slow_panic_grace: float = 1.5
     #: a crash that starts right after another's end marker, this close in kernel time
     #: (seconds), with no line between them, is the same incident: a 6.x fortify overflow
     #: prints a whole WARNING and then the BUG and panic it leads to. It is split again if
@@ -232,6 +237,8 @@ class AssemblerStats:
     incidents_joined: int = 0
     #: ...and split off again because they came from another task
     incidents_split: int = 0
+    #: reports that only a "[ cut here ]" line opened, with no crash after it: kept as context
+    lone_separators: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -858,10 +865,19 @@ class Assembler:
                 self._close(host, "end_marker", closed)
                 self._open(host, line, closed)
                 return
+        if kind != crash.NONE and crash.is_new_detection(text, rep.start_line, rep.ended_at is not None):
+            # Another soft lockup while one is open (each watchdog detection prints a whole
+            # report, with no end marker), or a panic that is itself a crash after the last
+            # one ended ("Kernel panic - not syncing: Watchdog detected hard LOCKUP"): two.
+            self._close(host, "next_crash", closed)
+            self._open(host, line, closed)
+            return
         if kind == crash.PANIC:
             rep.grace_until = rep.ended_at = None  # the oops's own panic: one report
         elif rep.ended_at is not None:
             rep.lines_after_end += 1
+            if rep.lines_after_end == 1 and not text.strip() and rep.grace_until is not None:
+                rep.grace_until = max(rep.grace_until, rep.ended_at + self.config.slow_panic_grace)
             if kind == crash.NONE and _AFTERMATH.match(text) is None:
                 # After the end marker, a line of another kind ("lkdtm: Overflow detected",
                 # the next test's trigger, another CPU's message) is not this crash's: it is
@@ -988,12 +1004,21 @@ class Assembler:
         assert rep is not None
         host.report = None
         del self._opened[host.key]
-        if self._hosts.get(host.key) is host:  # not for a host being evicted
+        tracked = self._hosts.get(host.key) is host  # not for a host being evicted
+        if tracked:
             (self._idle if host.admitted else self._new)[host.key] = host
+        self._open_bytes -= rep.nbytes
+        if rep.start_line.startswith("-") and not crash.is_crash(rep.lines):
+            # A lone "[ cut here ]" that no header followed: not a report. Its lines go back
+            # to the host's context, where they would have been.
+            self.stats.lone_separators += 1
+            if tracked:
+                for text, ts in zip(rep.lines, rep.timestamps, strict=True):
+                    self._keep(host, Line(text, rep.last_seen, ts))
+            return
         host.reports += 1
         if not host.dirty:
             self._queue(host)
-        self._open_bytes -= rep.nbytes
         release = rep.release
         if release is None:
             for text in rep.lines[:40]:

@@ -22,19 +22,8 @@ from .store import StoreError
 
 __all__ = ["main"]
 
-EPILOG = """\
-commands:
-  omprog        what rsyslog runs (omprog): read datagrams as JSON lines on stdin
-  udp           listen for netconsole on UDP yourself (standalone mode)
-  reports       list stored reports and their delivery state (--host, --since, --title)
-  show ID       one stored report: everything its Sentry event carries, and the full log
-  status        is it running, what waits, what needs a human (exit 1 if something does)
-  replay        print the reports a capture file holds, one JSON object per line
-  capture       record live UDP datagrams in the capture format
-  check-config  validate the config file
-  symbols       which kernel releases seen so far have debug files here (source lines)
-
-Without a DSN every report is kept in the local store (see `kpr-omprog reports`)."""
+# The commands are argparse's own list above it (once); this says what holds for all.
+EPILOG = "Without a DSN every report is kept in the local store (see `kpr-omprog reports`)."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,26 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reports", help="list stored reports (time, host, title, level, delivery state)")
     p.add_argument("--json", action="store_true", help="one JSON object per report")
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="newest N reports (default 50)")
-    p.add_argument("--host", metavar="IP", help="only reports from this host")
+    p.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="newest N reports (default 50; with --follow, the ones shown before it follows)")
+    p.add_argument("--host", metavar="IP|NETWORK", help="only reports from this host, or from hosts in this network "
+                                                         "(10.0.0.7, 10.0.0.0/24, 2001:db8::/32)")
     p.add_argument("--since", metavar="TIME", help="only reports since TIME (2026-11-29, 2026-11-29T10:00, or 2h, 30m)")
     p.add_argument("--title", metavar="TEXT", help="only reports whose title contains TEXT")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="then print each report as it is stored, until interrupted (Ctrl-C), as journalctl -f does")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="when no report matches yet, wait up to SECONDS for one to be stored (exit 1 if none is); "
+                        "with --follow, stop following after SECONDS")
     _add_store_args(p)
 
     p = sub.add_parser("show", help="one stored report: title, tags, extra, fingerprint and the full log",
                        description="Print everything the Sentry event of a stored report carries, and its full "
                                    "log (kept until the report is delivered). ID: its event id or a unique prefix "
-                                   "(the first column of `kpr-omprog reports --json`).")
+                                   "(the ID column of `kpr-omprog reports`).")
     p.add_argument("event_id", metavar="ID")
     p.add_argument("--json", action="store_true", help="the row, the event and the log as one JSON object")
     _add_store_args(p)
 
     p = sub.add_parser("status", help="is it running, what waits, what needs a human (exit 1 if something does)",
-                       description="From the state directory alone: whether a receiver holds it, the outbox "
+                       description="Whether anything receives, for what install.sh installed (the file "
+                                   "'installed' beside the config): under rsyslog, rsyslogd running with the "
+                                   "drop-in loaded and its UDP port bound; standalone, the receiver running. "
+                                   "Then, from the state directory: whether a receiver holds it, the outbox "
                                    "(waiting, oldest, dead, fill against its cap) and the journal of open "
-                                   "reports. Exits 1 when something needs a human: dead-lettered reports, a "
-                                   "report waiting longer than --max-wait, or a full outbox. For cron or a "
-                                   "health check.")
+                                   "reports. Exits 1 when something needs a human: nothing receiving, "
+                                   "dead-lettered reports, a report waiting longer than --max-wait, or a full "
+                                   "outbox. For cron or a health check.")
     p.add_argument("--max-wait", type=float, default=3600, metavar="SECONDS",
                    help="a report undelivered for longer needs a human (default 3600)")
     _add_store_args(p)
@@ -146,7 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", default="-", help="output file (default stdout)")
     p.add_argument("--count", type=int, metavar="N", help="stop after N datagrams")
     p.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    _add_netconsole_script(sub)
     return parser
+
+
+def _add_netconsole_script(sub: Any) -> None:
+    p = sub.add_parser("netconsole-script", help="print a sh script that sets up netconsole on a client",
+                       description="Print a POSIX sh script to run as root on a client, e.g. `kpr-omprog "
+                                   "netconsole-script --server 192.0.2.10 --tag dc=ams1 | ssh root@web1 sh`. It "
+                                   "finds the route, interface, source address and next hop's MAC, creates a "
+                                   "netconsole target with everything the client's kernel offers (extended "
+                                   "format, release, sysdata, one userdata entry per tag), keeps it across "
+                                   "reboots and ends with a test line. A second run changes nothing; --remove "
+                                   "undoes it all.")
+    p.add_argument("--server", metavar="ADDR", help="this receiver's IP address as the client reaches it")
+    p.add_argument("--port", type=int, default=514, metavar="N", help="the receiver's UDP port (default 514)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label the client sends with every line (netconsole userdata; repeatable)")
+    p.add_argument("--heartbeat", metavar="INTERVAL",
+                   help="also write a heartbeat line at this interval (1d, 12h, 30m, 45s), so a client "
+                        "whose netconsole broke shows up as silent")
+    p.add_argument("--remove", action="store_true", help="print the script that undoes the setup")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -249,18 +268,27 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
-    from datetime import UTC, datetime
-
+    if args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: must be 1 or more")
+    if args.wait is not None and not 0 < args.wait <= 7 * 86400:
+        raise ConfigError(f"--wait {args.wait:g}: must be more than 0 seconds (and at most a week)")
+    match = _ReportFilter(args)
+    if args.follow:
+        return _follow(args, cfg, match)
+    if args.wait is not None and not _wait_for_match(cfg, match, args.wait):
+        raise _Unmet(f"no report {match.said or 'stored'} within {args.wait:g} s ({cfg.state_dir})")
     stores = _stores_for(cfg)
-    since = _since(args.since)
     rows = sorted((r for _, store in stores
-                   for r in store.reports(args.limit, host=args.host, since=since, title=args.title)),
+                   for r in store.reports(args.limit, since=match.since, title=match.title, hosts=match.hosts)),
                   key=lambda r: r["created"], reverse=True)[:args.limit]
     for r in rows:
         r["dsn"] = _shown_dsn(r["dsn"])
+    nothing = f"no stored report {match.said}" if not rows and match.said else ""
     if args.json:
         for r in rows:
             sys.stdout.write(json.dumps(r) + "\n")
+        if nothing:  # stdout stays one JSON object a line
+            sys.stderr.write(f"kpr-omprog reports: {nothing}\n")
         return 0
     counts: dict[str, int] = {}
     for _, store in stores:
@@ -279,11 +307,162 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
                          + f"; journal: {held / 1024:.1f} KiB of open reports"
                          + (" and reports waiting for the outbox" if full else "") + "\n")
     routed = any(r["route"] != DEFAULT_ROUTE for r in rows)  # a route column only where routes are used
+    ids = _short_ids([r["event_id"] for r in rows])
     for r in rows:
-        when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
-        route = f"{r['route']:<12} " if routed else ""
-        sys.stdout.write(f"{when}Z  {r['host']:<15} {route}{r['level']:<7} {r['state']:<9} {r['title']}{err}\n")
+        sys.stdout.write(_report_line(r, ids[r["event_id"]], routed))
+    if nothing:
+        sys.stdout.write(nothing + "\n")
+    return 0
+
+
+class _Unmet(Exception):
+    """What was waited for did not happen: one line, exit 1."""
+
+
+#: the fewest characters of an event id ``reports`` prints (``show`` takes any unique prefix)
+SHORT_ID = 8
+
+
+def _short_ids(event_ids: list[str]) -> dict[str, str]:
+    """Each event id's first SHORT_ID characters, more where two listed ones share them."""
+    n = SHORT_ID
+    while n < 32 and len({e[:n] for e in event_ids}) < len(set(event_ids)):
+        n += 2
+    return {e: e[:n] for e in event_ids}
+
+
+def _report_line(r: dict[str, Any], short: str, routed: bool) -> str:
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    err = f"  ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else ""
+    route = f"{r['route']:<12} " if routed else ""
+    return f"{short}  {when}Z  {r['host']:<15} {route}{r['level']:<7} {r['state']:<9} {r['title']}{err}\n"
+
+
+class _ReportFilter:
+    """``reports``' --host, --since and --title, checked once."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.since = _since(args.since)
+        self.title: str | None = args.title or None
+        self.hosts = _host_test(args.host) if args.host else None
+        said = [f"--host {args.host}" if args.host else "", f"--since {args.since}" if args.since else "",
+                f"--title {args.title!r}" if args.title else ""]
+        #: how the filters were given, for "no stored report matches ..." ("" without filters)
+        self.said = ("matches " + " ".join(x for x in said if x)) if any(said) else ""
+
+    def __call__(self, r: dict[str, Any]) -> bool:
+        return ((self.since is None or r["created"] >= self.since) and (not self.title or self.title in r["title"])
+                and (self.hosts is None or self.hosts(r["host"])))
+
+
+def _host_test(value: str) -> Any:
+    """``--host``: an address or a network; a test of a stored host (an IPv4 sender seen on a
+    dual-stack socket as ``::ffff:10.0.0.7`` is in 10.0.0.0/8)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"--host {value!r}: not an address or a network (e.g. 10.0.0.7, 10.0.0.0/24, "
+                          "2001:db8::/32)") from None
+
+    def test(host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return addr in net or (mapped is not None and mapped in net)
+
+    return test
+
+
+def _open_stores(cfg: Config, opened: dict[str, Any]) -> dict[str, Any]:
+    """``opened`` with the stores of the state directory and its shards that exist now added."""
+    from .shards import STORE_FILE, store_dirs
+    from .store import Store
+
+    for d in store_dirs(cfg.state_dir):
+        if d not in opened:
+            opened[d] = Store(os.path.join(d, STORE_FILE), cfg.delivery.disk_cap_bytes, cfg.delivery.dead_retention)
+    return opened
+
+
+def _stop_on_signals() -> Any:
+    """An event set by SIGINT or SIGTERM: a follower ends quietly, exit 0."""
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
+#: how often --follow and --wait look for new rows (one indexed query a store)
+POLL_SECONDS = 0.25
+
+
+def _wait_for_match(cfg: Config, match: _ReportFilter, seconds: float) -> bool:
+    """Whether a report matching the filters is stored within ``seconds`` (the store may not
+    exist yet: under rsyslog the receiver starts at the first datagram)."""
+    stop = _stop_on_signals()
+    end = time.monotonic() + seconds
+    opened: dict[str, Any] = {}
+    try:
+        while True:
+            for store in _open_stores(cfg, opened).values():
+                if store.reports(1, since=match.since, title=match.title, hosts=match.hosts):
+                    return True
+            if time.monotonic() >= end or stop.wait(min(POLL_SECONDS, max(0.0, end - time.monotonic()))):
+                return False
+    finally:
+        for store in opened.values():
+            store.close()
+
+
+def _follow(args: argparse.Namespace, cfg: Config, match: _ReportFilter) -> int:
+    """The newest --limit matching reports, oldest first, then each report as it is stored,
+    until SIGINT/SIGTERM (or --wait seconds). Stores that appear meanwhile (the first
+    datagram under rsyslog, a new shard) are followed from their first row."""
+    stop = _stop_on_signals()
+    end = time.monotonic() + args.wait if args.wait is not None else None
+    opened = _open_stores(cfg, {})
+    pos = {d: store.last_rowid() for d, store in opened.items()}
+    shown: set[str] = set()
+    routed = bool(cfg.routes)
+    out = sys.stdout
+
+    def emit(r: dict[str, Any]) -> None:
+        r["dsn"] = _shown_dsn(r["dsn"])
+        out.write(json.dumps(r) + "\n" if args.json else _report_line(r, r["event_id"][:SHORT_ID], routed))
+
+    try:
+        first = sorted((r for store in opened.values()
+                        for r in store.reports(args.limit, since=match.since, title=match.title, hosts=match.hosts)),
+                       key=lambda r: r["created"])[-args.limit:]
+        for r in first:
+            shown.add(r["event_id"])  # stored while it was read: not printed twice
+            emit(r)
+        out.flush()
+        sys.stderr.write(f"kpr-omprog reports: following {cfg.state_dir}"
+                         + (f", reports that {match.said}" if match.said else "") + " (Ctrl-C ends)\n")
+        while not stop.is_set() and (end is None or time.monotonic() < end):
+            for d, store in _open_stores(cfg, opened).items():
+                for rowid, r in store.newer_reports(pos.get(d, 0)):
+                    pos[d] = rowid
+                    if match(r) and r["event_id"] not in shown:
+                        emit(r)
+            out.flush()
+            stop.wait(POLL_SECONDS if end is None else max(0.0, min(POLL_SECONDS, end - time.monotonic())))
+    finally:
+        for store in opened.values():
+            store.close()
     return 0
 
 
@@ -358,48 +537,110 @@ def _stores_for(cfg: Config) -> list[tuple[str, Any]]:
             for d in dirs]
 
 
-def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
+#: the widest key `show` aligns its values to; a longer one (a hook's extra) sits one space off
+_SHOW_KEY_WIDTH = 28
+
+
+def _show_value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+
+
+def _applies(v: Any) -> bool:
+    """A value worth a line: not empty, not "none" (no flags), not a 0 port (omprog has none)."""
+    return v not in (None, "", "none", [], {})
+
+
+def _in_log(message: str, log: str) -> bool:
+    """The default message (the title, then the log or its key lines): nothing the log lacks."""
+    return all(line in log for line in message.split("\n")[2:]
+               if line and not (line.startswith("[... ") and line.endswith(" in the full log ...]")))
+
+
+def _show_fields(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """What `show` prints of a stored report, each field once, in the event's order."""
     from datetime import UTC, datetime
 
+    when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    state = r["state"] + (f" ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else "")
+    fields = [("event_id", r["event_id"]), ("created", f"{when}Z"), ("host", r["host"]), ("title", r["title"]),
+              ("level", r["level"]), ("route", f"{r['route']} ({r['dsn'] or 'the top-level dsn'})"),
+              ("state", state)]
+    event = r["event"]
+    if event is None:
+        return fields
+    fields.append(("fingerprint", json.dumps(event.get("fingerprint"))))
+    exc = (event.get("exception") or {}).get("values") or [{}]
+    frames = (exc[0].get("stacktrace") or {}).get("frames") or []
+    if frames:
+        # innermost first, as the kernel prints a trace; * marks Sentry's in-app frames
+        fields.append(("stack", "\n".join(f"{'*' if f.get('in_app') else ' '} {f.get('function')} "
+                                          f"[{f.get('package')}]" for f in reversed(frames))))
+    message = event.get("logentry") or event.get("message")
+    text = message.get("formatted", message.get("message", "")) if isinstance(message, dict) else message
+    if text and not (r["log"] and text.startswith(f"{r['title']}\n\n") and _in_log(text, r["log"])):
+        fields.append(("message", text))  # a hook's own message: the log below does not say it
+    contexts = {f"{c}.{k}": v for c, ctx in sorted((event.get("contexts") or {}).items()) if isinstance(ctx, dict)
+                for k, v in ctx.items() if k != "type"}
+    for name in ("tags", "extra", "user", "contexts"):
+        for k, v in sorted((contexts if name == "contexts" else event.get(name) or {}).items()):
+            if not _applies(v) or ((name, k) == ("extra", "receiver_port") and v == 0):
+                continue
+            if (name == "user" or (name, k) == ("tags", "host")) and v == r["host"]:
+                continue  # the host, said above
+            if r["log"] and (name, k) in (("extra", "context"), ("extra", "start_line")):
+                continue  # the log below begins with them
+            fields.append((f"{name}.{k}", _show_value(v)))
+    return fields
+
+
+def _aligned(fields: list[tuple[str, str]]) -> str:
+    """``key  value`` lines, values in one column, a multi-line value's lines under its first."""
+    width = min(_SHOW_KEY_WIDTH, max(len(k) for k, _ in fields))
+    out = []
+    for key, value in fields:
+        first, *rest = value.split("\n")
+        out.append(f"{key:<{width}}  {first}".rstrip())
+        pad = " " * (max(width, len(key)) + 2)
+        out += [(pad + line).rstrip() for line in rest]
+    return "\n".join(out) + "\n"
+
+
+def _cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     wanted = args.event_id.replace("-", "").lower()
     found = [r for _, store in _stores_for(cfg) if (r := store.report(wanted)) is not None]
     r = found[0] if len(found) == 1 else None
     if r is None:
         raise ConfigError(f"no single stored report with an event id starting {args.event_id!r} "
-                          "(see kpr-omprog reports --json)")
+                          "(the ID column of kpr-omprog reports)")
     r["dsn"] = _shown_dsn(r["dsn"])
     if args.json:
         sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
         return 0
     out = sys.stdout
-    when = datetime.fromtimestamp(r["created"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-    out.write(f"event_id  {r['event_id']}\ncreated   {when}Z\nhost      {r['host']}\ntitle     {r['title']}\n"
-              f"level     {r['level']}\nroute     {r['route']} ({r['dsn'] or 'the top-level dsn'})\n"
-              f"state     {r['state']}"
-              + (f" ({r['last_error']})" if r["last_error"] and r["state"] != "delivered" else "") + "\n")
-    event = r["event"]
-    if event is None:
+    out.write(_aligned(_show_fields(r)))
+    if r["event"] is None:
         out.write("(the event and log were dropped once Sentry took them; see the event there)\n")
         return 0
-    out.write(f"fingerprint {json.dumps(event.get('fingerprint'))}\n")
-    message = event.get("logentry") or event.get("message")
-    text = message.get("formatted", message.get("message", "")) if isinstance(message, dict) else message
-    if text:
-        out.write(f"message   {text}\n")
-    for name in ("tags", "extra", "user"):
-        for k, v in sorted((event.get(name) or {}).items()):
-            out.write(f"{name}.{k} = {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}\n")
     out.write("--- kernel.log ---\n" + (r["log"] or ""))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from .receiving import check
     from .store import state_dir_holder
 
     stores = _stores_for(cfg)
     now = time.time()
     problems = []
     out = sys.stdout
+    # the receiving path of what is installed, first: "ok" with nothing receiving says nothing
+    config = getattr(args, "config", None) or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
+    receiving = check(os.path.dirname(os.path.abspath(config)) if config else None,
+                      [h for folder, _ in stores if (h := state_dir_holder(folder))])
+    said = "NO: " + receiving.line.removeprefix("nothing receives: ") if receiving.problem else receiving.line
+    out.write(f"receiving {said}\n")
+    if receiving.problem:
+        problems.append(receiving.line)
     for folder, store in stores:
         counts = store.counts()
         holder = state_dir_holder(folder)
@@ -555,6 +796,18 @@ def _cmd_capture(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_netconsole_script(args: argparse.Namespace) -> int:
+    from .netconsole_script import ScriptError, render, settings
+
+    try:
+        s = settings(args.server, args.port, args.tag, args.heartbeat, args.remove)
+    except ScriptError as e:
+        sys.stderr.write(f"kpr-omprog netconsole-script: error: {e}\n")
+        return 2
+    sys.stdout.write(render(s, __version__))
+    return 0
+
+
 def _answer_start_before_exit(args: argparse.Namespace) -> None:
     """Under rsyslog, a program that fails before its start ``OK`` makes rsyslogd 8.2302
     crash (SIGSEGV, measured with the shipped drop-in; rsyslog issue 5017), taking the
@@ -591,6 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
+        if args.command == "netconsole-script":
+            return _cmd_netconsole_script(args)
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
                    "reports": _cmd_reports, "show": _cmd_show, "status": _cmd_status,
@@ -608,6 +863,9 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     except StoreError as e:
         sys.stderr.write(f"kpr-omprog {args.command}: error: {e}\n")
+        return 1
+    except _Unmet as e:
+        sys.stderr.write(f"kpr-omprog {args.command}: {e}\n")
         return 1
     except BrokenPipeError:
         # `kpr-omprog reports | head`: the reader left; nothing more to say. stdout is

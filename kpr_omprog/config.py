@@ -132,6 +132,9 @@ class HooksConfig:
     check: str | None = None
     tag: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
+    #: directories the hook modules are imported from, before Python's own path; relative
+    #: ones are the config file's; empty: the config file's directory (/etc/kpr-omprog)
+    dirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +472,12 @@ def load(path: str | os.PathLike[str] | None, base: Config | None = None) -> Con
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
-        return from_dict(data, base)
+        cfg = from_dict(data, base)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    # hook modules are found next to the config file (or in hooks.dirs, relative to it), not
+    # in whatever directory the command or rsyslogd happens to run in
+    here = os.path.dirname(os.path.abspath(path))
+    dirs = tuple(os.path.normpath(os.path.join(here, d)) for d in cfg.hooks.dirs) or (here,)
+    return replace(cfg, hooks=replace(cfg.hooks, dirs=dirs))
 

@@ -21,10 +21,10 @@ SPECIAL_PREFIX = "kpr-omprog: netconsole "
 TEST_PREFIX = SPECIAL_PREFIX + "test from "
 #: ``kpr-omprog: netconsole heartbeat from <hostname>``
 HEARTBEAT_PREFIX = SPECIAL_PREFIX + "heartbeat from "
-#: the exact shapes, as POSIX extended regular expressions (``grep -E``) and Python ones:
-#: a hostname is 1-253 characters of [A-Za-z0-9.-], a nonce 1-64 of [A-Za-z0-9]
-TEST_RE = r"^kpr-omprog: netconsole test from [A-Za-z0-9.-]{1,253} [A-Za-z0-9]{1,64}$"
-HEARTBEAT_RE = r"^kpr-omprog: netconsole heartbeat from [A-Za-z0-9.-]{1,253}$"
+#: the exact shapes :func:`special` accepts, as POSIX extended regular expressions
+#: (``grep -E``) and Python ones: a hostname of 1-253 characters and a nonce of 1-64, no spaces
+TEST_RE = r"^kpr-omprog: netconsole test from [^ ]{1,253} [^ ]{1,64}$"
+HEARTBEAT_RE = r"^kpr-omprog: netconsole heartbeat from [^ ]{1,253}$"
 
 
 def format_test_line(hostname: str, nonce: str) -> str:

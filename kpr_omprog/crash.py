@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .frames import Frame, call_trace, canonical_function, parse_frame, pc_function
-from .titles import blame
+from .frames import Frame, call_trace, canonical_function, is_trace_start, parse_frame, pc_function
+from .titles import blame, has_header, without_cpu_column
 
 __all__ = ["END_GRACE", "END_NOW", "NONE", "PANIC", "START", "CrashInfo", "Frame", "analyze", "call_trace",
-           "canonical_function", "classify", "is_lead_in", "is_start", "normalize", "parse_frame"]
+           "canonical_function", "classify", "is_crash", "is_lead_in", "is_new_detection", "is_start", "normalize",
+           "parse_frame"]
 
 NONE = 0
 #: a line that opens a crash report
@@ -39,29 +40,36 @@ END_GRACE = 4
 _ANYWHERE = re.compile(
     r"(?<![A-Za-z])BUG: "
     r"|[Kk]ernel BUG at "
-    r"|INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall"
+    r"|INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: RCU detected CPU \d+ stall"
     r"|[Ww]atchdog detected hard LOCKUP"
     r"|Machine Check Exception"
 )
-_ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "LOCKUP", "Machine Check")
+_ANYWHERE_LITERALS = ("BUG", "INFO: rcu", "INFO: RCU", "LOCKUP", "Machine Check")
 # Markers that start a line: tried at position 0 only, which costs a fraction of a search.
 # Lines a fault handler or checker prints just before the header (arch/x86/mm/fault.c,
 # lib/string_helpers.c): the report begins with them, not after them.
-_LEAD_IN = (r"kernel tried to execute NX-protected page|unable to execute userspace code \(SMEP\?\)"
-            r"|(?:\w+: )?detected buffer overflow")
+_LEAD_IN = (r"kernel tried to execute (?:NX|exec)-protected page|unable to execute userspace code \(SMEP\?\)"
+            r"|Kernel attempted to (?:read|write|access|execute) user page"  # powerpc
+            r"|(?:\w+: )?detected buffer overflow|Eeek! page_mapcount\(page\) went negative")
 _LEAD_IN_RE = re.compile(_LEAD_IN)
 _START_OF_LINE = (
     r"BUG \S+ \(.*\): "  # SLUB: "BUG kmalloc-64 (Not tainted): Poison overwritten"
+    r"|BUG [\w.:-]+: [A-Z]"  # 2.6-4.x SLUB: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
     # A kernel WARNING names where it fired (CPU/at/file:line) or is a lockdep/RCU splat; other
     # "WARNING: " lines are messages (fbcon notices, a loader's complaint on the console).
-    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |possible |inconsistent |suspicious |bad unlock|held lock"
-    r"|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
-    r"|\[ INFO: (?:possible|inconsistent|suspicious)"  # old lockdep banners
+    r"|WARNING: (?:CPU: \d|at \S|\S+:\d+ at |\[.*\] \S+:\d+ at |possible |inconsistent |suspicious "
+    r"|bad unlock|held lock|[Nn]ested lock|lock held|kernel stack|\S+-safe -> |.* still has locks held|ODEBUG|refcount)"
+    # 2.6-4.x lockdep/RCU banners: "[ INFO: inconsistent lock state ]", also with the "[" lost
+    r"|\[? ?(?:INFO|BUG|WARNING): [^\[\]]*\]\s*$"
     r"|INFO: (?:possible|inconsistent|suspicious|trying to register non-static)"
     r"|INFO: task \S.* (?:blocked|can't die) (?:in I/O wait )?for more than"
-    r"|(?:Oops|Internal error): "
+    # "Oops: 0002 [#1] SMP", ppc "Oops: Kernel access of bad area, sig: 11 [#1]", mips "Oops[#1]:";
+    # not a message that merely begins "Oops: " ("Oops: efitime: can't read time!")
+    r"|Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: "
+    r"|(?:Kernel bug detected|Reserved instruction in kernel code|Unhandled kernel unaligned access"
+    r"|Instruction bus error|Data bus error|Floating point exception in kernel code)\[#\d+\]:"
     r"|(?:Oops: )?general protection fault"
-    r"|Unable to handle kernel "
+    r"|(?:CPU \d+ )?Unable to handle kernel "  # mips: "CPU 0 Unable to handle kernel paging request"
     r"|(?:UBSAN|KASAN|KFENCE|KMSAN|KCSAN): "
     r"|-+\[ cut here \]-+"
     r"|PANIC: double fault"
@@ -72,8 +80,8 @@ _START_OF_LINE = (
     r"|usercopy: Kernel memory"
     r"|NETDEV WATCHDOG: "
     r"|irq \d+: nobody cared"
-    r"|(?:do_IRQ: stack overflow|kernel stack overflow)"
-    r"|Unhandled fault: "
+    r"|(?:do_IRQ: stack overflow|[Kk]ernel stack overflow)"
+    r"|Unhandled fault: |Unhandled exception: IPSR"
     r"|Kernel panic - not syncing"
     # Bugs reported in one line, with no stack (syzkaller counts them too)
     r"|unregister_netdevice: waiting for \S+ to become free|VFS: Close: file count is 0"
@@ -85,10 +93,13 @@ _END_GRACE = r"---\[ end trace|Kernel Offset: "
 
 _AT_START = re.compile(f"(?P<s>{_START_OF_LINE})|(?P<n>{_END_NOW})|(?P<g>{_END_GRACE})")
 _PANIC_PREFIX = "Kernel panic - not syncing"
+_CUT_HERE = re.compile(r"-+\[ cut here \]-+")
 
 
 def classify(text: str) -> int:
     """Return :data:`START`, :data:`PANIC`, :data:`END_NOW`, :data:`END_GRACE` or :data:`NONE`."""
+    if text[3:5] == ": " and text[:3].isdigit():
+        text = text[5:]  # PREEMPT_RT's console CPU column: "000: WARNING: CPU: 0 PID: 0 at ..."
     m = _AT_START.match(text)
     if m is None:
         for literal in _ANYWHERE_LITERALS:
@@ -100,6 +111,40 @@ def classify(text: str) -> int:
     if m.group("s") is not None:
         return PANIC if text.startswith(_PANIC_PREFIX) else START
     return END_NOW if m.group("n") is not None else END_GRACE
+
+
+def is_crash(lines: list[str] | tuple[str, ...]) -> bool:
+    """False for a report that only a separator opened (a lone ``[ cut here ]`` followed by
+    ordinary lines): no header, end marker or call trace came after it, so it is no crash.
+
+        >>> is_crash(["------------[ cut here ]------------", "e1000: eth0 NIC Link is Up"])
+        False
+    """
+    for text in lines:
+        if classify(text) != NONE and not _CUT_HERE.match(text):
+            return True
+        if is_trace_start(text) or parse_frame(text, inline=False) is not None:
+            return True
+    return has_header(lines)
+
+
+_SOFT_LOCKUP = re.compile(r"(?:^|: )BUG: soft lockup - CPU#\d+ stuck")
+# Panics that are a crash of their own, not the consequence of the one before them
+_PANIC_IS_CRASH = re.compile(r"^Kernel panic - not syncing: Watchdog detected hard LOCKUP")
+
+
+def is_new_detection(text: str, start_line: str, ended: bool) -> bool:
+    """A start line that begins a report of its own although one is open: a second soft
+    lockup (each detection prints a whole report and no end marker), or, after the open
+    report's end marker, a panic that is a crash of its own (a hard lockup on another CPU).
+
+        >>> is_new_detection("BUG: soft lockup - CPU#1 stuck for 61s! [kbd:3360]",
+        ...                  "BUG: soft lockup - CPU#0 stuck for 61s! [kbd:3360]", False)
+        True
+    """
+    if _SOFT_LOCKUP.search(text) is not None:
+        return _SOFT_LOCKUP.search(start_line) is not None
+    return ended and _PANIC_IS_CRASH.match(text) is not None
 
 
 def is_lead_in(text: str) -> bool:
@@ -176,6 +221,7 @@ def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:
         >>> info.title, info.level, info.module
         ('kernel BUG in lkdtm_BUG', 'fatal', 'lkdtm')
     """
+    lines = list(without_cpu_column(lines))
     b = blame(lines)
     kind = normalize(b.kind) or "kernel crash"
     header = lines[b.header_index] if lines else ""

@@ -57,8 +57,11 @@ def build_envelope(event: dict[str, Any], attachment: bytes | None, dsn: str, no
               "sent_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")}
     parts = [json.dumps(header).encode(), json.dumps({"type": "event", "length": len(ev)}).encode(), ev]
     if attachment is not None:
+        # A plain attachment as Sentry's envelope spec has it: a server that reads the type
+        # (Bugsink) skips an item without one ("non-supported attachment type: None").
         parts += [json.dumps({"type": "attachment", "length": len(attachment), "filename": "kernel.log",
-                              "content_type": "text/plain"}).encode(), attachment]
+                              "attachment_type": "event.attachment", "content_type": "text/plain"}).encode(),
+                  attachment]
     if discarded:
         lost = [{"reason": reason, "category": "error", "quantity": n} for reason, n in sorted(discarded.items())]
         report = json.dumps({"timestamp": now, "discarded_events": lost}).encode()

@@ -13,21 +13,32 @@ from __future__ import annotations
 import re
 
 __all__ = ["Frame", "arm_caller", "call_trace", "canonical_function", "is_skipped", "is_trace_start", "parse_frame",
-           "pc_function"]
+           "pc_function", "pc_in_data"]
 
+# One frame of a call trace. The address columns are optional and tolerant: a line damaged
+# in transit ("<ffffffff81234567>] func+0x..", a "[" lost) still names its function. s390
+# wraps its first frame in parentheses; ppc64's ELFv1 names start with "." (".foo" is foo).
+# An x86 frame may follow a stack marker on its line ("<EOI>  [<..>] f+0x.."), an archive
+# may have stripped the address ("[] f+0x..") or a code page turned its brackets into other
+# characters ("c<0000..>! f+0x.."), and 2.6.2x printed a module's symbol as ":mod:f+0x..".
 _FRAME = re.compile(
-    r"^\s*(?:\[[<(]?[0-9a-fx]+[>)]?\]\s*)*(\?\s+)?\(?([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+\)?"
-    r"(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?"
+    r"^\s*(?:<<?[A-Z]{2,7}>>?\s+)?\(?(?:\S?[<(][0-9a-fx]{6,}[>)]\S?\s*|\[?[0-9a-fx]{6,}\]\s*|\[\]\s*)*(\?\s+)?\(?"
+    r"(?::(\w+):)?"
+    r"\.?([A-Za-z_$][\w.$]*)\+0x([0-9a-f]+)/0x([0-9a-f]+)\)?(?:\s+\[(\w+)(?:\s+[0-9a-f]+)?\])?(\s+\(unreliable\))?"
 )
 # arm32: "[<c0100000>] (callee) from [<c0200000>] (caller+0x10/0x20)": the line is the callee's frame.
-_ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from ")
+_ARM_FRAME = re.compile(
+    r"^\s*\[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?: \[(\w+)\])?\) from ")
 # ...and its caller, which is the only place a noreturn callee's caller shows.
 _ARM_CALLER = re.compile(r"\) from \[<[0-9a-f]+>\] \(([A-Za-z_$][\w.$]*)\+0x")
 _INLINE_FRAME = re.compile(r"^\s+([A-Za-z_$][\w.$]*) \S+\.[chS]:\d+(?::\d+)? \[inline\]")
-# The faulting instruction's function: x86 RIP/IP/EIP, arm64 pc, arm "PC is at", ppc NIP, mips epc, s390 PSW.
+# The faulting instruction's function: x86 RIP/IP/EIP ("EIP is at" on 32-bit), arm64 pc,
+# arm "PC is at", ppc NIP, mips epc (its columns padded: "epc   : 8033a5c4 f+0x.."), s390
+# "Krnl PSW : <mask> <addr> (f+0x..)". A line that lost its first column ("IP: 0010:f") too.
 _PC = re.compile(
-    r"^(?:RIP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|pc : |PC is at |NIP:? *\[[0-9a-f]+\] |epc : |PSW: )"
-    r"\s*(?:\[<[0-9a-f]+>\]\s*)*([A-Za-z_$][\w.$]*)\+0x[0-9a-f]+(?:/0x([0-9a-f]+))?"
+    r"^(?:R?IP: [0-9a-f]{4}:|IP:|EIP: [0-9a-f]{4}:|EIP:|EIP is at |pc : |PC is at |NIP:? *\[[0-9a-f]+\] "
+    r"|epc\s*: [0-9a-f]+ |(?:Krnl )?PSW\s*: [0-9a-f]+ [0-9a-f]+ \()"
+    r"\s*(?:\[?<[0-9a-f]+>\]\s*)*\.?([A-Za-z_$][\w.$]*)\+0x([0-9a-f]+)(?:/0x([0-9a-f]+))?"
 )
 # No function is this big: a larger "size" means the address is in data (executing a
 # buffer: lkdtm EXEC_DATA gives data_area+0x0/0xffffffffffff76e0), not in the function named.
@@ -49,7 +60,7 @@ _TRACE_NOISE = re.compile(r"^\s*(?:<(?:/?(?:IRQ|NMI|TASK|SOFTIRQ)|EOI|<EOE>)>|--
 # _SKIP_ANCHORED. A culprit is never skipped because part of its name looks like a helper.
 _NEVER_GUILTY = (
     # sanitizers and reporting machinery
-    "__sanitizer", "__asan", "kasan", "hwasan", "__msan", "kmsan", "kcsan", "kfence", "ubsan",
+    "__sanitizer", "__asan", "kasan", "hwasan", "__msan", "msan", "kmsan", "kcsan", "kfence", "ubsan",
     "check_memory_region", "check_heap_object", "check_object", "read_word_at_a_time",
     "(?:read|write)_once_[a-z_]*nocheck", "print_address_description", "print_report", "v?panic",
     "invalid_op", "report_bug", "fixup_bug", "handle_bug", "do_error", "do_trap", "[a-z0-9]*_trap",
@@ -58,7 +69,8 @@ _NEVER_GUILTY = (
     "timer_is_static_object", "work_is_static_object", "v?printk", "va_format", "dev_info", "dev_notice",
     "dev_warn", "dev_err", "dev_alert", "dev_crit", "dev_emerg", "dev_printk", "program_check_exception",
     "program_check_common", "print_usage_bug", "print_unlock", "imbalance_bug", "nmi_cpu_backtrace",
-    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die", "oops_",
+    "nmi_trigger", "trigger_cpumask_backtrace", "trigger_all_cpu_backtrace", "__die",
+    "oops_(?:enter|exit|begin|end)", "bad_stack",
     "page_fault_oops", "no_context", "bad_area", "__bad_area_nosemaphore", "do_user_addr_fault",
     "do_kern_addr_fault", "handle_page_fault", "kernelmode_fixup_or_oops", "exc_", "asm_exc_",
     "asm_sysvec_", "sysvec_", "fixup_exception", "should_fail(?:slab|_alloc|_ex|_usercopy)?", "fail_dump",
@@ -88,6 +100,7 @@ _NEVER_GUILTY = (
     "kv?asprintf", "indirect_thunk", "check_object_size", "usercopy_abort", "hex_dump", "hex_dump_to_buffer",
     "print_hex_dump", "extract_(?:user|iter)_to_sg",
     # lists and trees
+    "__?dev_get_by_(?:index|name)",
     "list_add", "list_del", "list_replace", "list_move", "list_splice", "list_debug", "rhashtable",
     "rhashtable_lookup", "xas_(?:start|load|find)",
     # workqueues, timers, completions
@@ -95,7 +108,7 @@ _NEVER_GUILTY = (
     "try_to_grab_pending", "flush_workqueue", "drain_workqueue", "destroy_workqueue", "queue_work",
     "__queue_work", "queue_work_on", "insert_work", "__queue_delayed_work", "queue_delayed_work_on",
     "finish_wait", "kthread_stop", "wait_for_completion", "lock_timer_base", "__timer_delete_sync",
-    "timer_delete_sync", "sk_stop_timer_sync", "__mod_timer", "cleanup_srcu_struct",
+    "timer_delete_sync", "sk_stop_timer_sync", "mod_timer", "cleanup_srcu_struct",
     # kobjects, devices, teardown
     "kobject_", "add_uevent_var", "get_device_parent", "device_add", "device_del", "device_unregister",
     "device_destroy", "device_release", "devres_release_all", "hwrng_unregister", "i2c_del_adapter",
@@ -108,10 +121,12 @@ _NEVER_GUILTY = (
     "__stack_chk_fail", "stackleak_", "__schedule_bug", "check_preemption_disabled",
     "debug_smp_processor_id", "__this_cpu_preempt_check", "debug_check_no_", "__pfx_", "stack_trace",
     "stack_trace_save", "stack_trace_consume_entry", "arch_stack_walk", "stack_walk", "walk_stackframe",
-    "read_once_word", "__phys_addr",
+    "read_once_word", "__phys_addr", "__virt_to_phys", "arch_local_irq_",
+    # busy-wait helpers a lockup is often caught in
+    "delay_tsc", "delay_loop", "__delay", "__const_udelay", "__udelay", "__ndelay", "udelay", "ndelay", "mdelay",
 )
 _SKIP_ANCHORED = (
-    r"^complete$", r"^kv?free$", r"^down$", r"^up$", r"^mutex_", r"^__mutex_", r"^rt_mutex_", r"^_raw_",
+    r"^complete$", r"^kv?free$", r"^down$", r"^up$", r"^mutex_", r"^__mutex_", r"^rt_mutex_(?!debug)", r"^_raw_",
     r"^do_raw_", r"^__raw_", r"^dput$", r"^iput$", r"^iput_final$", r"^ihold$", r"^put_device$",
     r"^deactivate_super$", r"^kill_super$", r"^klist_", r"^(?:un)?lock_page", r"^get_taint$", r"^copyin$",
     r"^copyout$", r"^(?:__)?(?:set|clear|change|test)_bit$", r"^(?:arch_)?atomic", r"^__atomic", r"^die$",
@@ -121,7 +136,7 @@ _SKIP_ANCHORED = (
     r"^do_page_fault$", r"^__do_page_fault$", r"^page_fault$", r"^async_page_fault$", r"^_?atomic",
     r"^(?:__)?(?:test_and_)?(?:set|clear|change)_bit", r"^crc_", r"^xas_", r"^__?kmem_cache", r"^kmem_cache",
     r"^__?kmalloc", r"^kzalloc", r"^kvmalloc", r"^kcalloc", r"^slab_alloc", r"^__slab_alloc",
-    r"^do_tag_check_fault", r"^rb_", r"^__rb_", r"^timerqueue_", r"^unwind_", r"^dump_backtrace",
+    r"^do_tag_check_fault", r"^rb_", r"^__rb_", r"^unwind_", r"^dump_backtrace",
 )
 _SKIP = re.compile(
     "(?:^|(?<=_))(?:" + "|".join(t for t in _NEVER_GUILTY if not t.endswith("_")) + r")(?=$|[_.\d])"
@@ -153,10 +168,14 @@ def parse_frame(line: str, inline: bool = True) -> Frame | None:
     frames unless ``inline`` is False). ``?`` frames come back with ``reliable`` False."""
     m = _FRAME.match(line)
     if m is not None:
-        return Frame((m.group(2), m.group(3), m.group(1) is None))
+        offset, size = m.group(4), m.group(5)
+        if int(offset, 16) > int(size, 16) or int(size, 16) > _MAX_FUNCTION_BYTES:
+            return None  # an address past the symbol's end is data the CPU ran, not a function
+        # ppc64 marks the frame it guessed from the link register "(unreliable)"
+        return Frame((m.group(3), m.group(6) or m.group(2), m.group(1) is None and m.group(7) is None))
     m = _ARM_FRAME.match(line)
     if m is not None:
-        return Frame((m.group(1), None, True))
+        return Frame((m.group(1), m.group(2), True))
     if inline:
         m = _INLINE_FRAME.match(line)
         if m is not None:
@@ -173,9 +192,20 @@ def arm_caller(line: str) -> str | None:
 def pc_function(line: str) -> str | None:
     """The function of a faulting-instruction line (``RIP: 0010:f+0x..``, ``pc : f+0x..``, ...)."""
     m = _PC.match(line)
-    if m is None or (m.group(2) is not None and int(m.group(2), 16) > _MAX_FUNCTION_BYTES):
-        return None
+    if m is None or _past_symbol(m):
+        return None  # past the symbol's end: the CPU ran data (a jump into a buffer)
     return m.group(1)
+
+
+def _past_symbol(m: re.Match[str]) -> bool:
+    size = m.group(3)
+    return size is not None and (int(size, 16) > _MAX_FUNCTION_BYTES or int(m.group(2), 16) >= int(size, 16))
+
+
+def pc_in_data(line: str) -> bool:
+    """A fault line whose address lies past its symbol's end: the CPU was running data."""
+    m = _PC.match(line)
+    return m is not None and _past_symbol(m)
 
 
 def is_trace_start(line: str) -> bool:

@@ -19,7 +19,8 @@ field falls back to the default: a report is never lost because of a hook.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -242,13 +243,21 @@ class Parsers:
         return parsed
 
 
-def load_hook(spec: str) -> Parser:
-    """Import ``module:function``; raises ValueError naming what is missing."""
+def load_hook(spec: str, dirs: Sequence[str] = ()) -> Parser:
+    """Import ``module:function``, its module looked for in ``dirs`` first (``hooks.dirs``),
+    then on Python's path; raises ValueError naming what is missing and where it looked."""
     mod_name, _, func_name = spec.partition(":")
+    for d in reversed(dirs):
+        if d not in sys.path:
+            sys.path.insert(0, d)  # kept: the module's own later imports find their siblings
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ValueError(f"hook {spec!r}: cannot import module {mod_name!r}: {e}") from None
+        where = ""
+        if isinstance(e, ModuleNotFoundError) and e.name and mod_name.startswith(e.name):
+            where = (f" (looked in {', '.join(dirs)} (hooks.dirs), then Python's path)" if dirs else
+                     " (looked on Python's path; hooks.dirs in a config file adds directories)")
+        raise ValueError(f"hook {spec!r}: cannot import module {mod_name!r}: {e}{where}") from None
     f = getattr(mod, func_name, None)
     if not callable(f):
         raise ValueError(f"hook {spec!r}: module {mod_name!r} has no function {func_name!r}")

@@ -46,11 +46,19 @@ _DIGITS = frozenset(b"0123456789")
 #: release, and for an extended record its level and sequence number (None for classic).
 Quick = tuple[float, str, str | None, int | None, int | None]
 _PREFIX_FIRST = (b"[", b"<")
+# A stamp damaged in transit: its "[" lost ("1570.586225] "), or both brackets turned into
+# other characters by a console's code page ("c 1851.721062! " through EBCDIC, "64.735421¨ "
+# through a 3270). Anchored, and fails within a few bytes on an ordinary line.
+_DAMAGED_STAMP = re.compile(rb"(?:[^\s\d\[<]{1,2} )? *(\d{1,10}\.\d{6})(?:\]|[^\w\s\]]{1,2}) ?")
+
 # The fast path's two shapes (HostDecoder.quick_line), matched whole: anything else
 # (a caller id, a CR, a NUL, several lines, escapes, fragments, metadata, a continued
 # record) takes the full decoder. Each is one pass over the datagram, no backtracking
 # beyond the last character: O(len(payload)) for any input.
-_ONE_CLASSIC_LINE = re.compile(rb"\[ *(\d{1,10}\.\d{1,9})\] ?((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
+# "?+" is possessive: a line whose text starts with "[" ("[ INFO: possible recursive locking ]")
+# must not match by leaving the space in its text, or its banner is lost.
+_ONE_CLASSIC_LINE = re.compile(
+    rb"\[ *(\d{1,10}\.\d{1,9})\] ?+((?:[^\[\x00\n][^\x00\n]*)?)(?<!\r)\n").fullmatch
 _ONE_EXTENDED_RECORD = re.compile(
     rb"(?:(?!\d{1,64},)([^,;\x00\n]{1,64}),)?(\d{1,4}),(\d{1,19}),(\d{1,19}),-;([^\x00\n\\]*)(?<!\r)\n?").fullmatch
 
@@ -388,6 +396,12 @@ class HostDecoder:
                     level = int(lv)
                 if stamp is not None:
                     ts = float(stamp)
+                raw = raw[m.end():]
+        else:
+            # A damaged stamp is still a stamp, or the header behind it would not start its line.
+            m = _DAMAGED_STAMP.match(raw)
+            if m is not None:
+                ts = float(m.group(1))
                 raw = raw[m.end():]
         if len(raw) > self.limits.max_line_bytes:
             self.stats.oversized += 1

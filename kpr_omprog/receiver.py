@@ -30,7 +30,7 @@ from .hooks import (
 from .logs import configure
 from .ratelimit import RateLimitConfig
 from .runtime import Intake, Pipeline, describe, open_journal, open_runtime, parsers_from_config
-from .store import StoreError
+from .store import LIBRARY_STATE_DIR, StoreError
 
 # The runtime's names stay importable from here, as before 0.2.
 __all__ = ["Intake", "KernelPanicReceiver", "Pipeline", "describe", "open_journal", "open_runtime",
@@ -124,8 +124,11 @@ class KernelPanicReceiver:
                 cfg = replace(self.config, udp=replace(self.config.udp,
                                                        listen=(_fmt(self.listen_ip, self.listen_port),)))
                 run_udp(cfg, self.parsers)
-        except (StoreError, OSError) as e:
-            # One line naming the file or address and the fix, not a traceback.
+        except StoreError as e:
+            # One line naming the file and the fix, in this API's terms (state_dir=), not the command's.
+            raise SystemExit(f"kpr-omprog: error: {e.explain(LIBRARY_STATE_DIR)}") from None
+        except OSError as e:
+            # One line naming the file or address, not a traceback.
             raise SystemExit(f"kpr-omprog: error: {e}") from None
 
 

@@ -59,7 +59,7 @@ def parsers_from_config(cfg: Config, parsers: Parsers | None = None) -> Parsers:
 
     def hook(key: str, spec: str) -> Any:
         try:
-            return load_hook(spec)
+            return load_hook(spec, h.dirs)
         except ValueError as e:
             raise ConfigError(f"hooks.{key}: {e}") from None
 
@@ -244,8 +244,8 @@ _BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_
 class Intake:
     """Datagrams in, reports out, with crash datagrams journaled so a restart loses none.
 
-    A host's recent datagrams are kept in memory; once the host has an open crash
-    report they, and every datagram after them, are written to the journal (see
+    A host's recent lines are kept by the assembler (its context ring); once the host has an
+    open crash report they, and every datagram after them, are written to the journal (see
     :mod:`kpr_omprog.journal`) before the caller acknowledges the datagram. On start
     the journal is replayed through a fresh assembler, which rebuilds the open
     reports exactly. Without a journal (``None``) nothing survives a restart.

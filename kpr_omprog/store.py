@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +107,8 @@ _SENDABLE = ("state = 'pending' AND COALESCE(dsn, ?) IS NOT NULL AND COALESCE(ds
 
 #: delivered rows kept for ``kpr-omprog reports``; older ones are pruned
 KEEP_DELIVERED = 10000
+#: the write-ahead log is checkpointed (and cut back) at disk_cap_bytes / WAL_SHARE (64 KiB to 4 MiB)
+WAL_SHARE = 16
 #: host_minutes keeps single minutes this far back; older ones are summed into minute 0
 HOST_MINUTES = 7 * 24 * 60 + 60
 #: the hosts table's columns, in order
@@ -114,8 +116,11 @@ HOST_KEYS = ("key", "ip", "first_heard", "last_heard", "datagrams", "release", "
              "special_at", "reports", "title")
 
 
-_WRITABLE = ("the state directory must be writable by this user (state_dir in the config, --state-dir, or "
-             "KernelPanicReceiver(state_dir=...))")
+_WRITABLE = "the state directory must be writable by this user"
+#: how the command and its config set the state directory (what a StoreError says by default)
+CLI_STATE_DIR = "state_dir in the config, or --state-dir"
+#: how a library user sets it
+LIBRARY_STATE_DIR = "KernelPanicReceiver(state_dir=...)"
 
 
 class StoreFull(Exception):
@@ -123,7 +128,23 @@ class StoreFull(Exception):
 
 
 class StoreError(Exception):
-    """The store cannot be opened; the message names the file, the cause and the fix."""
+    """The store cannot be opened; the message names the file, the cause and the fix.
+
+    Where the fix is another state directory, how to set one depends on who runs it: the
+    command's config and ``--state-dir``, or the library's ``state_dir=`` keyword
+    (:meth:`explain`); ``str()`` is the command's."""
+
+    def __init__(self, message: str, set_state_dir: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.set_state_dir = set_state_dir
+
+    def explain(self, how: str = CLI_STATE_DIR) -> str:
+        """The message, ending with ``how`` the state directory is set where that is the fix."""
+        return f"{self.message} ({how})" if self.set_state_dir else self.message
+
+    def __str__(self) -> str:
+        return self.explain()
 
 
 def state_dir_holder(folder: str) -> str | None:
@@ -154,7 +175,7 @@ def _lock_state_dir(folder: str, wait: float = 5.0) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except PermissionError as e:
-        raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}") from None
+        raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}", set_state_dir=True) from None
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -167,7 +188,7 @@ def _lock_state_dir(folder: str, wait: float = 5.0) -> int:
                 holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
                 raise StoreError(f"{folder}: in use by another kpr-omprog receiver (pid {holder}); give this one a "
-                                 "state directory of its own (state_dir in the config, or --state-dir)") from None
+                                 "state directory of its own", set_state_dir=True) from None
             time.sleep(0.1)
 
 
@@ -198,7 +219,7 @@ class Store:
             try:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
             except PermissionError as e:
-                raise StoreError(f"{folder}: cannot create ({e.strerror}): {_WRITABLE}") from None
+                raise StoreError(f"{folder}: cannot create ({e.strerror}): {_WRITABLE}", set_state_dir=True) from None
         self._lock_fd: int | None = None
         if exclusive:
             self._lock_fd = _lock_state_dir(folder)
@@ -211,7 +232,17 @@ class Store:
                 # SQLite gives its -wal and -shm files the database file's mode.
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            # The files, not only the rows, stay near disk_cap_bytes: a new store gives pages
+            # freed by pruning back to the file system (prune_dead), and the write-ahead log is
+            # checkpointed at 1/WAL_SHARE of the cap (4 MiB at most) and cut back to that. SQLite's
+            # defaults (checkpoint every 1,000 pages, a log never cut) let a 1 MiB outbox whose
+            # retries rewrite its rows take 4.9 MB.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new, empty file only
             self._db.execute("PRAGMA journal_mode=WAL")
+            wal = min(4 << 20, max(64 << 10, disk_cap_bytes // WAL_SHARE))  # 4 MiB: SQLite's own
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, wal // page)}")
+            self._db.execute(f"PRAGMA journal_size_limit={wal}")
             # NORMAL in WAL mode survives a process crash (what kill -9 tests); FULL would
             # add an fsync per commit for power loss, at a cost per journaled line.
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -220,11 +251,11 @@ class Store:
             self._pending_bytes = self._scalar(_HELD_BYTES)
         except PermissionError as e:
             self._unlock()
-            raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}") from None
+            raise StoreError(f"{path}: cannot open ({e.strerror}): {_WRITABLE}", set_state_dir=True) from None
         except sqlite3.DatabaseError as e:
             self._unlock()
             if "unable to open" in str(e) or "readonly" in str(e):
-                raise StoreError(f"{path}: cannot open ({e}): {_WRITABLE}") from None
+                raise StoreError(f"{path}: cannot open ({e}): {_WRITABLE}", set_state_dir=True) from None
             raise StoreError(f"{path}: not a usable kpr-omprog store ({e}): move it aside, and a new one is "
                              "created at the next start") from None
         self.prune_dead(time.time())
@@ -357,6 +388,8 @@ class Store:
             db.executemany("DELETE FROM reports WHERE event_id = ?", [(r[0],) for r in rows])
             self._pending_bytes -= sum(r[1] for r in rows)
         if rows:
+            with self._lock:  # the freed pages back to the file system (a store made with auto_vacuum)
+                self._db.execute("PRAGMA incremental_vacuum")
             log.warning("dead_reports_pruned", count=len(rows), bytes=sum(r[1] for r in rows),
                         bound="delivery.dead_retention")
         return len(rows)
@@ -381,8 +414,22 @@ class Store:
         return released, held
 
     def reports(self, limit: int = 100, host: str | None = None, since: float | None = None,
-                title: str | None = None) -> list[dict[str, Any]]:
-        """The newest reports first; ``title`` matches a part of the title."""
+                title: str | None = None, hosts: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+        """The newest reports first; ``title`` matches a part of the title, ``hosts`` is a
+        test a row's host must pass (an address or a network, see ``kpr-omprog reports``)."""
+        return [r for _, r in self._select(limit, host, since, title, hosts, None)]
+
+    def newer_reports(self, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        """(rowid, row) of the reports stored after the row ``after`` (0: all), in the order
+        they were stored: what ``kpr-omprog reports --follow`` prints next."""
+        return self._select(limit, None, None, None, None, after)
+
+    def last_rowid(self) -> int:
+        """The rowid of the report stored last (0: none), where ``--follow`` starts."""
+        return int(self._scalar("SELECT COALESCE(MAX(rowid), 0) FROM reports"))
+
+    def _select(self, limit: int, host: str | None, since: float | None, title: str | None,
+                hosts: Callable[[str], bool] | None, after: int | None) -> list[tuple[int, dict[str, Any]]]:
         where: list[str] = []
         args: list[Any] = []
         if host:
@@ -394,11 +441,21 @@ class Store:
         if title:
             where.append("instr(title, ?) > 0")
             args.append(title)
-        sql = (f"SELECT {', '.join(_ROW_KEYS)} FROM reports" + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY created DESC LIMIT ?")
+        if after is not None:
+            where.append("rowid > ?")
+            args.append(after)
+        sql = (f"SELECT rowid, {', '.join(_ROW_KEYS)} FROM reports" + (" WHERE " + " AND ".join(where) if where else "")
+               + (" ORDER BY rowid" if after is not None else " ORDER BY created DESC"))
+        out: list[tuple[int, dict[str, Any]]] = []
         with self._lock:
-            rows = self._db.execute(sql, (*args, limit)).fetchall()
-        return [dict(zip(_ROW_KEYS, r, strict=True)) for r in rows]
+            # a host test runs here, row by row, so that the limit counts the rows that pass it
+            for r in self._db.execute(sql, args):
+                if hosts is not None and not hosts(r[1 + _ROW_KEYS.index("host")]):
+                    continue
+                out.append((r[0], dict(zip(_ROW_KEYS, r[1:], strict=True))))
+                if len(out) >= limit:
+                    break
+        return out
 
     def report(self, event_id: str) -> dict[str, Any] | None:
         """One report by its event id (or a unique prefix of it): its row, the event and the

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .crash import CrashInfo
+from .event import header_index, kernel_stack
 from .frames import canonical_function, is_trace_start, parse_frame, pc_function
 
 __all__ = [
@@ -89,18 +90,13 @@ def _site(line: str, return_address: bool) -> Site | None:
 
 
 def sites(lines: list[str] | tuple[str, ...], info: CrashInfo) -> tuple[list[Site | None], Site | None]:
-    """The address of each of ``info.frames`` (innermost first; None where the text has
-    none, e.g. an already symbolized inline frame) and of the guilty frame.
+    """The address of each frame of the event's stack (:func:`kpr_omprog.event.kernel_stack`,
+    innermost first; None where the text has none, e.g. an already symbolized inline frame or
+    a stack-scanned ``?`` frame) and of the guilty frame.
 
-    The frames come from :mod:`kpr_omprog.frames` (as the event's stack does); only the
-    offsets are read here, from the same lines, matched in order by function and module.
+    Only the offsets are read here, from the same lines, matched in order by function and module.
     """
-    start = 0
-    if info.header:
-        try:
-            start = list(lines).index(info.header)
-        except ValueError:
-            start = 0
+    start = header_index(lines, info)
     after = lines[start:]
     pc: Site | None = None
     found: list[Site] = []
@@ -121,9 +117,16 @@ def sites(lines: list[str] | tuple[str, ...], info: CrashInfo) -> tuple[list[Sit
                     found.append(s)
     out: list[Site | None] = []
     j = 0
-    for f in info.frames:
+    for sf in kernel_stack(lines, info):
+        if sf.trust == "context":
+            # the fault line's own address: the faulting instruction, not a return address
+            out.append(pc if pc is not None and pc.function == sf.function else None)
+            continue
+        if sf.trust != "trace":
+            out.append(None)
+            continue
         k = j
-        while k < len(found) and (found[k].function, found[k].module) != (f.function, f.module):
+        while k < len(found) and (found[k].function, found[k].module) != (sf.function, sf.module):
             k += 1
         if k < len(found):
             out.append(found[k])
@@ -181,8 +184,8 @@ def _in_app(fn: str) -> bool:
 
 def apply(event: dict[str, Any], per_frame: list[list[SourceLine]], guilty: list[SourceLine],
           debug_files: dict[str, str]) -> int:
-    """Put the answers into ``event`` (its frames are ``info.frames`` reversed, as
-    :func:`kpr_omprog.event.build_event` makes them); returns the frames given a line.
+    """Put the answers into ``event`` (its frames are :func:`kpr_omprog.event.kernel_stack`
+    reversed, as :func:`kpr_omprog.event.build_event` makes them); returns the frames given a line.
 
     A frame gets ``filename``/``lineno`` of its own function (the outermost answer);
     the functions inlined into it become frames of their own right after it (newer),
@@ -195,7 +198,10 @@ def apply(event: dict[str, Any], per_frame: list[list[SourceLine]], guilty: list
     hits = 0
     if frames and len(frames) == len(per_frame):
         out: list[dict[str, Any]] = []
-        for frame, answer in zip(frames, reversed(per_frame), strict=True):
+        # The innermost in-app frame is the culprit a server shows (the title's function):
+        # what was inlined into it is shown, but not in-app, so that it stays the culprit.
+        culprit = max((i for i, f in enumerate(frames) if f.get("in_app")), default=None)
+        for i, (frame, answer) in enumerate(zip(frames, reversed(per_frame), strict=True)):
             if not answer:
                 out.append(frame)
                 continue
@@ -205,7 +211,8 @@ def apply(event: dict[str, Any], per_frame: list[list[SourceLine]], guilty: list
             for inl in reversed(answer[:-1]):
                 out.append({"function": inl.function, "raw_function": inl.function, "package": frame["package"],
                             "filename": clean_path(inl.path), "abs_path": inl.path, "lineno": inl.lineno,
-                            "in_app": frame["in_app"] and _in_app(inl.function), "data": {"inlined": True}})
+                            "in_app": frame["in_app"] and i != culprit and _in_app(inl.function),
+                            "data": {"inlined": True}})
         exc["stacktrace"]["frames"] = out
     if guilty:
         inner = guilty[0]

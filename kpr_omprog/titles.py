@@ -21,9 +21,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function
+from .frames import arm_caller, canonical_function, is_skipped, is_trace_start, parse_frame, pc_function, pc_in_data
 
-__all__ = ["FORMATS", "Blame", "Format", "blame"]
+__all__ = ["FORMATS", "Blame", "Format", "blame", "has_header", "is_separator", "without_cpu_column"]
 
 #: part: read the following lines as a call trace
 TRACE = "TRACE"
@@ -64,6 +64,12 @@ class Format:
     #: an anchor of ``stack`` that is missing means no frame (rather than reading on), so that
     #: ``alt`` is tried: a stall's timer-interrupt frames must never name it
     strict: bool = False
+    #: with no reliable frame, the unwinder's "?" guesses may name it
+    guesses: bool = True
+    #: tried when ``stack`` and ``alt`` find no frame
+    last: tuple[_Part, ...] = ()
+    #: a fault below this address (a line "Failing address: ...") is a NULL pointer dereference
+    null_below: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,15 @@ class Blame:
     corrupted: bool
     #: the format wants no frame (its kind is the whole title)
     frameless: bool
+
+
+_SEPARATOR = re.compile(r"^\s*(?:[=\-_*]{8,}\s*$|-+\[ (?:cut here|end trace\b[^\]]*|end Kernel panic[^\]]*) \]-*\s*$)")
+
+
+def is_separator(line: str) -> bool:
+    """A line that only frames a report: ``------------[ cut here ]------------``, ``=====``,
+    ``---[ end trace 1234 ]---``."""
+    return _SEPARATOR.match(line) is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -126,7 +141,7 @@ _HANG_BUCKETS = (("rtnl_lock", "rtnl_lock"), ("synchronize_rcu", "synchronize_rc
                  ("synchronize_srcu", "synchronize_rcu"), ("synchronize_net", "synchronize_rcu"),
                  ("synchronize_sched", "synchronize_rcu"))
 _HANG_SKIP = re.compile(r"sched|_lock|_slowlock|down|rwsem|completion|kthread|wait|synchronize|context_switch"
-                        r"|__switch_to|cancel_delayed_work|rcu_barrier")
+                        r"|__switch_to|cancel_delayed_work|rcu_barrier|sync_page|sync_buffer|sleep_on|bit_wait")
 
 
 def _hang(frames: list[str]) -> str | None:
@@ -154,10 +169,26 @@ def _skip(*names: str) -> re.Pattern[str]:
     return re.compile("|".join(names))
 
 
-_RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _CALL_TRACE, TRACE)
+# powerpc's link register ("LR [..] f+0x.."): the caller, which names the fault when NIP is in
+# a helper or in data (a jump into a buffer); ppc's trace can only guess it ("(unreliable)").
+# arm's and arm64's traces name the caller reliably, and their lr may be stale.
+_LR = re.compile(r"^LR \[[0-9a-f]+\] \.?(?P<f>[A-Za-z_][\w.]*)\+0x")
+_ANY_LR = re.compile(r"^(?:LR \[[0-9a-f]+\] |lr : |LR is at )\.?(?P<f>[A-Za-z_][\w.]*)\+0x")
+_RIP_THEN_TRACE: tuple[_Part, ...] = (PC, _LR, _CALL_TRACE, TRACE)
+_INSTRUMENTATION = re.compile(r"__sanitizer_cov|__asan|__msan|__tsan|kasan|check_memory_region|kcsan|kmsan")
+_FAILING_ADDRESS = re.compile(r"^[Ff]ailing address: ([0-9a-f]{1,16})\b")
+_EXCEPTION_FRAME = re.compile(r"^\s*--- (?:Exception|interrupt):")
+# The end of an NMI's or interrupt's own stack: what follows is the interrupted code
+_EOE = _rx(r"(?:<<EOE>>|<EOE>|<EOI>|</NMI>)(?:\s*(?:\[<[0-9a-f]+>\]\s*)?(?:\?\s+)?(?P<f>[A-Za-z_][\w.]*)\+0x)?")
+# An old WARNING's function on the line after its header: "ath_rx_tasklet+0x2d1/0x990 [ath9k]()"
+_WRAPPED_FUNCTION = _rx(r"^\.?(?P<f>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?\(\)")
 _TRACE_ONLY: tuple[_Part, ...] = (_CALL_TRACE, TRACE)
 # WARNINGs: the RIP line names the function that warned; older kernels print only a trace.
 _WARNING: tuple[_Part, ...] = (PC, TRACE)
+
+
+def _warning_at(header: str) -> Format:
+    return Format(_rx(header), "WARNING", (_rx(header), PC, TRACE), _TRACE_ONLY)
 
 
 def _warning(header: str, kind: str, *skip: str) -> Format:
@@ -167,7 +198,10 @@ def _warning(header: str, kind: str, *skip: str) -> Format:
 # The checker's own functions, by name: a culprit called do_usercopy_* stays a culprit.
 _USERCOPY_SKIP = _skip("^usercopy_", "^_*check_object_size", "^_*check_heap_object", "^_*check_bogus_address",
                        "^_*check_kernel_text_object", "^_*check_stack_object", "^_*check_page_span")
-_LOCKDEP_SKIP = _skip("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue")
+# lockdep's own checks show in a splat's trace: never the locking bug's site
+_LOCKDEP_SKIP = _skip("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue",
+                      "^validate_chain", "^_*check_(?:prevs?_add|deadlock|noncircular|irq_usage|usage|flags)",
+                      "^print_(?:circular|deadlock)_bug", "^mark_lock", "^debug_check_no_locks")
 _ALLOC_SKIP = ("kmemleak", "kmalloc", "kcalloc", "kzalloc", "krealloc", "vmalloc", "vzalloc", "mmap", "kmem",
                "slab", "alloc", "create_object", "idr_get", "list_lru_init", "kasprintf", "kvasprintf",
                "pcpu_create", "strdup", "strndup", "memdup")
@@ -200,14 +234,18 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"UBSAN: ([\w\- ]+?) in "), "UBSAN: {0}", _TRACE_ONLY, skip=_skip("ubsan", "overflow")),
     # --- faults ---------------------------------------------------------------------------
     Format(_rx(r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address"
-               r"|Unable to handle kernel data access)"),
+               r"|Unable to handle kernel data access|Unable to handle kernel instruction fetch)"),
            "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE),
     Format(_rx(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
                r"|Kernel NULL pointer dereference)"),
            "BUG: unable to handle kernel NULL pointer dereference", _RIP_THEN_TRACE),
-    Format(_rx(r"^Unable to handle kernel (NULL pointer dereference|paging request|access to user memory"
+    Format(_rx(r"^(?:CPU \d+ )?Unable to handle kernel (NULL pointer dereference|paging request|access to user memory"
                r"|execute from non-executable memory|write to read-only memory)"),
            "BUG: unable to handle kernel {0}", _RIP_THEN_TRACE),
+    # s390: "Unable to handle kernel pointer dereference in virtual kernel address space",
+    # a NULL pointer dereference when its "Failing address:" is in the first page
+    Format(_rx(r"^Unable to handle kernel pointer dereference in virtual"),
+           "BUG: unable to handle kernel paging request", _RIP_THEN_TRACE, null_below=0x1000),
     Format(_rx(r"BUG: (?:unable to handle kernel|Unable to handle kernel)"), "BUG: unable to handle kernel",
            _RIP_THEN_TRACE),
     Format(_rx(r"^(?:Oops: )?general protection fault"), "general protection fault", _RIP_THEN_TRACE),
@@ -220,10 +258,21 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Internal error: "), "Internal error", _RIP_THEN_TRACE),
     # --- lockups, stalls, hangs -------------------------------------------------------------
     Format(_rx(r"BUG: soft lockup"), "BUG: soft lockup", _RIP_THEN_TRACE, extractor=_stall),
-    Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", _RIP_THEN_TRACE),
-    Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"),
+    # Where the CPU was: the register dump's RIP/pc, else the code the NMI interrupted (after
+    # "<<EOE>>"/"<EOI>"). A buddy or timer detector's trace is the detector's own: no function.
+    Format(_rx(r"[Ww]atchdog detected hard LOCKUP"), "watchdog: hard LOCKUP", (PC,), (_EOE, TRACE), strict=True),
+    # 3.x printed a hard lockup as a WARNING of the watchdog itself: the code it interrupted
+    # is the first frame after the NMI stack
+    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at kernel/watchdog\.c:\d+ watchdog_overflow_callback"),
+           "watchdog: hard LOCKUP",
+           (_EOE, TRACE),
+           _TRACE_ONLY, _skip("watchdog", "perf_", "nmi", "^warn_", "intel_pmu", "x86_pmu")),
+    Format(_rx(r"INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stall|INFO: rcu detected stall"
+               r"|INFO: RCU detected CPU \d+ stall"),
            "INFO: rcu detected stall", (_APIC_TIMER, PC, TRACE), (_STALL_IRQ, PC, TRACE),
-           _skip("apic_timer_interrupt", "rcu"), _stall, strict=True),
+           _skip("apic_timer_interrupt", "rcu"), _stall, strict=True,
+           # s390 prints the self-detecting CPU's own registers: its PSW is where it was stuck
+           last=(_rx(r"^Krnl PSW : [0-9a-f]+ [0-9a-f]+ \(\.?(?P<f>[A-Za-z_][\w.]*)\+0x"),)),
     Format(_rx(r"INFO: task .* blocked (?:in I/O wait )?for more than"), "INFO: task hung", _TRACE_ONLY,
            extractor=_hang),
     Format(_rx(r"INFO: task .* can't die for more than"), "INFO: task can't die", _TRACE_ONLY,
@@ -236,11 +285,15 @@ FORMATS: tuple[Format, ...] = (
            (_rx("just changed the state of lock"), _AT)),
     Format(_rx(r"(?:WARNING|INFO): \S+-safe -> \S+-unsafe lock order"), "possible deadlock",
            (_rx(r"which became \S+ at:"), TRACE), (_rx("is trying to acquire"), _AT)),
+    # the lock taken again, else (a helper took it) where it was first taken
     Format(_rx(r"(?:WARNING|INFO): possible recursive locking"), "possible deadlock",
-           (_rx("is trying to acquire lock"), _AT)),
+           (_rx("is trying to acquire lock"), _AT, _rx("already holding lock"), _AT), skip=_LOCKDEP_SKIP),
     Format(_rx(r"WARNING: inconsistent lock state"), "inconsistent lock state", _TRACE_ONLY, (_rx("takes"), _AT)),
     Format(_rx(r"INFO: inconsistent lock state"), "inconsistent lock state", (_rx("takes"), _AT)),
-    Format(_rx(r"(WARNING|INFO): suspicious RCU usage"), "{0}: suspicious RCU usage", _TRACE_ONLY,
+    # 3.x-4.x said "[ INFO: suspicious RCU usage. ]" or "suspicious rcu_dereference_check() usage";
+    # syzkaller keeps the kernel's own INFO/WARNING in the title
+    Format(_rx(r"(WARNING|INFO): suspicious (?:RCU|rcu_dereference_check\(\)) usage"),
+           "{0}: suspicious RCU usage", _TRACE_ONLY,
            skip=_skip("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
     Format(_rx(r"INFO: trying to register non-static key"), "INFO: trying to register non-static key",
            _TRACE_ONLY, skip=_skip("stack", "lock", "IRQ")),
@@ -254,6 +307,9 @@ FORMATS: tuple[Format, ...] = (
            _TRACE_ONLY),
     Format(_rx(r"(BUG|WARNING): lock held at task exit time"), "{0}: lock held at task exit time", (_PC_FUNC,)),
     # --- other BUG: reports ---------------------------------------------------------------------
+    # 2.6.32: "BUG: spinlock lockup on CPU#1, swapper/0, ffff88007d4a9040"
+    Format(_rx(r"BUG: (spinlock|rwlock) lockup on CPU"), "BUG: {0} lockup suspected", _TRACE_ONLY,
+           skip=_skip("spin_", "_lock", "_unlock")),
     Format(_rx(r"BUG: (spinlock|rwlock) (lockup suspected|already unlocked|recursion|bad magic|wrong owner"
                r"|wrong CPU)"), "BUG: {0} {1}", _TRACE_ONLY, skip=_skip("spin_", "_lock", "_unlock")),
     Format(_rx(r"BUG: Invalid wait context"), "WARNING: locking bug", (_rx("is trying to lock"), _AT),
@@ -287,8 +343,14 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"[Kk]ernel BUG at "), "kernel BUG", _RIP_THEN_TRACE,
            skip=_skip("^skb_", "fortify", "assert", "_panic$", "__phys_addr", "folio_unlock", "unlock_page")),
     Format(_rx(r"BUG kmalloc-.*: Object already free"), "BUG: Object already free"),
-    Format(_rx(r"^BUG [\w.:-]+ \([^)]*\): ([A-Za-z][\w -]*)"), "BUG: slab {0}",
-           (_rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x"), _rx(r"^(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x")),
+    # Leaked objects: where they were allocated (a driver's own *_alloc_* is the culprit)
+    Format(_rx(r"^BUG [\w.:-]+(?: \([^)]*\))?: (Objects remaining[\w -]*)"), "BUG: slab {0}",
+           (_rx(r"^(?:INFO: )?Allocated in (?P<f>[\w.]+)\+0x"),),
+           skip=_skip("^_*kmem_cache", "^_*kv?[mzc]alloc", "^_*slab_", "^krealloc", "^_*alloc_pages")),
+    # 2.6-4.x print no taint in parentheses: "BUG kmalloc-192: Objects remaining on kmem_cache_close()"
+    Format(_rx(r"^BUG [\w.:-]+(?: \([^)]*\))?: ([A-Za-z][\w -]*)"), "BUG: slab {0}",
+           (_rx(r"^(?:INFO: )?(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x"),
+            _rx(r"^(?:INFO: )?(?:Allocated|Freed) in (?P<f>[\w.]+)\+0x")),
            skip=_skip(*_ALLOC_SKIP, "kfree", "free", "^_*slab_")),
     Format(_rx(r"^pagealloc: memory corruption"), "BUG: pagealloc: memory corruption", _TRACE_ONLY,
            skip=_skip("page", "poison", "alloc", "^_*slab_", "kmem_cache", "free")),
@@ -319,12 +381,19 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"WARNING: kernel stack (?:regs|frame pointer) at .* has bad"),
            "WARNING: kernel stack regs has bad value"),
     Format(_rx(r"WARNING: .*still has locks held"), "WARNING: still has locks held", (_AT,)),
-    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
+    # The header names where the WARN fired: first, unless it is a helper (2.6.32's traces
+    # are all "?" frames, and the first of them is often the caller's caller)
+    _warning_at(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+ \.?(?P<f>[\w.]+)"),
+    _warning_at(r"^WARNING: \S+:\d+ at \.?(?P<f>[A-Za-z_][\w.]*)"),
     # 2025: "WARNING: file:line at 0x0, CPU#n: comm/pid" when the function is unknown: RIP names it
     Format(_rx(r"^WARNING: \S+:\d+ at 0x[0-9a-f]+, CPU#"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: \[.*\] \S+:\d+ at (?P<f>[A-Za-z_][\w.]*)"), "WARNING", _WARNING, _TRACE_ONLY),
-    Format(_rx(r"^WARNING: at \S+:\d+ (?P<f>[\w.]+)"), "WARNING", _WARNING, _TRACE_ONLY),
+    _warning_at(r"^WARNING: \[.*\] \S+:\d+ at \.?(?P<f>[A-Za-z_][\w.]*)"),
+    # 2.6.18: "BUG: warning at kernel/rtmutex-debug.c:125/rt_mutex_debug_task_free() (Not tainted)"
+    _warning_at(r"^BUG: warning at \S+:\d+/\.?(?P<f>[A-Za-z_][\w.]*)\(\)"),
+    # 2.6-3.x: the function wrapped onto the next line ("foo+0x1/0x2 [mod]() (Tainted: ..)"), or
+    # none at all (ppc64, s390 print "WARNING: at arch/powerpc/..c:390": NIP/PSW names it)
+    Format(_rx(r"^WARNING: (?:CPU: \d+ PID: \d+ )?at \S+:\d+\s*$"), "WARNING",
+           (_WRAPPED_FUNCTION, PC, TRACE), _TRACE_ONLY),
     # --- the rest -----------------------------------------------------------------------------
     Format(_rx(r"Machine Check Exception"), "Machine Check Exception"),
     Format(_rx(r"^NETDEV WATCHDOG: \S+ \((?P<f>\S+)\): transmit queue \d+ timed out"),
@@ -339,6 +408,10 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^VFS: Busy inodes after unmount"), "VFS: Busy inodes after unmount (use-after-free)"),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: (?P<f>[\w.]+)\+"),
            "kernel panic: stack is corrupted", (_rx(r"corrupted in: (?P<f>[\w.]+)\+"),)),
+    # 2.6.32 printed the corrupted function's address: a reliable frame may name it, but its
+    # "?" guesses are stale stack contents (sprintf's leftovers), never the function
+    Format(_rx(r"^Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: [0-9a-f]+\s*$"),
+           "kernel panic: stack is corrupted", _TRACE_ONLY, skip=_skip("stack_chk"), guesses=False),
     Format(_rx(r"^Kernel panic - not syncing: stack-protector"), "kernel panic: stack is corrupted",
            _TRACE_ONLY, skip=_skip("stack_chk")),
     Format(_rx(r"^Kernel panic - not syncing: corrupted stack end"), "kernel panic: corrupted stack end",
@@ -347,7 +420,15 @@ FORMATS: tuple[Format, ...] = (
     Format(_rx(r"^Kernel panic - not syncing: Couldn't open N_TTY ldisc"), "kernel panic: Couldn't open N_TTY ldisc"),
     Format(_rx(r"(?<![A-Za-z])BUG: (.+)"), "BUG: {0}", category="BUG"),
     Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic"),
-    Format(_rx(r"^(?:Oops|Internal error): "), "Oops", _RIP_THEN_TRACE),
+    # mips die(): "Kernel bug detected[#1]:" is BUG(); the others name the exception
+    Format(_rx(r"^Kernel bug detected\[#\d+\]:"), "kernel BUG", _RIP_THEN_TRACE),
+    Format(_rx(r"^Reserved instruction in kernel code\[#\d+\]:"), "invalid opcode", _RIP_THEN_TRACE),
+    Format(_rx(r"^(Unhandled kernel unaligned access|Instruction bus error|Data bus error"
+               r"|Floating point exception in kernel code)\[#\d+\]:"), "{0}", _RIP_THEN_TRACE),
+    # ARMv7-M (no MMU): "Unhandled exception: IPSR = 00000005 LR = fffffff1"
+    Format(_rx(r"^Unhandled exception: IPSR"), "Unhandled exception", _RIP_THEN_TRACE),
+    Format(_rx(r"^(?:Oops(?:\[#\d+\]:(?: |$)|: (?:[0-9a-f]{4}\b|.*\[#\d+\]))|Internal error: )"), "Oops",
+           _RIP_THEN_TRACE),
 )
 
 # One search over every header first: most report lines match none, and trying ~90
@@ -358,7 +439,7 @@ _ANY_HEADER = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<f>', '(', f.header.patt
 _HEADER_LITERALS = ("BUG", "WARNING", "INFO", "UBSAN", "PANIC", "Kernel panic", "Oops", "Internal error", "fault",
                     "Unable to handle", "divide", "opcode", "int3", "stack", "LOCKUP", "Machine Check", "NETDEV",
                     "nobody cared", "unregister_netdevice", "corruption", "usercopy", "VFS: ",
-                    "rust_kernel", "BUG ")
+                    "rust_kernel", "BUG ", "Unhandled exception", "Kernel bug", "kernel code", "unaligned", "bus error")
 for _f in FORMATS:
     assert any(lit in _f.header.pattern for lit in _HEADER_LITERALS), _f.header.pattern
 
@@ -415,6 +496,19 @@ def _find_header(lines: Sequence[str]) -> tuple[int, Format, re.Match[str]] | No
 
 
 _FATAL = Format(_rx(r"^Kernel panic - not syncing: (.+)"), "kernel panic: {0}", category="kernel panic")
+
+
+def has_header(lines: Sequence[str]) -> bool:
+    """Some line is a crash header that a format knows."""
+    return _find_header(without_cpu_column(lines)) is not None
+
+
+def without_cpu_column(lines: Sequence[str]) -> Sequence[str]:
+    """The lines without PREEMPT_RT's console CPU column ("000: WARNING: ..."), when every
+    line that has a stamp-free start carries one: the report as other kernels print it."""
+    if lines and all(x[3:5] == ": " and x[:3].isdigit() for x in lines[:3]):
+        return [x[5:] if x[3:5] == ": " and x[:3].isdigit() else x for x in lines]
+    return lines
 
 
 def _region(lines: Sequence[str], start: int) -> Sequence[str]:
@@ -516,12 +610,16 @@ def _fatal_after_warning(lines: Sequence[str], index: int) -> tuple[int, Format,
 
 def blame(lines: Sequence[str]) -> Blame:
     """Find the report's header line, its kind and its guilty function."""
+    lines = without_cpu_column(lines)
     found = _find_header(lines)
     if found is not None and found[1].kind.startswith("WARNING"):
         found = _fatal_after_warning(lines, found[0]) or found
     if found is None:
-        header = next((x for x in lines if x.strip()), "")
-        return Blame(kind=header, category="kernel crash", frame=None, header_index=0, corrupted=True,
+        # No header we know: the first line that says something. A separator ("cut here",
+        # "=====", "---[ end trace") never names a crash.
+        index = next((i for i, x in enumerate(lines) if x.strip() and not is_separator(x)), 0)
+        header = lines[index] if lines else ""
+        return Blame(kind=header, category="kernel crash", frame=None, header_index=index, corrupted=True,
                      frameless=True)
     index, fmt, m = found
     region = _region(lines, index)
@@ -532,17 +630,51 @@ def blame(lines: Sequence[str]) -> Blame:
         kind = kind.replace("{rw}", rw)
     if "{" in kind:
         kind = kind.format(*groups)
+    if fmt.null_below:
+        failing = next((f for x in region[:4] if (f := _FAILING_ADDRESS.match(x)) is not None), None)
+        if failing is not None and int(failing.group(1), 16) < fmt.null_below:
+            kind = "BUG: unable to handle kernel NULL pointer dereference"
     category = fmt.category or kind
     if not fmt.stack:
         return Blame(kind, category, None, index, False, True)
     frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict)
+    if fmt.stack and fmt.stack[0] is PC and any(pc_in_data(x) for x in region[:40]):
+        # The CPU jumped into data: the link register names the code that jumped there
+        # (the trace may not show it: the jump left no frame)
+        frames = [*_candidates(region, (_ANY_LR,), fmt.skip), *frames]
     if not frames and fmt.alt:
         frames = _candidates(region, fmt.alt, fmt.skip, fmt.strict)
-    if not frames:
+    if not frames and fmt.last:
+        frames = _candidates(region, fmt.last, fmt.skip)
+    if not frames and fmt.stack != _TRACE_ONLY and not fmt.strict:
+        # The anchor the format reads named only a helper (a lock taken in a never-guilty
+        # function, a fault in memcpy): the first guilty frame of the call trace instead.
+        frames = _candidates(region, _TRACE_ONLY, fmt.skip)
+    if not frames and fmt.guesses:
         # Executing data or user memory leaves the unwinder only "? f+0x.." guesses: the
         # best of them beats no function at all.
         frames = _candidates(region, fmt.stack, fmt.skip, fmt.strict, unreliable=True)
-    raw = (fmt.extractor(frames) if fmt.extractor is not None else None) if frames else None
+    raw: str | None = None
+    if frames and fmt.extractor is _stall and fmt.stack[0] is PC and not fmt.strict:
+        # A soft lockup names where the CPU was: the function the fault line names, or the
+        # first guilty frame after it when that is a helper (a lock, a delay loop), or the
+        # trace's top when there is no fault line (an old kernel's, a trimmed log).
+        # (A fuzzing kernel's instrumentation, KCOV or KASAN's checks, is where such a CPU is
+        # most often caught: noise, and syzkaller's dispatch rule names those. A stack
+        # overflow recurses: where it ran out says little, so the dispatch rule names it too.)
+        pc_names = [pc for x in region[:60] if (pc := pc_function(x)) is not None][:1]
+        if not (pc_names and (_INSTRUMENTATION.match(pc_names[0]) or fmt.kind != "BUG: soft lockup")):
+            raw = frames[0]
+        if raw is None:
+            # ppc's "--- Exception: 300 at ..." starts another context's frames (a fault the
+            # stuck task took earlier): the stall is in the frames above it
+            cut = next((k for k, x in enumerate(region) if _EXCEPTION_FRAME.match(x)), None)
+            if cut is not None:
+                frames = _candidates(region[:cut], fmt.stack, fmt.skip, fmt.strict) or frames
+        if raw is not None and raw.startswith("smp_call_function"):
+            raw = "smp_call_function"  # waiting on other CPUs: syzkaller's one bucket
+    if raw is None and frames and fmt.extractor is not None:
+        raw = fmt.extractor(frames)
     if raw is None and frames:
         # Syscall, VFS and debugfs plumbing only carries the call: any other frame is the culprit.
         raw = next((f for f in frames if not _PLUMBING.match(f)), None) \

@@ -165,10 +165,19 @@ class Bugsink:
             time.sleep(0.2)
         return events
 
+    def log(self) -> str:
+        """What Bugsink logged (gunicorn's stdout and stderr)."""
+        return (self.work / "gunicorn.log").read_text(errors="replace")
+
     def attachments(self) -> dict[str, bytes]:
         """event_id -> attachment bytes, from the raw envelopes Bugsink kept."""
+        return {event_id: payload for event_id, (_, payload) in self.attachment_items().items()}
+
+    def attachment_items(self) -> dict[str, tuple[dict[str, Any], bytes]]:
+        """event_id -> (item headers, bytes) of its attachment, from the raw envelopes Bugsink kept
+        (KEEP_ENVELOPES: the envelope as received, whatever Bugsink made of its items)."""
         db = sqlite3.connect(self.work / "db.sqlite3")
-        out: dict[str, bytes] = {}
+        out: dict[str, tuple[dict[str, Any], bytes]] = {}
         for (data,) in db.execute("SELECT data FROM ingest_envelope"):
             raw = bytes(data)
             header, _, rest = raw.partition(b"\n")
@@ -181,6 +190,6 @@ class Bugsink:
                 length = h.get("length")
                 payload, rest = (rest[:length], rest[length + 1:]) if length is not None else rest.partition(b"\n")[::2]
                 if h.get("type") == "attachment":
-                    out[event_id] = payload
+                    out[event_id] = (h, payload)
         db.close()
         return out

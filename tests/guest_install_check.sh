@@ -107,7 +107,7 @@ if systemctl is-active --quiet kpr-omprog-bugsink; then fail "Bugsink still runs
 [ ! -e /etc/systemd/system/kpr-omprog-bugsink.service ] && [ ! -e /opt/kpr-omprog-bugsink ] || fail "Bugsink's unit or package left"
 [ -s /var/lib/kpr-omprog-bugsink/db.sqlite3 ] && [ -s /etc/kpr-omprog/bugsink/admin ] || fail "Bugsink's data not kept"
 [ -z "$(tcp_listen 8000)" ] || fail "something still listens on 8000"
-sed -n '/^Bugsink removed/,$p' /tmp/unin.out | sed 's/^/KPR-GUEST out: /'
+sed -n '/^Bugsink stopped and removed/,$p' /tmp/unin.out | sed 's/^/KPR-GUEST out: /'
 ok "--uninstall removed Bugsink's service and package, kept its data"
 bash "$SRC/install.sh" --standalone || fail "install.sh --standalone exited $?"
 id kpr-omprog >/dev/null || fail "no kpr-omprog system user"

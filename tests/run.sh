@@ -9,8 +9,10 @@ VENV=${KPR_TEST_VENV:-$ROOT/.venv}
 
 need_apt=()
 # gcc, make, binutils: the symbolization tests' kernel module and the benchmarks' C sender;
-# elfutils: eu-addr2line, the symbolizer the receiver runs
-for pkg in rsyslog qemu-system-x86 busybox-static debootstrap iproute2 util-linux gcc make binutils elfutils; do
+# elfutils: eu-addr2line, the symbolizer the receiver runs; qemu-system-arm: the live arm64 test;
+# shellcheck and dash: the netconsole client script is checked with the one and run with the other
+for pkg in rsyslog qemu-system-x86 qemu-system-arm busybox-static debootstrap iproute2 util-linux gcc make \
+    binutils elfutils shellcheck dash; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -38,6 +40,60 @@ if [ ! -f "$KERNEL_DIR/vmlinuz" ]; then
   rm -rf "$kt"
 fi
 export KPR_KERNEL_DIR="$KERNEL_DIR"
+
+# A real arm64 kernel for tests/test_live_kernel.py: Debian's current arm64 kernel
+# package and busybox-static:arm64 (dpkg learns the foreign architecture once), of which only
+# the kernel, busybox and the modules of the guest's e1000 NIC and netconsole are kept (about 30 MB).
+ARM64_DIR=${KPR_ARM64_DIR:-$HOME/.cache/kpr-omprog-kernel-arm64}
+if [ ! -f "$ARM64_DIR/RELEASE" ] || ! ls "$ARM64_DIR"/e1000.ko* >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $SUDO dpkg --add-architecture arm64; $SUDO apt-get update -q; fi
+  pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  if [ -z "$pkg" ]; then $SUDO apt-get update -q; \
+    pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
+  pkg=${pkg%:arm64}
+  at=$(mktemp -d); chmod 755 "$at"
+  (cd "$at" && apt-get download -q "$pkg:arm64" busybox-static:arm64)
+  for deb in "$at"/*.deb; do dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$at" --wildcards './boot/vmlinuz-*' \
+    './bin/busybox' '*/e1000.ko*' '*/configfs.ko*' '*/netconsole.ko*' 2>/dev/null || true; done
+  rm -rf "$ARM64_DIR.tmp"; mkdir -p "$ARM64_DIR.tmp"
+  cp "$at"/boot/vmlinuz-* "$ARM64_DIR.tmp/vmlinuz"
+  cp "$at"/bin/busybox "$ARM64_DIR.tmp/busybox"
+  find "$at/lib" "$at/usr/lib" -name '*.ko*' -exec cp {} "$ARM64_DIR.tmp/" \; 2>/dev/null || true
+  basename "$at"/boot/vmlinuz-* | sed 's/^vmlinuz-//' > "$ARM64_DIR.tmp/RELEASE"
+  rm -rf "$ARM64_DIR"; mv "$ARM64_DIR.tmp" "$ARM64_DIR"
+  rm -rf "$at"
+fi
+export KPR_ARM64_DIR="$ARM64_DIR"
+
+# A newer kernel for the netconsole client script's live test: Debian 13's backports
+# kernel, whose netconsole has the release, userdata and sysdata options (2023-2025) that
+# Debian 12's 6.1 lacks. Fetched through a private apt configuration (the machine's own
+# sources are left alone); the kernel and the same three modules kept (about 25 MB).
+NEW_KERNEL_DIR=${KPR_NEW_KERNEL_DIR:-$HOME/.cache/kpr-omprog-kernel-new}
+if [ ! -f "$NEW_KERNEL_DIR/vmlinuz" ]; then
+  na=$(mktemp -d); chmod 755 "$na"; mkdir -p "$na/lists/partial" "$na/cache/archives/partial" "$na/dl" "$na/x"
+  chmod 777 "$na/dl"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-backports main" \
+    > "$na/sources.list"
+  apt_private=(-o Dir::Etc::SourceList="$na/sources.list" -o Dir::Etc::SourceParts=/dev/null
+               -o Dir::State::Lists="$na/lists" -o Dir::Cache="$na/cache" -o Dir::State::status=/dev/null)
+  apt-get "${apt_private[@]}" update -q >/dev/null
+  img=$(apt-cache "${apt_private[@]}" depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  npkgs=("$img" $(apt-cache "${apt_private[@]}" depends "$img" | awk '/Depends: linux-(binary|modules)-[0-9]/ {print $2}'))
+  (cd "$na/dl" && apt-get "${apt_private[@]}" download -q "${npkgs[@]}")
+  for deb in "$na"/dl/*.deb; do
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$na/x" --wildcards '*vmlinuz*' '*/e1000.ko*' '*/configfs.ko*' \
+      '*/netconsole.ko*' 2>/dev/null || true
+  done
+  rm -rf "$NEW_KERNEL_DIR.tmp"; mkdir -p "$NEW_KERNEL_DIR.tmp"
+  cp "$(find "$na/x" -name 'vmlinuz*' -type f | head -n 1)" "$NEW_KERNEL_DIR.tmp/vmlinuz"
+  find "$na/x" -name '*.ko*' -exec cp {} "$NEW_KERNEL_DIR.tmp/" \;
+  echo "${img#linux-image-}" > "$NEW_KERNEL_DIR.tmp/RELEASE"
+  rm -rf "$NEW_KERNEL_DIR" "$na"; mv "$NEW_KERNEL_DIR.tmp" "$NEW_KERNEL_DIR"
+fi
+export KPR_NEW_KERNEL_DIR="$NEW_KERNEL_DIR"
 
 # Debug information of a real kernel module for the symbolization tests: the headers
 # package of that same kernel (with its -common and kbuild packages, about 70 MB unpacked,

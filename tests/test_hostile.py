@@ -455,10 +455,32 @@ def test_show_prints_what_the_event_carries_and_reports_filters(tmp_path: Path) 
     assert run_cli("reports", "--state-dir", str(state), "--json", "--since", "2099-01-01").stdout == ""
     shown = run_cli("show", row["event_id"][:10], "--state-dir", str(state))
     assert shown.returncode == 0, shown.stderr
-    assert "title     WARNING in lkdtm_WARNING" in shown.stdout
-    assert 'fingerprint ["linux-kernel", "WARNING", "lkdtm_WARNING"]' in shown.stdout
-    assert "tags.kernel_release = 6.1.0-56-amd64" in shown.stdout
-    assert "--- kernel.log ---\n" in shown.stdout and "lkdtm: Performing direct entry WARNING" in shown.stdout
+    head, _, log = shown.stdout.partition("--- kernel.log ---\n")
+    assert "lkdtm: Performing direct entry WARNING" in log
+    fields: dict[str, list[str]] = {}  # key -> its value's lines
+    lines = head.splitlines()
+    column = len(lines[0]) - len(lines[0].split()[-1])  # where the event id, and every value, starts
+    for line in lines:
+        key = line[:column].strip()
+        assert " " not in key and line[column:].strip() and line[column - 1] == " ", f"not aligned: {line!r}"
+        if key:
+            assert key not in fields, f"{key} twice"
+            fields[key] = [line[column:]]
+        else:  # a multi-line value goes on under its first line
+            fields[list(fields)[-1]].append(line[column:])
+    assert fields["title"] == ["WARNING in lkdtm_WARNING"]
+    assert fields["fingerprint"] == ['["linux-kernel", "WARNING", "lkdtm_WARNING"]']
+    assert fields["tags.kernel_release"] == ["6.1.0-56-amd64"]
+    assert fields["stack"][0] == "* lkdtm_WARNING [lkdtm]" and len(fields["stack"]) > 3
+    assert fields["contexts.os.version"] == ["6.1.0-56-amd64"]
+    # each field once: the message is the title and the log, both shown already, as are the
+    # context lines; the host is not repeated as user or tag; omprog has no receiving port
+    assert "message" not in fields and "user.ip_address" not in fields and "tags.host" not in fields
+    assert "extra.context" not in fields and "extra.start_line" not in fields
+    assert "extra.receiver_port" not in fields and "extra.flags" not in fields
+    as_json = json.loads(run_cli("show", row["event_id"][:10], "--json", "--state-dir", str(state)).stdout)
+    assert "receiver_port" not in as_json["event"]["extra"]  # nor in the event Sentry gets
+    assert head.count("lkdtm: Performing direct entry WARNING") == 0 and log.count("Performing direct entry") == 1
     missing = run_cli("show", "ffff", "--state-dir", str(state))
     assert missing.returncode == 2 and "no single stored report" in missing.stderr
 

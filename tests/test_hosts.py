@@ -30,11 +30,20 @@ def _hear(asm: Assembler, hosts: range, at: float, net: int = 10, times: int = 2
 
 
 def test_lines_of_ours_are_recognised_exactly() -> None:
-    assert special(format_test_line("web1.example.com", "3f9a")) == "test"
-    assert special(format_heartbeat_line("web1")) == "heartbeat"
+    import re
+
+    from kpr_omprog.coverage import HEARTBEAT_RE, TEST_RE
+    from kpr_omprog.netconsole_script import HEARTBEAT_LINE, TEST_LINE
+
+    ours = [format_test_line("web1.example.com", "3f9a"), TEST_LINE.format(hostname="web_1", nonce="a1b2c3d4e5f6")]
+    beats = [format_heartbeat_line("web1"), HEARTBEAT_LINE.format(hostname="web1")]
+    for text in ours:
+        assert special(text) == "test" and re.match(TEST_RE, text)
+    for text in beats:
+        assert special(text) == "heartbeat" and re.match(HEARTBEAT_RE, text)
     for text in ("kpr-omprog: netconsole test from web1", "kpr-omprog: netconsole test from a b c",
                  "kpr-omprog: netconsole heartbeat from ", "kpr-omprog: netconsole heartbeat from a b"):
-        assert special(text) is None
+        assert special(text) is None and not re.match(TEST_RE, text) and not re.match(HEARTBEAT_RE, text)
 
 
 def test_hosts_heard_once_never_reach_the_store_and_a_spoofed_flood_replaces_at_most_new_per_flush(

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
     r = install(stage, "--port", str(port), "--shards", "1")  # the default depends on the cores
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kpr-omprog installed (rsyslog mode" in r.stdout
+    assert "(skipped) restart rsyslog (changed: the drop-in, the package, the config): staged install" in r.stdout
     exe = stage / "opt" / "kpr-omprog" / "bin" / "kpr-omprog"
     conf = stage / "etc" / "kpr-omprog" / "config.toml"
     dropin = stage / "etc" / "rsyslog.d" / "30-kpr-omprog.conf"
@@ -50,17 +52,36 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
     check = subprocess.run([str(exe), "check-config", "--config", str(conf)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    # a second run keeps the operator's config
+    # install.sh's record, for `kpr-omprog status`
+    marker = (stage / "etc" / "kpr-omprog" / "installed").read_text()
+    assert "mode=rsyslog\n" in marker and f"dropin={dropin}\n" in marker and f"port={port}\n" in marker
+
+    # a second run keeps the operator's config, and restarts rsyslog for it (only for it)
     conf.write_text(conf.read_text() + "# edited by the operator\n")
     r2 = install(stage, "--port", str(port))
     assert r2.returncode == 0, r2.stdout + r2.stderr
     assert conf.read_text().endswith("# edited by the operator\n")
+    assert "package unchanged" in r2.stdout and "(skipped) restart rsyslog (changed: the config)" in r2.stdout
+    # a third with nothing changed restarts nothing, and leaves the drop-in's time alone
+    written = dropin.stat().st_mtime_ns
+    r2 = install(stage, "--port", str(port))
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert "rsyslogd not restarted: the drop-in, the package and the config are unchanged" in r2.stdout
+    assert "(skipped) restart rsyslog" not in r2.stdout and dropin.stat().st_mtime_ns == written
 
     # the installed drop-in, loopback only for the test
     dropin.write_text(text.replace(f'port="{port}"', f'address="127.0.0.1" port="{port}"'))
     main = stage / "etc" / "rsyslog.conf"
     n1 = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True)
     assert n1.returncode == 0, n1.stderr
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kpr_omprog.cli", "status", "--config", str(conf)],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    (stage / "var" / "lib" / "kpr-omprog" / "kpr-omprog.sqlite3").touch()  # the store, as after a first datagram
+    st = status()  # installed, but no rsyslogd runs it
+    assert st.returncode == 1 and "NEEDS A HUMAN: nothing receives: rsyslogd" in st.stdout, st.stdout + st.stderr
     proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(main), "-i", str(tmp_path / "pid")],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "rsyslogd.err", "wb"))  # noqa: SIM115
     try:
@@ -78,6 +99,8 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
             if rows:
                 break
             time.sleep(0.5)
+        st = status()
+        assert st.returncode == 0 and f"listens on UDP {port} with {dropin}" in st.stdout, st.stdout + st.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -89,6 +112,8 @@ def test_staged_install_runs_under_rsyslog_and_is_idempotent(tmp_path: Path) -> 
     assert r3.returncode == 0, r3.stdout + r3.stderr
     assert not dropin.exists() and not exe.exists()
     assert conf.exists()  # stored reports and config stay
+    st = status()
+    assert st.returncode == 1 and "NEEDS A HUMAN: nothing receives" in st.stdout, st.stdout
 
 
 def test_help_is_whole_and_a_dry_run_changes_nothing_and_says_so(tmp_path: Path) -> None:

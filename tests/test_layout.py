@@ -11,7 +11,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kpr_omprog"
 PURE = {"netconsole", "assembler", "coverage", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs",
-        "capture", "symbolize"}
+        "capture", "netconsole_script", "symbolize"}
 
 
 def module_name(path: Path) -> str:

@@ -94,6 +94,104 @@ def test_real_crashes_become_titled_grouped_events(bugsink: Bugsink, tmp_path: P
     assert pipe.store.counts() == {"delivered": 3}
 
 
+def sentry_culprit(frames: list[dict[str, Any]]) -> str | None:
+    """What Sentry shows as an issue's culprit for a native event without a transaction
+    (src/sentry/culprit.py): the function of the innermost in-app frame."""
+    return next((f.get("function") or "?" for f in reversed(frames) if f.get("in_app")), None)
+
+
+def test_the_fault_line_function_is_the_innermost_frame_and_the_culprit(bugsink: Bugsink, tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn)
+    cases = {"10.1.1.1": "lkdtm-BUG_ext_oopspanic", "10.1.1.2": "lkdtm-FORTIFY_STR_OBJECT_ext_oopspanic",
+             "10.1.1.3": "lkdtm-HARDLOCKUP_ext_rcupanic", "10.1.1.4": "lkdtm-CORRUPT_STACK_classic"}
+    for host, name in cases.items():
+        pipe.handle(reports(name, host)[0], time.time())
+    assert delivery.send_due() == 4
+    stored = {e["data"]["server_name"]: e["data"] for e in bugsink.events() if e["data"]["server_name"] in cases}
+    assert set(stored) == set(cases)
+    for host, data in stored.items():
+        exc = data["exception"]["values"][0]
+        frames = exc["stacktrace"]["frames"]
+        # the culprit a server shows is the title's function, whatever the title blames
+        assert f"in {sentry_culprit(frames)}" == exc["value"], (cases[host], exc["value"], frames[-3:])
+    # kernel BUG in lkdtm_BUG: RIP names lkdtm_BUG, which the call trace (from direct_entry) lacks
+    bug = stored["10.1.1.1"]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert bug[-1] == {"function": "lkdtm_BUG", "raw_function": "lkdtm_BUG", "package": "lkdtm", "in_app": True,
+                       "trust": "context"}
+    assert bug[-2]["function"] == "direct_entry"
+    # fortify_panic (the RIP) is inside the blamed function: shown innermost, not in-app
+    fortify = stored["10.1.1.2"]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert [(f["function"], f["in_app"]) for f in fortify[-2:]] == [("lkdtm_FORTIFY_STR_OBJECT", True),
+                                                                     ("fortify_panic", False)]
+    # a stall blames the frame the dispatcher called; the CPU was spinning in lkdtm_HARDLOCKUP
+    stall = stored["10.1.1.3"]["exception"]["values"][0]["stacktrace"]["frames"]
+    assert [(f["function"], f["in_app"]) for f in stall[-2:]] == [("direct_entry", True), ("lkdtm_HARDLOCKUP", False)]
+
+
+def test_frames_show_the_symbols_the_kernel_printed(bugsink: Bugsink, tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn)
+    pipe.handle(reports("lkdtm-BUG_classic_oopspanic", "10.1.2.1")[0], time.time())
+    assert delivery.send_due() == 1
+    [data] = [e["data"] for e in bugsink.events() if e["data"]["server_name"] == "10.1.2.1"]
+    frames = data["exception"]["values"][0]["stacktrace"]["frames"]
+    shown = [f["function"] for f in frames]
+    # ksys_write as printed, not the canonical "write" our fingerprints use
+    assert "ksys_write" in shown and "write" not in shown and "vfs_write" in shown
+    # a compiler clone's suffix goes (the source has direct_entry); raw_function keeps it
+    entry = next(f for f in frames if f["function"] == "direct_entry")
+    assert entry["raw_function"] == "direct_entry.cold" and entry["package"] == "lkdtm"
+    assert all(f["raw_function"].startswith(f["function"]) for f in frames)
+    assert data["fingerprint"] == ["linux-kernel", "kernel BUG", "lkdtm_BUG"]
+
+
+def test_the_event_carries_what_sentry_native_sends_for_a_crash(bugsink: Bugsink, tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, bugsink.dsn)
+    cases = {"10.1.4.1": "lkdtm-ACCESS_NULL_ext_oopspanic", "10.1.4.2": "lkdtm-WARNING_ext_then-sysrq-c",
+             "10.1.4.3": "lkdtm-HUNG_TASK_classic"}
+    for host, name in cases.items():
+        pipe.handle(reports(name, host)[0], time.time())
+    assert delivery.send_due() == 3
+    got = {e["data"]["server_name"]: e["data"] for e in bugsink.events() if e["data"]["server_name"] in cases}
+    oops, warning, hung = got["10.1.4.1"], got["10.1.4.2"], got["10.1.4.3"]
+    exc = oops["exception"]["values"][0]
+    assert oops["platform"] == "native" and oops["sdk"]["name"] == "kpr-omprog"
+    # the crashing task as sentry-native's crashed thread, linked from the exception
+    assert oops["threads"] == {"values": [{"id": 140, "name": "sh", "crashed": True, "current": True}]}
+    assert exc["thread_id"] == 140 and exc["mechanism"]["data"]["cpu"] == 0
+    assert exc["mechanism"]["handled"] is False and exc["mechanism"]["synthetic"] is False
+    # the register dump with the top frame: CR2 is the NULL address the oops read
+    regs = exc["stacktrace"]["registers"]
+    assert regs["cr2"] == "0x0000000000000000" and regs["rsp"].startswith("0x") and len(regs) >= 20
+    # uname as sentry-native reports it: name, the release as the version, the build
+    assert oops["contexts"]["os"] == {"name": "Linux", "version": "6.1.0-56-amd64",
+                                      "kernel_version": "6.1.0-56-amd64", "build": "#1  Debian 6.1.192-2"}
+    assert oops["contexts"]["device"]["model"] == "QEMU Standard PC (Q35 + ICH9, 2009)"
+    assert oops["modules"] == {"lkdtm": "OE", "netconsole": "-", "configfs": "-", "e1000": "-"}
+    # a WARNING is handled: the kernel went on
+    assert warning["exception"]["values"][0]["mechanism"]["handled"] is True
+    # a hung task's stack is the blocked task's (sh, state D), not khungtaskd's who reported it
+    assert hung["threads"]["values"] == [{"id": 147, "name": "sh", "crashed": True, "current": True, "state": "D"}]
+
+
+def test_the_log_attachment_is_a_plain_attachment_and_what_bugsink_keeps_of_it(fresh_bugsink: Bugsink,
+                                                                              tmp_path: Path) -> None:
+    pipe, delivery = pipeline(tmp_path, fresh_bugsink.dsn)
+    pipe.handle(reports("sysrq-c_classic", "10.1.3.1")[0], time.time())
+    assert delivery.send_due() == 1
+    [event] = fresh_bugsink.wait_events(1)
+    header, payload = fresh_bugsink.attachment_items()[event["data"]["event_id"].replace("-", "")]
+    # the item as Sentry documents a plain attachment (the envelope as Bugsink received it)
+    assert {k: header.get(k) for k in ("type", "attachment_type", "content_type", "filename")} == {
+        "type": "attachment", "attachment_type": "event.attachment", "content_type": "text/plain",
+        "filename": "kernel.log"}
+    assert header["length"] == len(payload) and b"sysrq: Trigger a crash" in payload
+    # Bugsink 2.6 stores minidumps only: it reads the type now, and says it skips a text log
+    # (the README says so; the event's message carries the header and call trace instead)
+    log = fresh_bugsink.log()
+    assert "skipping non-supported attachment type: event.attachment" in log
+    assert "attachment type: None" not in log
+
+
 def test_same_report_twice_is_one_event_and_hook_failure_keeps_report(bugsink: Bugsink, tmp_path: Path) -> None:
     def broken_title(addr, klogs):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom")
@@ -472,3 +570,44 @@ def test_userdata_becomes_bounded_tags_and_lost_lines_an_extra() -> None:
     assert tags["weird_key_"] == "x" * 200
     assert len([k for k in tags if k[0] == "k" and k[1:].isdigit()]) == USERDATA_TAGS - 3
     assert event["extra"]["lost_lines"] == 2
+
+
+# The fault line of each architecture, as the kernel prints it (arm64's __show_regs, arm's
+# "PC is at", powerpc's NIP), with the trace that follows: the frame it names is the
+# innermost, with its module, once (arm64 and arm unwind from it, so their trace repeats it).
+ARCH_REPORTS = {
+    "arm64": ["Internal error: Oops - BUG: 00000000f2000800 [#1] PREEMPT SMP",
+              "CPU: 1 PID: 187 Comm: sh Tainted: G           O       6.1.0-26-arm64 #1  Debian 6.1.112-1",
+              "pc : lkdtm_BUG+0x4/0x8 [lkdtm]", "lr : lkdtm_do_action+0x24/0x40 [lkdtm]",
+              "sp : ffff80000a3b3c50", "x29: ffff80000a3b3c50 x28: ffff0000c1f1c000 x27: 0000000000000000",
+              "Call trace:", " lkdtm_BUG+0x4/0x8 [lkdtm]", " direct_entry+0x13c/0x1b0 [lkdtm]",
+              " full_proxy_write+0x68/0xc0", " vfs_write+0xcc/0x2b0", " ksys_write+0x70/0x104"],
+    "arm": ["Internal error: Oops - BUG: 0 [#1] SMP ARM",
+            "CPU: 0 PID: 93 Comm: sh Not tainted 6.1.0 #1",
+            "PC is at lkdtm_BUG+0x4/0x8 [lkdtm]", "LR is at direct_entry+0x120/0x1a0 [lkdtm]",
+            "Backtrace:", "[<bf000004>] (lkdtm_BUG [lkdtm]) from [<bf000120>] (direct_entry+0x120/0x1a0 [lkdtm])",
+            "[<bf000120>] (direct_entry [lkdtm]) from [<c02f1a2c>] (full_proxy_write+0x5c/0x7c)"],
+    "ppc64": ["kernel BUG at drivers/misc/lkdtm/bugs.c:76!",
+              "Oops: Exception in kernel mode, sig: 5 [#1]",
+              "CPU: 0 PID: 120 Comm: sh Not tainted 6.1.0-26-powerpc64le #1 Debian 6.1.112-1",
+              "NIP [c008000000f20f9c] lkdtm_BUG+0x1c/0x30 [lkdtm]",
+              "LR [c008000000f21234] direct_entry+0x13c/0x1b0 [lkdtm]",
+              "Call Trace:", "[c00000000a4bfb80] [c008000000f21234] direct_entry+0x13c/0x1b0 [lkdtm] (unreliable)",
+              "[c00000000a4bfc10] [c0000000006a51f0] full_proxy_write+0x90/0xe0"],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_REPORTS))
+def test_each_architectures_fault_line_is_the_innermost_frame(arch: str) -> None:
+    from kpr_omprog.event import build_event
+
+    asm = Assembler()
+    asm.feed(("\n".join(ARCH_REPORTS[arch]) + "\n").encode(), ("10.7.0.1", 6666), 1.0)
+    [r] = asm.close_all()
+    event, _ = build_event(r, Parsers().run([r.host, r.port], r.text))
+    exc = event["exception"]["values"][0]
+    frames = exc["stacktrace"]["frames"]
+    assert exc["value"] == "in lkdtm_BUG", arch
+    assert (frames[-1]["function"], frames[-1]["package"], frames[-1]["in_app"]) == ("lkdtm_BUG", "lkdtm", True)
+    assert [f["function"] for f in frames].count("lkdtm_BUG") == 1
+    assert sentry_culprit(frames) == "lkdtm_BUG"

@@ -110,6 +110,10 @@ def test_module_frames_get_the_module_source_file_and_line(kmod: Path, tmp_path:
     assert ctx["stack"] == [f"kpr_poke {src}:{line_of('KPR_FAULT_LINE')} [inline]",
                             f"kpr_crash_deep {src}:{line_of('return kpr_poke(')}"]
     assert ctx["debug_files"] == {"kprcrash.ko": str(kmod / RELEASE / "kprcrash.ko")}
+    # the RIP frame (innermost, not in the call trace) has its line, and the helper inlined
+    # into it follows as a frame that is not in-app: the culprit stays the title's function
+    assert [(f["function"], f.get("lineno"), f["in_app"]) for f in frames(event)[-2:]] == [
+        ("kpr_crash_deep", line_of("return kpr_poke("), True), ("kpr_poke", line_of("KPR_FAULT_LINE"), False)]
     assert pipe.symbolizer is not None and (pipe.symbolizer.hits, pipe.symbolizer.misses) == (1, 0)
     assert pipe.symbolizer.running == 0  # close() stopped its process
 

@@ -44,7 +44,7 @@ Call Trace:
 Kernel panic - not syncing: Fatal exception""".splitlines()
 
 WARN_OLD = """------------[ cut here ]------------
-WARNING: at drivers/misc/lkdtm.c:365 lkdtm_do_action+0x1c5/0x2a0 [lkdtm]() (Not tainted)
+WARNING: at drivers/misc/lkdtm.c:365 lkdtm_WARNING+0x15/0x20 [lkdtm]() (Not tainted)
 Modules linked in: lkdtm
 Pid: 2130, comm: bash Not tainted 2.6.32-754.el6.x86_64 #1
 Call Trace:
@@ -132,8 +132,8 @@ def test_different_bugs_get_different_fingerprints() -> None:
 
 
 @pytest.mark.parametrize(("lines", "title"), [
-    # a stall is named by the function its dispatch point (vfs_read) called, not the lock it spins on
-    (SOFT_LOCKUP, "BUG: soft lockup in mydrv_read"),
+    # a soft lockup names where the CPU was: past the lock it spins on, the first guilty frame
+    (SOFT_LOCKUP, "BUG: soft lockup in mydrv_poll_status"),
     # hangs on rtnl_lock are one bucket, whichever ioctl waited
     (HUNG_RTNL, "INFO: task hung in rtnl_lock"),
     # lockdep: the acquisition that closed the cycle
