@@ -708,8 +708,6 @@ class Assembler:
 
     def _forget(self, old: _Host, closed: list[Report]) -> None:
         del self._hosts[old.key]
-        self._ring_bytes -= len(old.ctx)
-        old.ctx = b""
         if not old.admitted:
             slot, tag = _ghost_slot(old.key)
             self._ghost[slot] = tag
@@ -719,6 +717,9 @@ class Assembler:
             old.report.flags.add("evicted")
             self.stats.reports_evicted += 1
             self._close(old, "evicted", closed)
+        # last: the lines its decoder still held went into the ring above
+        self._ring_bytes -= len(old.ctx)
+        old.ctx = b""
         self.stats.hosts = len(self._hosts)
 
     def _queue(self, host: _Host) -> None:
