@@ -24,15 +24,17 @@ at once by the panic it caused stays one report.
 from __future__ import annotations
 
 import heapq
+import mmap
 import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import crash
-from .netconsole import DecoderLimits, DecodeStats, HostDecoder, Line
+from .coverage import SPECIAL_PREFIX, HostRecord, special
+from .netconsole import _CLASSIC_PREFIX, DecoderLimits, DecodeStats, HostDecoder, Line
 
-__all__ = ["Assembler", "AssemblerConfig", "AssemblerStats", "Report"]
+__all__ = ["Assembler", "AssemblerConfig", "AssemblerStats", "HostRecord", "Report"]
 
 GroupBy = Literal["ip", "ip-port"]
 
@@ -64,9 +66,17 @@ _NONE = crash.NONE
 _SEPARATOR = re.compile(r"^[=-]{20,}$")
 _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 
-#: a context line (kept per idle host) is cut to this: the kernel prints at most 1024
-#: characters a line, and 10,000 idle hosts x 10 lines must stay small whatever is sent
+#: a context line (kept per idle host) is cut to this many bytes: the kernel prints at most
+#: 1024 characters a line, and 100,000 idle hosts x 10 lines must stay small whatever is sent
 CONTEXT_LINE_CHARS = 1024
+# Lines that are not noise for the fast path: a boot banner (a reboot, a release) and ours
+_NOT_NOISE = ("Linux version ", SPECIAL_PREFIX)
+_INF = float("inf")
+#: slots of the table of hosts forgotten while heard only once (4 bytes each, 8 MiB of
+#: anonymous memory, touched only as hosts are forgotten): a host heard again while its
+#: slot still names it is admitted at once (see Assembler._host). 2^21 slots keep 95 % of
+#: the names while 100,000 others are forgotten after them (a fleet of that size starting)
+GHOST_SLOTS = 1 << 21
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +104,21 @@ class AssemblerConfig:
     max_bytes: int = 1 << 20
     #: lines kept per host before a crash starts; the last few become context
     context_lines: int = 10
-    #: hosts tracked at once; beyond this the least recently heard host *without* an
-    #: open report is forgotten (a flood of spoofed sources cannot cut a real report)
-    max_hosts: int = 10000
+    #: hosts heard more than once tracked at once (about 1.2 KB each when idle, see the
+    #: README); beyond this the least recently heard host *without* an open report is
+    #: forgotten (a flood of spoofed sources cannot cut a real report)
+    max_hosts: int = 120000
+    #: hosts heard only once, tracked apart: a flood of one-datagram sources (spoofed)
+    #: churns these, never the hosts above. Beyond it the least recently heard is forgotten
+    new_hosts: int = 10000
+    #: a host heard again is queued for the store's hosts table at most once this often
+    #: (seconds; any other change at once): its last-heard time there is this coarse, and
+    #: 100,000 hosts cost 100,000 rows per interval, whatever they send
+    heard_resolution: float = 300.0
+    #: bytes all hosts' context rings may hold together (a realistic line is ~70 bytes, so
+    #: 100,000 hosts x 10 lines fit in ~75 MB; a line may take up to 1 KiB): beyond it the
+    #: least recently heard idle host is forgotten, hosts heard once first
+    context_bytes_budget: int = 128 << 20
     #: reports being collected at once; beyond this the oldest is closed whole (flag "evicted")
     max_open_reports: int = 5000
     #: bytes of text all open reports may hold together; beyond it the largest is closed
@@ -114,10 +136,11 @@ class AssemblerConfig:
             raise ValueError(f"group_by must be 'ip' or 'ip-port', not {self.group_by!r}")
         if self.same_incident_gap < 0:
             raise ValueError("same_incident_gap must be >= 0")
-        for name in ("idle_timeout", "end_grace", "max_age"):
+        for name in ("idle_timeout", "end_grace", "max_age", "heard_resolution"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("max_lines", "max_bytes", "max_hosts", "max_open_reports", "open_bytes_budget",
+        for name in ("max_lines", "max_bytes", "max_hosts", "new_hosts", "context_bytes_budget", "max_open_reports",
+                     "open_bytes_budget",
                      "max_datagram_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -188,7 +211,19 @@ class AssemblerStats:
 
     reports: int = 0
     hosts: int = 0
+    #: hosts forgotten at max_hosts
     hosts_evicted: int = 0
+    #: hosts heard only once forgotten at new_hosts (a flood of new sources, or a fleet starting)
+    new_hosts_forgotten: int = 0
+    #: hosts admitted to the max_hosts table (heard a second time)
+    hosts_admitted: int = 0
+    #: test and heartbeat lines received (see :mod:`kpr_omprog.coverage`)
+    test_lines: int = 0
+    heartbeat_lines: int = 0
+    #: idle hosts forgotten because the context rings held context_bytes_budget
+    hosts_forgotten_for_bytes: int = 0
+    #: changed hosts not queued for the store because the queue was full (written at their next line)
+    host_updates_deferred: int = 0
     reports_evicted: int = 0
     reports_truncated: int = 0
     #: datagrams longer than max_datagram_bytes, cut
@@ -208,6 +243,10 @@ class AssemblerStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"reports": self.reports, "hosts": self.hosts, "hosts_evicted": self.hosts_evicted,
+                "new_hosts_forgotten": self.new_hosts_forgotten, "hosts_admitted": self.hosts_admitted,
+                "test_lines": self.test_lines, "heartbeat_lines": self.heartbeat_lines,
+                "host_updates_deferred": self.host_updates_deferred,
+                "hosts_forgotten_for_bytes": self.hosts_forgotten_for_bytes,
                 "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
                 "datagrams_cut": self.datagrams_cut, "open_reports_limited": self.open_reports_limited,
                 "open_bytes_limited": self.open_bytes_limited, "incidents_joined": self.incidents_joined,
@@ -312,22 +351,55 @@ class _Open:
             self.userdata = line.userdata
 
 
-class _Host:
-    __slots__ = ("decoder", "ip", "key", "port", "recent", "release", "report", "scheduled")
+def _ghost_slot(key: tuple[str, int] | str) -> tuple[int, int]:
+    h = hash(key) & 0xFFFFFFFFFFFFFFFF
+    return (h >> 32) & (GHOST_SLOTS - 1), (h & 0xFFFFFFFF) or 1
 
-    def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder,
-                 context_lines: int) -> None:
+
+class _Host:
+    """One sender: the compact record kept for every host, idle or not, and the one
+    record of it the receiver has (coverage included, see :meth:`Assembler.take_dirty`).
+
+    An idle host holds its decoder's position (a few slots, no buffers), its last
+    ``context_lines`` lines as one ``bytes`` ring (``ctx``: each line as a datagram that
+    decodes to it, ``\\n``-terminated; a fast-path line is stored as the bytes that
+    arrived) and scalars: no per-line objects. Lines become :class:`Line` objects and
+    text only when the host opens a report."""
+
+    __slots__ = ("admitted", "ctx", "datagrams", "decoder", "dirty", "first", "ip", "key", "last", "lost", "nctx",
+                 "opened_ctx", "port", "release", "report", "reports", "requeue_at", "scheduled", "special",
+                 "special_at", "title")
+
+    def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder, at: float,
+                 admitted: bool) -> None:
         self.ip = ip
         self.port = port
         self.key = key
         self.decoder = decoder
-        # Lines before a crash: Line objects, or (at, ts, text) for the noise lines the fast
-        # path kept without building one
-        self.recent: deque[Line | tuple[float, float, str]] = deque(maxlen=context_lines)
+        self.ctx = b""
+        self.nctx = 0
         self.report: _Open | None = None
         self.release: str | None = None
         #: the earliest deadline of this host that sits in the assembler's heap
         self.scheduled: float | None = None
+        #: heard in two datagrams (or again soon after being forgotten): in the max_hosts table
+        self.admitted = admitted
+        #: True while queued for the store, and always for a host not admitted (never queued)
+        self.dirty = not admitted
+        #: a datagram at or after this queues the host (infinite while queued or not admitted)
+        self.requeue_at = 0.0 if admitted else _INF
+        self.first = at
+        self.last = at
+        #: since the host was last taken for the store
+        self.datagrams = 0
+        self.lost = 0
+        self.reports = 0
+        self.title: str | None = None
+        #: the last test or heartbeat line, and when
+        self.special: str | None = None
+        self.special_at: float | None = None
+        #: the ring as it was when the host's report opened (the journal's context rows)
+        self.opened_ctx = b""
 
 
 class Assembler:
@@ -337,14 +409,25 @@ class Assembler:
         self.config = config or AssemblerConfig()
         self.stats = AssemblerStats()
         self._hosts: dict[tuple[str, int] | str, _Host] = {}
-        # Hosts without an open report, least recently heard first: the ones eviction may
-        # forget. Hosts with one live in _opened instead, so a flood of new sources evicts
-        # in O(1) and never passes over (or cuts) an open report.
+        # Hosts heard more than once without an open report, least recently heard first:
+        # the ones max_hosts may forget. Hosts heard once live in _new (bounded apart, so a
+        # flood of new sources churns only those), hosts with a report in _opened: a flood
+        # evicts in O(1) and never passes over (or cuts) an open report.
         self._idle: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
+        self._new: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
+        # 32 bits of the hash of each host forgotten from _new, in a slot the other 32 pick
+        # (a newer one overwrites): heard again while its slot still names it, the host
+        # skips _new (see _host)
+        self._ghost = memoryview(mmap.mmap(-1, 4 * GHOST_SLOTS)).cast("I")
+        # admitted hosts changed since take_dirty() last took them, each once
+        self._dirty: deque[_Host] = deque()
         # (deadline, tie-breaker, key): lazily invalidated; see _check_deadline
         self._deadlines: list[tuple[float, int, tuple[str, int] | str]] = []
         self._serial = 0
         self._by_ip = self.config.group_by == "ip"
+        self._cl = self.config.context_lines
+        # bytes every host's context ring holds together (bound: context_bytes_budget)
+        self._ring_bytes = 0
         self._last_host: _Host | None = None
         # Hosts with an open report, oldest report first, and the text they hold together.
         self._opened: OrderedDict[tuple[str, int] | str, _Host] = OrderedDict()
@@ -368,44 +451,63 @@ class Assembler:
         host = self._hosts.get(key)
         if host is None:
             host = self._host(source, at, closed)
+        elif not host.admitted:
+            self._admit(host, closed)
         elif host.report is None:
             self._idle.move_to_end(key)
         self._last_host = host
         host.port = source[1]
+        host.last = at
+        host.datagrams += 1
+        if at >= host.requeue_at:
+            self._queue(host)
         decoder = host.decoder
         if host.report is None and host.scheduled is None:
             quick = decoder.quick_line(datagram)
             if quick is not None:
                 text = quick[1]
-                if _classify(text) == _NONE and not text.startswith("Linux version "):
-                    # The usual noise line: no Line object, the text cut for context.
+                if _classify(text) == _NONE and not text.startswith(_NOT_NOISE):
+                    # The usual noise line: no Line object; the datagram as it arrived goes
+                    # into the host's ring (one line, decoded again only if a report opens).
                     if quick[2] is not None:
                         host.release = quick[2]
-                    host.recent.append((at, quick[0], text if len(text) <= CONTEXT_LINE_CHARS
-                                        else text[:CONTEXT_LINE_CHARS]))
+                    if len(datagram) > CONTEXT_LINE_CHARS or datagram[-1:] != b"\n":
+                        self._keep(host, decoder.line(quick, at))  # a line to cut, or no LF
+                        return closed
+                    old = host.ctx
+                    ctx = old + datagram
+                    n = host.nctx
+                    if n < self._cl:
+                        host.nctx = n + 1
+                    else:
+                        ctx = ctx[ctx.index(b"\n") + 1:]
+                    host.ctx = ctx
+                    self._ring_bytes += len(ctx) - len(old)
+                    if self._ring_bytes > self.config.context_bytes_budget:
+                        self._over_rings(host, closed)
                     return closed
                 self._line(host, decoder.line(quick, at), closed)
                 self._schedule(host)
                 return closed
             # The common case under load: a host with nothing open and nothing pending
             # sends a line that is not a crash. Same steps as _line, without the calls.
-            recent = host.recent
             for line in decoder.feed(datagram, at):
                 text = line.text
-                if line.reboot or line.release or text.startswith("Linux version ") or host.report is not None:
+                if line.reboot or line.release or line.lost or text.startswith(_NOT_NOISE) \
+                        or host.report is not None:
                     self._line(host, line, closed)
                     continue
                 kind = crash.classify(text)
                 if kind == crash.START or kind == crash.PANIC:
                     self._open(host, line, closed)
                 else:
-                    if len(text) > CONTEXT_LINE_CHARS:
-                        line.text = text[:CONTEXT_LINE_CHARS]
-                    recent.append(line)
+                    self._keep(host, line)
             if host.report is not None or not decoder.idle:
                 self._schedule(host)
             if self._open_bytes > self.config.open_bytes_budget:
                 self._over_budget(closed)
+            if self._ring_bytes > self.config.context_bytes_budget:
+                self._over_rings(host, closed)
             return closed
         self._due(host, at, closed)
         for line in decoder.feed(datagram, at):
@@ -413,6 +515,8 @@ class Assembler:
         self._schedule(host)
         if self._open_bytes > self.config.open_bytes_budget:
             self._over_budget(closed)
+        if self._ring_bytes > self.config.context_bytes_budget:
+            self._over_rings(host, closed)
         return closed
 
     def expire(self, now: float) -> list[Report]:
@@ -480,38 +584,191 @@ class Assembler:
     def hosts(self) -> int:
         return len(self._hosts)
 
+    @property
+    def context_bytes(self) -> int:
+        """Bytes the hosts' context rings hold together (bound: context_bytes_budget)."""
+        return self._ring_bytes
+
+    @property
+    def idle_hosts(self) -> int:
+        """Hosts heard more than once with no open report (the max_hosts table, less _opened)."""
+        return len(self._idle)
+
+    @property
+    def new_hosts(self) -> int:
+        """Hosts heard only once, tracked apart (bound: new_hosts)."""
+        return len(self._new)
+
+    def take_context(self, source: tuple[str, int]) -> list[bytes]:
+        """The context lines ``source``'s last report opened with, each as a datagram that
+        gives that line again (for the journal: fed before the report's own datagrams, they
+        rebuild the same context); then forgotten. Empty when there were none."""
+        host = self._hosts.get(source[0] if self._by_ip else (source[0], source[1]))
+        if host is None or not host.opened_ctx:
+            return []
+        ring, host.opened_ctx = host.opened_ctx, b""
+        return [x + b"\n" for x in ring.split(b"\n")[:-1]]
+
+    def note_title(self, source: tuple[str, int], title: str) -> None:
+        """The title the parse stage gave ``source``'s last report: kept on its host record."""
+        host = self._hosts.get(source[0] if self._by_ip else (source[0], source[1]))
+        if host is not None:
+            host.title = title[:200]
+            if not host.dirty:
+                self._queue(host)
+
+    @property
+    def dirty_hosts(self) -> int:
+        """Hosts changed since :meth:`take_dirty` last took them."""
+        return len(self._dirty)
+
+    def take_dirty(self, limit: int) -> list[HostRecord]:
+        """Up to ``limit`` hosts heard more than once that changed since they were last
+        taken, oldest change first, as records for the store; their counters restart at 0.
+        O(limit): the hosts queued themselves as they changed."""
+        out: list[HostRecord] = []
+        dirty = self._dirty
+        while dirty and len(out) < limit:
+            host = dirty.popleft()
+            host.dirty = False
+            host.requeue_at = host.last + self.config.heard_resolution
+            d = host.decoder
+            key = host.key if isinstance(host.key, str) else f"{host.key[0]}:{host.key[1]}"
+            out.append(HostRecord(key, host.ip, host.first, host.last, host.datagrams, host.release, d.formats,
+                                  d.userdata or (), host.lost, host.special, host.special_at, host.reports,
+                                  host.title))
+            host.datagrams = host.lost = host.reports = 0
+        return out
+
     # -- internals ----------------------------------------------------------------------
 
     def _host(self, source: tuple[str, int], at: float, closed: list[Report]) -> _Host:
+        """A host not tracked: into _new (heard once), or straight into the max_hosts table
+        when it was forgotten from _new lately (its ghost slot still names it). O(1)."""
         key: tuple[str, int] | str = source[0] if self._by_ip else (source[0], source[1])
-        hosts = self._hosts
-        host = hosts.get(key)
-        if host is not None:
-            if host.report is None:
-                self._idle.move_to_end(key)
-            return host
-        if len(hosts) >= self.config.max_hosts:
-            # Forget the least recently heard host that has no open report: O(1) whatever
-            # a flood sends. Only when every tracked host has an open report does the oldest
-            # report close (whole, flagged evicted).
-            if self._idle:
-                _, old = self._idle.popitem(last=False)
-            else:
-                old = next(iter(self._opened.values()))
-            del hosts[old.key]
-            self.stats.hosts_evicted += 1
-            for line in old.decoder.flush():
-                self._line(old, line, closed)
-            if old.report is not None:
-                old.report.flags.add("evicted")
-                self.stats.reports_evicted += 1
-                self._close(old, "evicted", closed)
-        host = _Host(source[0], source[1], key, HostDecoder(self.config.decoder, self.stats.decode),
-                     self.config.context_lines)
-        hosts[key] = host
-        self._idle[key] = host
-        self.stats.hosts = len(hosts)
+        slot, tag = _ghost_slot(key)
+        admitted = self._ghost[slot] == tag
+        if admitted:
+            self._ghost[slot] = 0
+            self._room(closed)
+            self.stats.hosts_admitted += 1
+        elif len(self._new) >= self.config.new_hosts:
+            _, old = self._new.popitem(last=False)
+            self.stats.new_hosts_forgotten += 1
+            self._forget(old, closed)
+        host = _Host(source[0], source[1], key, HostDecoder(self.config.decoder, self.stats.decode), at, admitted)
+        self._hosts[key] = host
+        (self._idle if admitted else self._new)[key] = host
+        self.stats.hosts = len(self._hosts)
         return host
+
+    def _admit(self, host: _Host, closed: list[Report]) -> None:
+        """A host heard once is heard again: it joins the max_hosts table."""
+        host.admitted = True
+        host.dirty = False
+        host.requeue_at = 0.0
+        self.stats.hosts_admitted += 1
+        if host.report is None:
+            del self._new[host.key]
+            self._room(closed)
+            self._idle[host.key] = host
+
+    def _room(self, closed: list[Report]) -> None:
+        """Make room for one more host in the max_hosts table: forget the least recently
+        heard host that has no open report (O(1) whatever a flood sends). Only when every
+        one of them has an open report does the oldest report close (whole, flagged evicted)."""
+        if len(self._idle) + len(self._opened) < self.config.max_hosts:
+            return
+        if self._idle:
+            _, old = self._idle.popitem(last=False)
+        else:
+            old = next(iter(self._opened.values()))
+        self.stats.hosts_evicted += 1
+        self._forget(old, closed)
+
+    def _over_rings(self, current: _Host, closed: list[Report]) -> None:
+        """The context rings hold more than context_bytes_budget: forget the least recently
+        heard idle hosts, those heard once first, until they fit. O(1) a host forgotten."""
+        while self._ring_bytes > self.config.context_bytes_budget:
+            table = self._new if self._new else self._idle
+            if not table:
+                return
+            key = next(iter(table))
+            old = table[key]
+            if old is current:
+                if table is self._idle or not self._idle:
+                    return  # only the host being fed is left: its ring alone is bounded
+                table = self._idle
+                old = table[next(iter(table))]
+                if old is current:
+                    return
+            del table[old.key]
+            self.stats.hosts_forgotten_for_bytes += 1
+            self._forget(old, closed)
+
+    def _forget(self, old: _Host, closed: list[Report]) -> None:
+        del self._hosts[old.key]
+        if not old.admitted:
+            slot, tag = _ghost_slot(old.key)
+            self._ghost[slot] = tag
+        for line in old.decoder.flush():
+            self._line(old, line, closed)
+        if old.report is not None:
+            old.report.flags.add("evicted")
+            self.stats.reports_evicted += 1
+            self._close(old, "evicted", closed)
+        # last: the lines its decoder still held went into the ring above
+        self._ring_bytes -= len(old.ctx)
+        old.ctx = b""
+        self.stats.hosts = len(self._hosts)
+
+    def _queue(self, host: _Host) -> None:
+        """``host`` changed: queue it (once) for the store. The queue is bounded like the table."""
+        if len(self._dirty) < self.config.max_hosts:
+            host.dirty = True
+            host.requeue_at = _INF
+            self._dirty.append(host)
+        else:
+            self.stats.host_updates_deferred += 1
+
+    def _unlist(self, host: _Host) -> None:
+        if self._idle.pop(host.key, None) is None:
+            self._new.pop(host.key, None)
+
+    def _keep(self, host: _Host, line: Line) -> None:
+        """Put ``line`` into the host's context ring, as a classic datagram that decodes to it
+        (cut to CONTEXT_LINE_CHARS bytes; a line joined from several has them as spaces)."""
+        raw = line.text.encode()
+        if len(raw) > CONTEXT_LINE_CHARS:
+            raw = raw[:CONTEXT_LINE_CHARS]
+        if b"\n" in raw:
+            raw = raw.replace(b"\n", b" ")
+        if line.ts is not None:
+            entry = b"[%.6f] %b\n" % (line.ts, raw)
+        elif _CLASSIC_PREFIX.match(raw).end():  # type: ignore[union-attr]  # (all optional: it always matches)
+            entry = b" " + raw + b"\n"  # the decoder takes one space there, not a "<4>" or "[1.0]" of the text
+        else:
+            entry = raw + b"\n"
+        old = host.ctx
+        ctx = old + entry
+        if host.nctx < self._cl:
+            host.nctx += 1
+        else:
+            ctx = ctx[ctx.index(b"\n") + 1:]
+        host.ctx = ctx
+        self._ring_bytes += len(ctx) - len(old)
+
+    def _context(self, ring: bytes, at: float) -> list[tuple[str, float | None]]:
+        """The ring's lines, decoded again (text, kernel time): each entry alone, with a
+        decoder of its own, so it gives the line it was stored for."""
+        out: list[tuple[str, float | None]] = []
+        if not ring:
+            return out
+        scratch = DecodeStats()
+        for entry in ring.split(b"\n")[:-1]:
+            for x in HostDecoder(self.config.decoder, scratch).feed(entry + b"\n", at):
+                out.append((x.text, x.ts))
+        return out
 
     def _deadline(self, host: _Host) -> float | None:
         # Runs once per line of an open report: comparisons, not a list and min().
@@ -562,25 +819,38 @@ class Assembler:
             self._close(host, "max_age", closed)
 
     def _line(self, host: _Host, line: Line, closed: list[Report]) -> None:
+        if line.lost:
+            host.lost += line.lost
         if line.reboot:
             if host.report is not None:
                 host.report.flags.add("reboot_seen")
                 self._close(host, "reboot", closed)
-            host.recent.clear()
+            self._ring_bytes -= len(host.ctx)
+            host.ctx = b""
+            host.nctx = 0
         text = line.text
         if text.startswith("Linux version "):
             host.release = text.split(" ", 3)[2] if text.count(" ") >= 2 else host.release
         if line.release:
             host.release = line.release
+        if text.startswith(SPECIAL_PREFIX) and (which := special(text)) is not None:
+            # A client's test or heartbeat line: recorded on the host, never a report or context.
+            host.special = text
+            host.special_at = line.at
+            if which == "test":
+                self.stats.test_lines += 1
+            else:
+                self.stats.heartbeat_lines += 1
+            if not host.dirty:
+                self._queue(host)
+            return
         kind = crash.classify(text)
         rep = host.report
         if rep is None:
             if kind == crash.START or kind == crash.PANIC:
                 self._open(host, line, closed)
             else:
-                if len(text) > CONTEXT_LINE_CHARS:
-                    line.text = text[:CONTEXT_LINE_CHARS]
-                host.recent.append(line)
+                self._keep(host, line)
             return
         joining = False
         if rep.grace_until is not None and kind == crash.START:
@@ -614,9 +884,7 @@ class Assembler:
                 # the next test's trigger, another CPU's message) is not this crash's: it is
                 # kept as context for what comes next, while the report waits out its grace
                 # for the panic that may still follow.
-                if len(text) > CONTEXT_LINE_CHARS:
-                    line.text = text[:CONTEXT_LINE_CHARS]
-                host.recent.append(line)
+                self._keep(host, line)
                 return
         elif rep.joined_pending and kind == crash.START and not joining and not crash.is_lead_in(text):
             rep.joined_pending = False
@@ -673,7 +941,7 @@ class Assembler:
         self._open_bytes -= rest.nbytes
         self._close(host, "end_marker", closed)
         host.report = rest
-        self._idle.pop(host.key, None)
+        self._unlist(host)
         self._opened[host.key] = host
         self._open_bytes += rest.nbytes
 
@@ -683,7 +951,7 @@ class Assembler:
             # and a crash spans many. A datagram packed with crash starts and end markers
             # makes one report, not one per pair; the rest of its lines are context.
             self.stats.starts_ignored += 1
-            host.recent.append(line)
+            self._keep(host, line)
             return
         self._opened_now = True
         if len(self._opened) >= self.config.max_open_reports:
@@ -694,29 +962,24 @@ class Assembler:
             self.stats.open_reports_limited += 1
             self._close(oldest, "max_open_reports", closed)
         self._serial += 1
-        recent = host.recent
+        # The ring becomes text only now; the journal takes it as it is (take_context).
+        ring = host.opened_ctx = host.ctx
+        context = self._context(ring, line.at)
         separator: Line | None = None
-        if recent:
-            last = recent[-1]
-            text = last.text if isinstance(last, Line) else last[2]
-            if _SEPARATOR.match(text):
-                recent.pop()
-                separator = last if isinstance(last, Line) else Line(text, last[0], last[1])
-        context = tuple(x.text if isinstance(x, Line) else x[2] for x in host.recent)
-        rep = _Open(self._serial, line, context, host.release)
-        for x in host.recent:
-            if not isinstance(x, Line):
-                continue
-            if x.release and not rep.release:
-                rep.release = x.release
-            if x.userdata is not None and rep.userdata is None:
-                rep.userdata = x.userdata
-        host.recent.clear()
+        if context and _SEPARATOR.match(context[-1][0]):
+            text, ts = context.pop()
+            separator = Line(text, line.at, ts)
+        rep = _Open(self._serial, line, tuple(t for t, _ in context), host.release)
+        if ring:
+            rep.userdata = host.decoder.userdata
+        self._ring_bytes -= len(ring)
+        host.ctx = b""
+        host.nctx = 0
         host.report = rep
         if separator is not None:
             rep.add(separator)
         rep.add(line)
-        self._idle.pop(host.key, None)
+        self._unlist(host)
         self._opened[host.key] = host
         self._open_bytes += rep.nbytes
 
@@ -742,16 +1005,21 @@ class Assembler:
         assert rep is not None
         host.report = None
         del self._opened[host.key]
-        if self._hosts.get(host.key) is host:  # not for a host being evicted
-            self._idle[host.key] = host
+        tracked = self._hosts.get(host.key) is host  # not for a host being evicted
+        if tracked:
+            (self._idle if host.admitted else self._new)[host.key] = host
         self._open_bytes -= rep.nbytes
         if rep.start_line.startswith("-") and not crash.is_crash(rep.lines):
             # A lone "[ cut here ]" that no header followed: not a report. Its lines go back
             # to the host's context, where they would have been.
             self.stats.lone_separators += 1
-            for text, ts in zip(rep.lines, rep.timestamps, strict=True):
-                host.recent.append(Line(text[:CONTEXT_LINE_CHARS], rep.last_seen, ts))
+            if tracked:
+                for text, ts in zip(rep.lines, rep.timestamps, strict=True):
+                    self._keep(host, Line(text, rep.last_seen, ts))
             return
+        host.reports += 1
+        if not host.dirty:
+            self._queue(host)
         release = rep.release
         if release is None:
             for text in rep.lines[:40]:

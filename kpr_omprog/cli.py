@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a report undelivered for longer needs a human (default 3600)")
     _add_store_args(p)
 
+    _add_hosts_parser(sub)
+
     p = sub.add_parser("symbols", help="which kernel releases seen so far have debug files on this host",
                        description="For every kernel release in the stored reports: whether its vmlinux and "
                                    "module debug files are found (symbols.dirs and the distributions' layouts "
@@ -656,6 +658,10 @@ def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         journal = os.path.join(folder, "journal.bin")
         size = os.path.getsize(journal) if os.path.exists(journal) else 0
         out.write(f"journal   {size / 1024:.1f} KiB of open reports\n")
+        h = store.host_counts(now, cfg.hosts.silent_after)
+        out.write(f"hosts     {h['hosts_heard_hour']} heard in the last hour, {h['hosts_heard_day']} in the last day; "
+                  f"{h['hosts_silent']} of {h['hosts_stored']} silent for {cfg.hosts.silent_after:,.0f} s "
+                  "(kpr-omprog hosts --silent)\n")
         where = f"{folder}: " if len(stores) > 1 else ""
         if counts.get("dead", 0):
             problems.append(f"{where}{counts['dead']} reports dead-lettered (kpr-omprog reports shows why)")
@@ -668,6 +674,64 @@ def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         out.write(f"NEEDS A HUMAN: {p}\n")
     out.write("ok\n" if not problems else "")
     return 1 if problems else 0
+
+
+def _add_hosts_parser(sub: Any) -> None:
+    p = sub.add_parser("hosts", help="every sender heard: when, its kernel, formats, tags, lines lost, last test line",
+                       description="One line per sender the receiver heard more than once (the hosts table, "
+                                   "written every hosts.flush_interval; last-heard times are as coarse as "
+                                   "assembler.heard_resolution), most recently heard first. With --silent, only "
+                                   "the hosts heard before but not within that time: with a heartbeat "
+                                   "(netconsole-script --heartbeat), the machines whose netconsole broke.")
+    p.add_argument("--silent", metavar="AGE", help="only hosts not heard for AGE (2d, 12h, 30m)")
+    p.add_argument("--release", metavar="R", help="only hosts running this kernel release")
+    p.add_argument("--tag", metavar="K=V", help="only hosts whose netconsole userdata has K=V")
+    p.add_argument("--json", action="store_true", help="one JSON object per host")
+    _add_store_args(p)
+
+
+def _duration(flag: str, value: str) -> float:
+    """``2d`` / ``12h`` / ``30m`` / ``45s`` in seconds; one clear line for anything else."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if not m:
+        raise ConfigError(f"{flag} {value!r}: expected a duration such as 2d, 12h, 30m or 45s")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _cmd_hosts(args: argparse.Namespace, cfg: Config) -> int:
+    from datetime import UTC, datetime
+
+    from .coverage import formats_name
+
+    silent = _duration("--silent", args.silent) if args.silent else None
+    tag: tuple[str, str] | None = None
+    if args.tag is not None:
+        k, eq, v = args.tag.partition("=")
+        if not eq or not k:
+            raise ConfigError(f"--tag {args.tag!r}: expected KEY=VALUE (a netconsole userdata entry)")
+        tag = (k, v)
+    rows = sorted((r for _, store in _stores_for(cfg) for r in store.hosts(silent, args.release, tag)),
+                  key=lambda r: r["last_heard"], reverse=True)
+
+    def when(t: float | None) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t is not None else "-"
+
+    for r in rows:
+        if args.json:
+            sys.stdout.write(json.dumps({**r, "formats": formats_name(r["formats"])}, ensure_ascii=False) + "\n")
+            continue
+        tags = ",".join(f"{k}={v}" for k, v in r["tags"].items()) or "-"
+        special = f"{r['special'].split(' from ')[0].rsplit(' ', 1)[-1]} {when(r['special_at'])}" if r["special"] \
+            else "no test line"
+        title = f"  last: {r['title']}" if r["title"] else ""
+        sys.stdout.write(f"{when(r['last_heard'])}  {r['key']:<15} {r['release'] or '-':<24} "
+                         f"{formats_name(r['formats']):<8} {tags:<20} {r['datagrams']} datagrams, {r['lost']} lost, "
+                         f"{r['reports']} reports; {special}{title}\n")
+    if not args.json:
+        sys.stdout.write(f"{len(rows)} hosts" + (f" silent for {args.silent}" if args.silent else "") + "\n")
+    return 0
 
 
 def _cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
@@ -785,7 +849,7 @@ def _main(args: argparse.Namespace) -> int:
         cfg = _config(args)
         handler = {"replay": _cmd_replay, "capture": _cmd_capture, "omprog": _cmd_omprog, "udp": _cmd_udp,
                    "reports": _cmd_reports, "show": _cmd_show, "status": _cmd_status,
-                   "check-config": _cmd_check_config, "symbols": _cmd_symbols}[args.command]
+                   "check-config": _cmd_check_config, "symbols": _cmd_symbols, "hosts": _cmd_hosts}[args.command]
         return handler(args, cfg)
     except ConfigError as e:
         where = str(e)

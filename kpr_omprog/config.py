@@ -95,6 +95,33 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HostsConfig:
+    """The hosts table of the store (``kpr-omprog hosts``): every sender heard more than once."""
+
+    #: hosts kept; beyond it the least recently heard are dropped (counted, logged)
+    max_rows: int = 1_000_000
+    #: once the table is full, new hosts added (each dropping the least recently heard) per
+    #: flush_interval at most: a flood of spoofed senders turns the table over no faster
+    #: than this (the rest are added at their next line, if there is room then)
+    new_per_flush: int = 1000
+    #: seconds between two writes of the hosts heard since
+    flush_interval: float = 30.0
+    #: rows written per step of a write (the receive loop runs between steps)
+    flush_batch: int = 5000
+    #: a host not heard this long is silent (status, metrics); at most 7 days
+    silent_after: float = 86400.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "new_per_flush", "flush_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.flush_interval <= 0:
+            raise ValueError("flush_interval must be > 0")
+        if not 0 < self.silent_after <= 7 * 86400:
+            raise ValueError("silent_after must be > 0 and at most 7 days (604800)")
+
+
+@dataclass(frozen=True, slots=True)
 class HooksConfig:
     """Parsers named as ``module:function``."""
 
@@ -178,6 +205,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     symbols: SymbolsConfig = field(default_factory=SymbolsConfig)
+    hosts: HostsConfig = field(default_factory=HostsConfig)
     #: ``[[route]]`` tables, first match wins; senders none matches use dsn and environment
     routes: tuple[RouteConfig, ...] = ()
     #: at most this many routes (each is a label value in the metrics, and a delivery state)
@@ -259,7 +287,7 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     top: dict[str, Any] = {}
     sections = {"assembler": AssemblerConfig, "udp": UdpConfig, "omprog": OmprogConfig,
                 "rate_limit": RateLimitConfig, "delivery": DeliveryConfig, "hooks": HooksConfig,
-                "symbols": SymbolsConfig}
+                "symbols": SymbolsConfig, "hosts": HostsConfig}
     for key, value in data.items():
         if key in sections:
             if not isinstance(value, dict):

@@ -287,6 +287,16 @@ class HostDecoder:
         return Line(text, at, ts, level, seq, release, userdata=self._userdata)
 
     @property
+    def formats(self) -> int:
+        """The formats this host sent: 1 classic, 2 extended, 3 both (0 before its first line)."""
+        return self._seen_formats
+
+    @property
+    def userdata(self) -> tuple[tuple[str, str], ...] | None:
+        """The host's netconsole userdata, as its last extended record with metadata said."""
+        return self._userdata
+
+    @property
     def idle(self) -> bool:
         """Nothing pending: :meth:`expire` and :meth:`deadline` have nothing to do."""
         return not self._partial and not self._frags

@@ -94,6 +94,8 @@ class Pipeline:
         self._overflow_bytes = 0
         #: reports the outbox refused that are held in the journal only (memory bound bit)
         self.overflow_spilled = 0
+        #: the title of the last report handle() parsed (None when it was folded unparsed)
+        self.last_title: str | None = None
         #: source lines from the crashing kernel's debug files (after a report closes)
         self.symbolizer = Symbolizer(config.symbols) if config.symbols.time_limit > 0 else None
 
@@ -114,6 +116,7 @@ class Pipeline:
             log.info("report_discarded_by_check_hook", host=report.host, lines=len(report.lines))
             return True
         parsed = self.parsers.run(addr, klogs)
+        self.last_title = parsed.title
         key = ("crash", report.host, tuple(parsed.fingerprint))
         if not gate.admit_crash(report.host, key[2], now):
             # a summary folded again was counted when it was first folded
@@ -232,10 +235,6 @@ class Pipeline:
 OVERFLOW_IN_MEMORY = 1000
 #: and about this many bytes of them
 OVERFLOW_BYTES = 64 << 20
-#: a recent datagram kept for context is cut to this: the kernel sends at most 1000 bytes
-#: (MAX_PRINT_CHUNK), so only what no kernel sends is cut, and 10,000 idle hosts stay small
-CONTEXT_ROW_BYTES = 1024
-
 #: closing reasons that mean a bound bit, and the setting behind each
 _BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_open_reports",
            "open_bytes_budget": "assembler.open_bytes_budget", "max_lines": "assembler.max_lines",
@@ -245,8 +244,8 @@ _BOUNDS = {"evicted": "assembler.max_hosts", "max_open_reports": "assembler.max_
 class Intake:
     """Datagrams in, reports out, with crash datagrams journaled so a restart loses none.
 
-    A host's recent datagrams are kept in memory; once the host has an open crash
-    report they, and every datagram after them, are written to the journal (see
+    A host's recent lines are kept by the assembler (its context ring); once the host has an
+    open crash report they, and every datagram after them, are written to the journal (see
     :mod:`kpr_omprog.journal`) before the caller acknowledges the datagram. On start
     the journal is replayed through a fresh assembler, which rebuilds the open
     reports exactly. Without a journal (``None``) nothing survives a restart.
@@ -263,7 +262,6 @@ class Intake:
         self.journal = journal
         self._by_ip = assembler.config.group_by == "ip"
         self._max_datagram = assembler.config.max_datagram_bytes
-        self._recent: dict[str, deque[Row]] = {}
         self._journaled: set[str] = set()
         self._last: dict[str, tuple[float, bytes]] = {}
         # Journal rows not yet written: flush() writes them with one write. The omprog
@@ -284,6 +282,16 @@ class Intake:
         self.duplicates = 0
         #: the newest receive time replayed from the journal
         self.last_at: float | None = None
+        # The hosts table (kpr-omprog hosts): the assembler's records of the hosts that
+        # changed, written every hosts.flush_interval, flush_batch rows a step.
+        self._hosts_cfg = pipeline.config.hosts
+        self._next_hosts = time.monotonic() + self._hosts_cfg.flush_interval
+        self._hosts_draining = False
+        self._new_budget = self._hosts_cfg.new_per_flush
+        self.hosts_deferred = 0
+        self.hosts_dropped = 0
+        self.hosts_write_failures = 0
+        self._host_counts: dict[str, int] = {}
 
     def key(self, source: tuple[str, int]) -> str:
         return source[0] if self._by_ip else f"{source[0]}:{source[1]}"
@@ -353,17 +361,12 @@ class Intake:
         row = (key, at, ip, source[1], kept)
         if asm.last_fed_open or key in self._held:
             if key not in journaled:
-                self._batch.extend(self._recent.pop(key, ()))
+                # The host's context lines, from the assembler's record of it (one record a
+                # host): journaled first, they rebuild the same context on replay.
+                self._batch.extend((key, at, ip, source[1], x) for x in asm.take_context(source))
                 journaled.add(key)
             self._batch.append(row)
             self._last[key] = (at, kept)
-        else:
-            q = self._recent.get(key)
-            if q is None:
-                if len(self._recent) >= asm.config.max_hosts:
-                    self._recent.pop(next(iter(self._recent)))
-                q = self._recent[key] = deque(maxlen=asm.config.context_lines + 1)
-            q.append(row if len(kept) <= CONTEXT_ROW_BYTES else (key, at, ip, source[1], kept[:CONTEXT_ROW_BYTES]))
 
     def flush(self) -> None:
         """Write the journal rows fed so far (call before acknowledging them)."""
@@ -386,6 +389,15 @@ class Intake:
          "a datagram held more lines than a kernel sends; the rest were kept as one line"),
         ("starts_ignored", "one report a datagram",
          "a datagram held several crash starts; one report was made, the rest kept as context"),
+        ("hosts_evicted", "assembler.max_hosts",
+         "more hosts heard more than once than the table holds: the least recently heard idle host was forgotten "
+         "(its context lines with it); open reports are never cut for one"),
+        ("hosts_forgotten_for_bytes", "assembler.context_bytes_budget",
+         "the hosts' context lines held the budget: the least recently heard idle host was forgotten (one heard "
+         "once first); open reports are never cut for one"),
+        ("new_hosts_forgotten", "assembler.new_hosts",
+         "more sources heard only once than the table holds (a fleet starting, or spoofed sources): the least "
+         "recently heard was forgotten; hosts heard twice are not touched"),
     )
 
     def _log_datagram_bounds(self) -> None:
@@ -397,7 +409,51 @@ class Intake:
                 log.warning("datagram_bound", what=name, count=count, bound=bound, why=why)
                 self._bound_steps[name] = 10 * count if count < 1000 else count + 10_000
 
+    def write_hosts(self, now: float, everything: bool = False) -> None:
+        """Write the hosts that changed to the store: one batch a call (the receive loop runs
+        between batches) once hosts.flush_interval has passed, or all of them (shutdown)."""
+        cfg = self._hosts_cfg
+        mono = time.monotonic()
+        if not everything and not self._hosts_draining and mono < self._next_hosts:
+            return
+        if not self._hosts_draining:
+            self._new_budget = cfg.new_per_flush  # a new interval: hosts.new_per_flush replacements
+        asm = self.assembler
+        while True:
+            batch = asm.take_dirty(cfg.flush_batch)
+            try:
+                _, deferred, dropped = self.pipeline.store.put_hosts(batch, time.time(), cfg.max_rows,
+                                                                     max(0, self._new_budget))
+                self._new_budget -= dropped
+            except Exception as e:  # a full disk must not stop the receiving
+                self.hosts_write_failures += 1
+                if worth_logging(self.hosts_write_failures):
+                    log.error("hosts_write_failed", error=f"{type(e).__name__}: {e}", hosts=len(batch),
+                              failures=self.hosts_write_failures, why="the hosts table misses these updates")
+                deferred = dropped = 0
+            if deferred:
+                self.hosts_deferred += deferred
+                if worth_logging(self.hosts_deferred):
+                    log.warning("hosts_not_stored", count=self.hosts_deferred, bound="hosts.new_per_flush",
+                                why="more new senders than a write adds (a flood of spoofed sources?): the rest are "
+                                    "added at their next line")
+            if dropped:
+                self.hosts_dropped += dropped
+                if worth_logging(self.hosts_dropped):
+                    log.warning("hosts_dropped", count=self.hosts_dropped, bound="hosts.max_rows",
+                                why="the hosts table is full: the least recently heard were dropped")
+            if not everything or not asm.dirty_hosts:
+                break
+        self._hosts_draining = asm.dirty_hosts > 0 and not everything
+        if not self._hosts_draining:
+            self._next_hosts = mono + cfg.flush_interval
+            try:
+                self._host_counts = self.pipeline.store.host_counts(time.time(), cfg.silent_after)
+            except Exception:
+                pass  # counted above when the store fails; the gauges keep their last values
+
     def expire(self, now: float) -> None:
+        self.write_hosts(now)
         self._log_datagram_bounds()
         self._closed(self.assembler.expire(now), now)
         self.pipeline.send_summaries(now)
@@ -422,6 +478,9 @@ class Intake:
         a = self.assembler.stats
         g = self.pipeline.gate.stats
         return {"reports": a.reports, "hosts_evicted": a.hosts_evicted, "reports_evicted": a.reports_evicted,
+                "new_hosts_forgotten": a.new_hosts_forgotten, "test_lines": a.test_lines,
+                "hosts_forgotten_for_bytes": a.hosts_forgotten_for_bytes,
+                "heartbeat_lines": a.heartbeat_lines,
                 "reports_truncated": a.reports_truncated, "datagrams_cut": a.datagrams_cut,
                 "open_reports_limited": a.open_reports_limited, "open_bytes_limited": a.open_bytes_limited,
                 "undecodable": a.decode.undecodable, "malformed_headers": a.decode.malformed_headers,
@@ -431,7 +490,8 @@ class Intake:
                 "starts_ignored": a.starts_ignored, "reports_folded": g.folded_by_host + g.folded_by_crash,
                 "summaries": g.summaries,
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,
-                "journal_failures": self.journal_failures, **self._symbol_counters()}
+                "journal_failures": self.journal_failures, "hosts_not_stored": self.hosts_deferred,
+                "hosts_dropped": self.hosts_dropped, **self._symbol_counters()}
 
     def _symbol_counters(self) -> dict[str, int]:
         sy = self.pipeline.symbolizer
@@ -453,6 +513,8 @@ class Intake:
             counters = {**self.counters(), "datagrams": a.stats.decode.datagrams, "lines": a.stats.decode.lines,
                         **self.front_counters}
             gauges = {"open_reports": a.open_reports, "open_report_bytes": a.open_bytes, "hosts_tracked": a.hosts,
+                      "context_bytes": a.context_bytes,
+                      **self._host_counts,
                       "waiting_for_outbox": self.waiting_for_outbox, "outbox_bytes": store.pending_bytes,
                       "journal_bytes": self.journal.size if self.journal is not None else 0}
             delivery = self.pipeline.delivery
@@ -473,6 +535,7 @@ class Intake:
         self._closed(self.assembler.close_ended(), now)
         self.pipeline.flush_summaries(now)
         self.flush()
+        self.write_hosts(now, everything=True)
         self.write_metrics()
 
     def _closed(self, reports: list[Report], now: float) -> None:
@@ -482,7 +545,10 @@ class Intake:
                 log.warning("report_closed_by_bound", host=report.host, closed_by=report.closed_by,
                             bound=_BOUNDS[report.closed_by], lines=len(report.lines), count=n,
                             what_happens="the report is sent as it is, flagged")
+            self.pipeline.last_title = None
             settled = self.pipeline.handle(report, now)
+            if self.pipeline.last_title is not None:
+                self.assembler.note_title((report.host, report.port), self.pipeline.last_title)
             key = self.key((report.host, report.port))
             if not settled:
                 # No room in the outbox: the report's rows stay journaled (a restart rebuilds
@@ -495,7 +561,8 @@ class Intake:
                 if key not in self._journaled and self.journal is not None:
                     # It opened and closed within this datagram: journal its context now (the
                     # datagram itself follows in feed(), as the host is held).
-                    self._batch.extend(self._recent.pop(key, ()))
+                    self._batch.extend((key, report.first_seen, report.host, report.port, x)
+                                       for x in self.assembler.take_context((report.host, report.port)))
                     self._journaled.add(key)
                 self.flush()
                 continue

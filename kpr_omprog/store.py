@@ -5,6 +5,12 @@
   answered 2xx (``delivered``) or refused it for good (``dead``). Without a DSN
   reports stay ``local``. Each row names its route (``[[route]]`` label, ``default``
   for the top-level DSN) and the DSN it goes to. ``kpr-omprog reports`` lists this table.
+* ``hosts``: every sender the receiver heard more than once (its coverage: first and
+  last heard, datagrams, kernel release, formats, userdata tags, lines lost, the last
+  test or heartbeat line, reports and the last one's title), written in batches and
+  bounded (:meth:`Store.put_hosts`); ``host_minutes`` counts them by the minute they were
+  last heard, so "heard in the last hour / day / week" and "silent" are sums over at most
+  a week of minutes, never a pass over the hosts. ``kpr-omprog hosts`` lists them.
 * ``journal``: where version 0.1 journaled the datagrams of open reports;
   now only read once, at start, to move them to the journal file
   (:mod:`kpr_omprog.journal`).
@@ -60,6 +66,26 @@ CREATE TABLE IF NOT EXISTS journal (
     data  BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_key ON journal(key);
+CREATE TABLE IF NOT EXISTS hosts (
+    key         TEXT PRIMARY KEY,          -- the sender (ip, or ip:port with group_by = ip-port)
+    ip          TEXT NOT NULL,
+    first_heard REAL NOT NULL,
+    last_heard  REAL NOT NULL,
+    datagrams   INTEGER NOT NULL,
+    release     TEXT,
+    formats     INTEGER NOT NULL,          -- 1 classic, 2 extended, 3 both
+    tags        TEXT NOT NULL,             -- JSON array of [key, value]: its netconsole userdata
+    lost        INTEGER NOT NULL,          -- lines lost (gaps in its msgid sysdata)
+    special     TEXT,                      -- the last test or heartbeat line
+    special_at  REAL,
+    reports     INTEGER NOT NULL,
+    title       TEXT                       -- of its last report
+);
+CREATE INDEX IF NOT EXISTS hosts_last_heard ON hosts(last_heard);
+CREATE TABLE IF NOT EXISTS host_minutes (  -- hosts by the minute they were last heard (0: before a week)
+    minute INTEGER PRIMARY KEY,
+    n      INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kernel_releases (  -- seen in reports, for `kpr-omprog symbols`
     release     TEXT PRIMARY KEY,
     first_seen  REAL NOT NULL,
@@ -83,6 +109,11 @@ _SENDABLE = ("state = 'pending' AND COALESCE(dsn, ?) IS NOT NULL AND COALESCE(ds
 KEEP_DELIVERED = 10000
 #: the write-ahead log is checkpointed (and cut back) at disk_cap_bytes / WAL_SHARE (64 KiB to 4 MiB)
 WAL_SHARE = 16
+#: host_minutes keeps single minutes this far back; older ones are summed into minute 0
+HOST_MINUTES = 7 * 24 * 60 + 60
+#: the hosts table's columns, in order
+HOST_KEYS = ("key", "ip", "first_heard", "last_heard", "datagrams", "release", "formats", "tags", "lost", "special",
+             "special_at", "reports", "title")
 
 
 _WRITABLE = "the state directory must be writable by this user"
@@ -462,6 +493,127 @@ class Store:
     @property
     def pending_bytes(self) -> int:
         return int(self._pending_bytes)
+
+    # -- hosts --------------------------------------------------------------------------
+
+    def put_hosts(self, records: Iterable[Any], now: float, max_rows: int, new_cap: int) -> tuple[int, int, int]:
+        """Write a batch of :class:`kpr_omprog.coverage.HostRecord` (their counters are what
+        was added since the last write) in one transaction; returns (written, new hosts not
+        admitted, hosts dropped).
+
+        New hosts are added while the table has room; once it is full (``max_rows``), at
+        most ``new_cap`` a batch, each dropping the least recently heard host (the rest wait
+        for their next line): a flood of spoofed senders cannot turn the table over faster
+        than that. O(batch)."""
+        recs = list(records)
+        if not recs:
+            return 0, 0, 0
+        cutoff = int(now // 60) - HOST_MINUTES
+        with self._tx() as db:
+            room = max_rows - db.execute("SELECT COALESCE(SUM(n), 0) FROM host_minutes").fetchone()[0]
+            old: dict[str, float] = {}
+            keys = [r.key for r in recs]
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                old.update(db.execute(f"SELECT key, last_heard FROM hosts WHERE key IN ({','.join('?' * len(chunk))})",
+                                      chunk).fetchall())
+            added = deferred = 0
+            minutes: dict[int, int] = {}
+            for r in recs:
+                was = old.get(r.key)
+                if was is None:
+                    if added >= room + new_cap:
+                        deferred += 1
+                        continue
+                    added += 1
+                else:
+                    m = int(was // 60)
+                    m = m if m >= cutoff else 0
+                    minutes[m] = minutes.get(m, 0) - 1
+                m = int(max(r.last_heard, was or 0.0) // 60)
+                m = m if m >= cutoff else 0
+                minutes[m] = minutes.get(m, 0) + 1
+                db.execute(
+                    "INSERT INTO hosts (key, ip, first_heard, last_heard, datagrams, release, formats, tags, lost, "
+                    "special, special_at, reports, title) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET ip = excluded.ip, "
+                    "first_heard = MIN(first_heard, excluded.first_heard), "
+                    "last_heard = MAX(last_heard, excluded.last_heard), datagrams = datagrams + excluded.datagrams, "
+                    "release = COALESCE(excluded.release, release), formats = formats | excluded.formats, "
+                    "tags = CASE WHEN excluded.tags = '[]' THEN tags ELSE excluded.tags END, "
+                    "lost = lost + excluded.lost, special = COALESCE(excluded.special, special), "
+                    "special_at = COALESCE(excluded.special_at, special_at), reports = reports + excluded.reports, "
+                    "title = COALESCE(excluded.title, title)",
+                    (r.key, r.ip, r.first_heard, r.last_heard, r.datagrams, r.release, r.formats,
+                     json.dumps([list(t) for t in r.tags]), r.lost, r.special, r.special_at, r.reports, r.title))
+            self._add_minutes(db, minutes)
+            # Minutes older than a week fold into minute 0: the table stays a week of minutes.
+            folded = db.execute("SELECT COALESCE(SUM(n), 0) FROM host_minutes WHERE minute > 0 AND minute < ?",
+                                (cutoff,)).fetchone()[0]
+            if folded:
+                db.execute("DELETE FROM host_minutes WHERE minute > 0 AND minute < ?", (cutoff,))
+                self._add_minutes(db, {0: folded})
+            total = db.execute("SELECT COALESCE(SUM(n), 0) FROM host_minutes").fetchone()[0]
+            dropped = 0
+            if total > max_rows:
+                gone = db.execute("SELECT key, last_heard FROM hosts ORDER BY last_heard LIMIT ?",
+                                  (total - max_rows,)).fetchall()
+                minutes = {}
+                for _, heard in gone:
+                    m = int(heard // 60)
+                    m = m if m >= cutoff else 0
+                    minutes[m] = minutes.get(m, 0) - 1
+                db.executemany("DELETE FROM hosts WHERE key = ?", [(k,) for k, _ in gone])
+                self._add_minutes(db, minutes)
+                dropped = len(gone)
+        return len(recs) - deferred, deferred, dropped
+
+    @staticmethod
+    def _add_minutes(db: sqlite3.Connection, minutes: dict[int, int]) -> None:
+        db.executemany("INSERT INTO host_minutes (minute, n) VALUES (?, ?) ON CONFLICT(minute) DO UPDATE SET "
+                       "n = n + excluded.n", [(m, n) for m, n in minutes.items() if n])
+
+    def host_counts(self, now: float, silent_after: float) -> dict[str, int]:
+        """Hosts heard in the last hour, day and week, silent (not heard within
+        ``silent_after``, at most a week) and all: sums over at most a week of minutes."""
+        minute = int(now // 60)
+        with self._lock:
+            rows = self._db.execute("SELECT minute, n FROM host_minutes").fetchall()
+
+        def since(seconds: float) -> int:
+            first = minute - int(seconds // 60)
+            return sum(n for m, n in rows if m > 0 and m >= first)
+        total = sum(n for _, n in rows)
+        return {"hosts_stored": total, "hosts_heard_hour": since(3600), "hosts_heard_day": since(86400),
+                "hosts_heard_week": since(7 * 86400), "hosts_silent": total - since(min(silent_after, 7 * 86400.0))}
+
+    def hosts(self, silent: float | None = None, release: str | None = None, tag: tuple[str, str] | None = None,
+              now: float | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Hosts, most recently heard first. ``silent``: only those not heard within that
+        many seconds; ``release``: only that kernel release; ``tag``: only those with that
+        userdata entry."""
+        where: list[str] = []
+        args: list[Any] = []
+        if silent is not None:
+            where.append("last_heard < ?")
+            args.append((time.time() if now is None else now) - silent)
+        if release is not None:
+            where.append("release = ?")
+            args.append(release)
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(hosts.tags) WHERE json_extract(value, '$[0]') = ? "
+                         "AND json_extract(value, '$[1]') = ?)")
+            args.extend(tag)
+        sql = (f"SELECT {', '.join(HOST_KEYS)} FROM hosts" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY last_heard DESC LIMIT ?")
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(HOST_KEYS, r, strict=True))
+            d["tags"] = {k: v for k, v in json.loads(d["tags"])}
+            out.append(d)
+        return out
 
     # -- legacy journal -----------------------------------------------------------------
 

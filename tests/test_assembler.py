@@ -176,11 +176,17 @@ def test_hosts_are_kept_apart_and_grouping_by_port_works() -> None:
 
 
 def test_host_eviction_forgets_idle_hosts_before_any_open_report() -> None:
-    asm = Assembler(AssemblerConfig(max_hosts=2))
+    # Hosts heard twice (admitted) are bounded by max_hosts, hosts heard once by new_hosts.
+    asm = Assembler(AssemblerConfig(max_hosts=2, new_hosts=1))
     out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0)])
-    out += run_no_close(asm, [(b"noise\n", B, 1.1), (b"noise\n", ("10.0.0.3", 1), 1.2)])
+    out += run_no_close(asm, [(b"noise\n", B, 1.1), (b"noise\n", B, 1.15), (b"noise\n", ("10.0.0.3", 1), 1.2),
+                              (b"noise\n", ("10.0.0.3", 1), 1.25)])
     assert out == [] and asm.is_open(A) and not asm.is_open(B)
     assert asm.hosts == 2 and asm.stats.hosts_evicted == 1 and asm.stats.reports_evicted == 0
+    assert not asm.is_open(B) and asm.stats.hosts_admitted == 2 and asm.idle_hosts == 1
+    # a source heard once goes to the new-hosts table: it pushes out the one there, not B
+    run_no_close(asm, [(b"noise\n", ("10.0.0.4", 1), 1.3), (b"noise\n", ("10.0.0.5", 1), 1.4)])
+    assert asm.stats.new_hosts_forgotten == 1 and asm.new_hosts == 1 and asm.idle_hosts == 1
 
 
 def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
@@ -189,7 +195,7 @@ def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
     lines = [(d, 1.0 + i * 0.05) for i, d in enumerate(classic(OOPS))]
     solo = Assembler()
     alone = run_no_close(solo, [(d, A, at) for d, at in lines]) + solo.close_all()
-    asm = Assembler(AssemblerConfig(max_hosts=1000))
+    asm = Assembler(AssemblerConfig(max_hosts=1000, new_hosts=1000))
     out: list[Report] = []
     for i, (d, at) in enumerate(lines):
         out += asm.feed(d, A, at)
@@ -198,13 +204,14 @@ def test_a_flood_of_spoofed_sources_never_cuts_an_open_report() -> None:
                 out += asm.feed(b"noise\n", (f"10.9.{n // 250}.{n % 250}", 6666), at + n * 1e-6)
     out += asm.close_all()
     assert _reports_key(out) == _reports_key(alone) and len(out) >= 1
-    assert asm.stats.hosts_evicted >= 11_000 and asm.stats.reports_evicted == 0
+    assert asm.stats.new_hosts_forgotten >= 11_000 and asm.stats.reports_evicted == 0
 
 
 def test_when_every_tracked_host_has_an_open_report_the_least_recent_closes_whole() -> None:
     asm = Assembler(AssemblerConfig(max_hosts=2))
+    c = ("10.0.0.3", 1)
     out = run_no_close(asm, [(classic([OOPS[1]])[0], A, 1.0), (classic([OOPS[1]])[0], B, 1.1),
-                             (b"noise\n", ("10.0.0.3", 1), 1.2)])
+                             (b"noise\n", c, 1.2), (b"noise\n", c, 1.3)])
     [r] = out
     assert r.host == "10.0.0.1" and r.closed_by == "evicted" and "evicted" in r.flags
 
@@ -263,7 +270,7 @@ def test_reports_do_not_depend_on_how_senders_interleave(rnd: random.Random) -> 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(st.binary(max_size=1200), st.integers(0, 300)), max_size=200))
 def test_random_datagrams_from_many_hosts_stay_within_caps(items: list[tuple[bytes, int]]) -> None:
-    cfg = AssemblerConfig(max_hosts=50, max_lines=40, max_bytes=4000, context_lines=4)
+    cfg = AssemblerConfig(max_hosts=50, new_hosts=20, max_lines=40, max_bytes=4000, context_lines=4)
     asm = Assembler(cfg)
     t = 0.0
     for data, h in items:
@@ -271,9 +278,10 @@ def test_random_datagrams_from_many_hosts_stay_within_caps(items: list[tuple[byt
         for r in asm.expire(t) + asm.feed(b"BUG: x\n" + data if h % 7 == 0 else data, (f"10.9.{h}.1", 1), t):
             assert len(r.lines) <= cfg.max_lines
             "\n".join(r.lines).encode("utf-8")
-        assert asm.hosts <= cfg.max_hosts
+        assert asm.hosts <= cfg.max_hosts + cfg.new_hosts
+        assert asm.context_bytes == sum(len(h.ctx) for h in asm._hosts.values())
         for host in asm._hosts.values():
-            assert len(host.recent) <= cfg.context_lines
+            assert host.nctx <= cfg.context_lines and host.ctx.count(b"\n") == host.nctx
             if host.report is not None:
                 assert len(host.report.lines) < cfg.max_lines
                 assert host.report.nbytes < cfg.max_bytes + cfg.decoder.max_line_bytes
@@ -444,3 +452,101 @@ def test_a_foreign_line_after_the_end_marker_is_context_not_the_crash_and_splits
     assert reports[0].lines == tuple(OOPS[1:])  # the panic joined, the link message left out
     assert reports[1].context[-1] == "lkdtm: Performing direct entry BUG"
     assert "e1000: eth0 NIC Link is Down" in reports[1].context
+
+
+# -- a fleet: compact idle hosts, hosts heard once kept apart (issue 22) ------------------------
+
+def _fleet_addr(n: int) -> tuple[str, int]:
+    return (f"127.{10 + n // 62500}.{(n // 250) % 250}.{2 + n % 250}", 6666)
+
+
+def test_a_host_quiet_while_100000_others_spoke_keeps_its_context_lines() -> None:
+    # The defaults: Q prints 12 lines, falls quiet while 100,000 other hosts print two lines
+    # each (classic and extended), then crashes. Its report starts with its last lines.
+    asm = Assembler()
+    q = ("10.1.0.1", 6666)
+    before = [f"mce: [Hardware Error]: quiet host line {i}" for i in range(12)]
+    for i, d in enumerate(classic(before)):
+        assert asm.feed(d, q, 1 + i * 0.01) == []
+    for r in range(2):
+        for n in range(100_000):
+            data = (b"[%5d.%06d] usb 1-1: noise %d\n" % (5 + r, n, n) if n % 2 else
+                    b"6,%d,%d,-;systemd[1]: noise %d\n" % (r + 1, (5 + r) * 1_000_000 + n, n))
+            assert asm.feed(data, _fleet_addr(n), 5 + r + n * 1e-6) == []
+    assert asm.stats.hosts_evicted == 0 and asm.hosts == 100_001
+    out = run(asm, [(d, q, 10 + i * 0.001) for i, d in enumerate(classic(OOPS[1:], t0=30))])
+    [rep] = [r for r in out if r.host == q[0]]
+    assert rep.context == tuple(before[-10:]) and rep.start_line == OOPS[1]
+    assert [r for r in out if r.host != q[0]] == []
+
+
+def test_a_flood_of_one_datagram_sources_pushes_out_no_host_heard_twice() -> None:
+    # 50,000 spoofed sources, one datagram each, against new_hosts = 500: they churn the
+    # new-hosts table only; the 500 real hosts keep their context and an open report its lines.
+    asm = Assembler(AssemblerConfig(max_hosts=1000, new_hosts=500))
+    for r in range(2):
+        for n in range(500):
+            asm.feed(b"[%5d.%06d] real host %d line %d\n" % (1 + r, n, n, r), _fleet_addr(n), 1 + r + n * 1e-6)
+    asm.feed(classic([OOPS[1]], t0=3)[0], _fleet_addr(0), 3.0)
+    for n in range(50_000):
+        asm.feed(b"[    4.%06d] spoof %d\n" % (n % 1_000_000, n), (f"10.{n // 62500}.{n // 250 % 250}.{n % 250}", 1),
+                 4 + n * 1e-6)
+    assert asm.stats.new_hosts_forgotten >= 49_000 and asm.stats.hosts_evicted == 0
+    assert asm.idle_hosts == 499 and asm.new_hosts == 500 and asm.is_open(_fleet_addr(0))
+    out = run(asm, [(d, _fleet_addr(7), 5 + i * 0.001) for i, d in enumerate(classic(OOPS[1:], t0=5))])
+    by_host = {r.host: r for r in out}
+    assert by_host[_fleet_addr(7)[0]].context == ("real host 7 line 0", "real host 7 line 1")
+    assert by_host[_fleet_addr(0)[0]].lines == (OOPS[1],) and by_host[_fleet_addr(0)[0]].context == (
+        "real host 0 line 0", "real host 0 line 1")
+
+
+def test_a_source_forgotten_while_heard_once_is_admitted_when_heard_again() -> None:
+    # A fleet starting: more new sources than new_hosts between two lines of each. The ghost
+    # table remembers the forgotten ones, so their second line admits them.
+    asm = Assembler(AssemblerConfig(new_hosts=10))
+    for r in range(2):
+        for n in range(1000):
+            asm.feed(b"[%5d.%06d] line %d\n" % (1 + r, n, r), _fleet_addr(n), 1 + r + n * 1e-6)
+    # (a ghost slot shared by two hosts forgets one of them: a few of 990, as hashes fall)
+    assert asm.stats.new_hosts_forgotten >= 990 and asm.idle_hosts >= 950
+    rows = asm.take_dirty(5000)
+    # counted from the datagram that admitted them (2 for those still in new_hosts then)
+    assert len(rows) == asm.idle_hosts and all(x.datagrams in (1, 2) and x.formats == 1 for x in rows)
+
+
+def test_test_and_heartbeat_lines_are_recorded_and_never_open_a_report_or_become_context() -> None:
+    from kpr_omprog.coverage import format_heartbeat_line, format_test_line
+
+    asm = Assembler()
+    lines = ["first", format_test_line("web1", "a1b2c3"), "second", format_heartbeat_line("web1"),
+             "kpr-omprog: netconsole test from not a valid one", *OOPS[1:]]
+    out = run(asm, [(d, A, 1 + i * 0.001) for i, d in enumerate(classic(lines))])
+    [r] = out
+    assert r.context == ("first", "second", "kpr-omprog: netconsole test from not a valid one")
+    assert (asm.stats.test_lines, asm.stats.heartbeat_lines) == (1, 1)
+    [rec] = asm.take_dirty(10)
+    assert rec.special == format_heartbeat_line("web1") and rec.reports == 1 and rec.datagrams == len(lines)
+    ext = Assembler()
+    ext.feed(b"6,1,1000,-;" + format_test_line("h", "n").encode() + b"\n sysdata\n", B, 1.0)
+    ext.feed(b"6,2,2000,-;" + format_test_line("h", "m").encode() + b"\n", B, 1.1)
+    assert ext.stats.test_lines == 2 and ext.open_reports == 0
+
+
+def test_the_context_rings_are_bounded_in_bytes_hosts_heard_once_forgotten_first() -> None:
+    # 200 hosts heard twice with 1,000-byte lines against a 100 KB budget: the least recently
+    # heard idle hosts go, never one with an open report, and sources heard once go first.
+    cfg = AssemblerConfig(context_bytes_budget=100_000, context_lines=4)
+    asm = Assembler(cfg)
+    asm.feed(classic([OOPS[1]])[0], A, 0.5)
+    long = b"y" * 980
+    for r in range(2):
+        for n in range(200):
+            asm.feed(b"[%5d.%06d] %d %s\n" % (1 + r, n, n, long), _fleet_addr(n), 1 + r + n * 1e-5)
+            assert asm.context_bytes <= cfg.context_bytes_budget
+    assert asm.is_open(A) and asm.stats.hosts_forgotten_for_bytes > 0
+    assert asm.context_bytes == sum(len(h.ctx) for h in asm._hosts.values())
+    asm.feed(b"[    3.000000] %s\n" % long, ("10.7.0.1", 1), 3.0)
+    kept = asm.idle_hosts
+    for n in range(2, 50):  # sources heard once: each pushes out the previous one, no host heard twice
+        asm.feed(b"[    3.000000] %s\n" % long, (f"10.7.0.{n}", 1), 3.0 + n / 100)
+    assert asm.new_hosts == 1 and asm.idle_hosts == kept and asm.context_bytes <= cfg.context_bytes_budget

@@ -10,9 +10,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kpr_omprog"
-PURE = {"netconsole", "assembler", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs", "capture",
-        "netconsole_script",
-        "symbolize"}
+PURE = {"netconsole", "assembler", "coverage", "crash", "titles", "frames", "ratelimit", "event", "hooks", "logs",
+        "capture", "netconsole_script", "symbolize"}
 
 
 def module_name(path: Path) -> str:

@@ -150,6 +150,7 @@ def run_udp(cfg: Config, parsers: Parsers, ready: Callable[[list[socket.socket]]
     finally:
         intake.expire(time.time())
         intake.flush()
+        intake.write_hosts(time.time(), everything=True)  # the hosts table loses no update at a stop
         if delivery is not None:
             delivery.stop(2.0)
         pipeline.close()

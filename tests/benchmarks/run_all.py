@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
 
 import bench_assembler
+import bench_fleet
 import bench_hostile
 import bench_latency
 import bench_memory
@@ -37,6 +38,7 @@ BENCHES = {
     "assembler": bench_assembler.rows,
     "latency": bench_latency.run,
     "memory": bench_memory.run,
+    "fleet": bench_fleet.run,
     "storm": bench_storm.run,
     "hostile": bench_hostile.run,
 }
