@@ -12,7 +12,7 @@ need_apt=()
 # elfutils: eu-addr2line, the symbolizer the receiver runs; qemu-system-arm: the live arm64 test;
 # shellcheck and dash: the netconsole client script is checked with the one and run with the other
 for pkg in rsyslog qemu-system-x86 qemu-system-arm busybox-static debootstrap iproute2 util-linux gcc make \
-    binutils elfutils shellcheck dash; do
+    binutils elfutils shellcheck dash systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

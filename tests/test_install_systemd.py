@@ -98,9 +98,7 @@ def initramfs(work: Path) -> Path:
 def test_install_sh_as_root_on_a_systemd_debian_guest(tmp_path: Path) -> None:
     why = qemu_usable() or (None if (ROOTFS / "lib" / "systemd" / "systemd").exists() else
                             f"{ROOTFS} has no systemd (tests/run.sh debootstraps it)")
-    if why is not None:
-        warnings.warn(f"SYSTEMD INSTALL TEST NOT RUN: {why}", stacklevel=1)
-        pytest.skip(f"SYSTEMD INSTALL TEST NOT RUN: {why}")
+    assert why is None, why  # never skipped: tests/run.sh fetches and builds what this needs
     initrd = initramfs(tmp_path)
     serial = tmp_path / "serial.txt"
     cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "2048M", "-nodefaults",
