@@ -12,6 +12,7 @@ datagrams are read back through the project's decoder.
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import lzma
 import os
@@ -21,7 +22,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -205,15 +209,23 @@ ip addr add 10.0.2.15/24 dev eth0
 ip link set eth0 up
 i=0; while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
 T=/sys/kernel/config/netconsole/kpr-omprog
-tx() { cat /sys/class/net/eth0/statistics/tx_packets; }
+HP=$(cat /hport)
 step() { n=$1; shift; echo "KPR-STEP-BEGIN $n"; "$@" 2>&1; echo "KPR-STEP-END $n rc=$?"; }
 until_true() {  # bounded: 300 polls, then a line the host fails on
   i=0; until eval "$1"; do [ $i -ge 300 ] && { echo "KPR-TIMEOUT $1"; return 1; }; sleep 0.2; i=$((i+1)); done
 }
-# A line that must reach the host before the next step tears the target down: newer
-# kernels print to netconsole from a kthread (nbcon), so it may still be queued when the
-# write returns; wait until eth0 sent a packet after it (lines go out in order).
-mark() { b=$(tx); echo "<5>$1" > /dev/kmsg; until_true "[ \$(tx) -gt $b ]"; }
+# A line that must reach the host before a later step tears its target down is waited for
+# until the host has it: the test answers http://10.0.2.2:$HP/<text> with 200 once a captured
+# datagram holds <text>. Nothing in the guest can tell: newer kernels print to netconsole from
+# a kthread (nbcon), so a line may still be queued when the write returns, and a target given
+# by the module option first sends the whole log buffer again (CON_PRINTBUFFER), so the line
+# waits behind hundreds of old ones; netpoll defers a datagram the NIC refuses to a worker.
+arrived() {
+  u="http://10.0.2.2:$HP/$(printf %s "$1" | sed 's/ /%20/g')"
+  until_true 'timeout 10 wget -q -O /dev/null "$u" 2>/dev/null' || echo "KPR-TIMEOUT the host never got: $1"
+}
+mark() { echo "<5>$1" > /dev/kmsg; arrived "$1"; }
+newest_test_line() { dmesg | sed -n 's/.*\(netconsole test from kpr-guest [0-9a-f]*\)$/\1/p' | tail -n 1; }
 # No default route yet: the server is unreachable.
 step unreachable sh /nc-unreach.sh
 ip route add default via 10.0.2.2
@@ -246,6 +258,8 @@ mark "kpr-live: after install3"
 step remove3 sh /nc-remove.sh
 # A kernel without configfs netconsole, as the script sees it: the module option.
 step fallback env KPR_NC_CONFIGFS=/tmp/nocfs sh /nc.sh
+# its test line goes out after the replayed log buffer; the rmmod below would cut that short
+arrived "$(newest_test_line)"
 step fallback2 env KPR_NC_CONFIGFS=/tmp/nocfs sh /nc.sh
 # its reboot: no module, no heartbeat; the boot line loads it with the option again
 kill -- "-$(cat /run/kpr-omprog-netconsole-heartbeat.pid)"
@@ -314,6 +328,37 @@ def _udp_bound(port: int) -> bool:
     return any(line.split()[1] == want for line in Path("/proc/net/udp").read_text().splitlines()[1:])
 
 
+@pytest.fixture
+def arrivals(tmp_path: Path) -> Iterator[int]:
+    """How the guest waits for a line to reach the host: ``GET /<text>`` (from the guest
+    ``http://10.0.2.2:PORT/...``, which QEMU's user network hands to 127.0.0.1) answers 200 once
+    a datagram in ``tmp_path/capture.jsonl`` holds ``<text>``, 404 before. Yields the port."""
+    capture = tmp_path / "capture.jsonl"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            want = urllib.parse.unquote(self.path.lstrip("/")).encode()
+            # the last piece is a line still being written, or ""
+            lines = capture.read_text().split("\n")[:-1] if capture.exists() else []
+            seen = any(want in parse_line(raw, f"{capture}:{i + 1}").data for i, raw in enumerate(lines))
+            self.send_response(200 if seen else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # the guest polls: a line per request would bury pytest's output
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="arrivals")
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
 def _steps(serial: str) -> dict[str, tuple[int, str]]:
     """Each step's exit status and output, from the guest's console."""
     out: dict[str, tuple[int, str]] = {}
@@ -349,7 +394,7 @@ def _kernels() -> list[object]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kdir", _kernels())
-def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
+def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path, arrivals: int) -> None:
     # never skipped: tests/run.sh fetches everything this needs, so a missing part is a failure
     why = qemu_usable()
     assert why is None, why
@@ -359,15 +404,16 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path) -> None:
     new_kernel = kdir == NEW_KERNEL_DIR
     port = _free_udp_port()
     tags = ["dc=ams1", "rack=r 12"]
+    capture = tmp_path / "capture.jsonl"  # the arrivals fixture reads it
     scripts = {
         "nc.sh": render(settings("10.0.2.2", port, tags, f"{HEARTBEAT}s"), "test"),
         "nc-remove.sh": render(settings(None, remove=True), "test"),
         "nc-unreach.sh": render(settings("192.0.2.77", port), "test"),
         "nc6.sh": render(settings("fec0::2", port, tags), "test"),
         "port": str(port),
+        "hport": str(arrivals),
     }
     initrd = _guest_initramfs(tmp_path / "initramfs.cpio.gz", kdir, scripts)
-    capture = tmp_path / "capture.jsonl"
     cap = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "capture", "--listen", f"127.0.0.1:{port}",
                             "--listen", f"[::1]:{port}", "--out", str(capture)], stderr=subprocess.PIPE)
     serial_file = tmp_path / "serial.txt"
