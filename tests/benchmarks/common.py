@@ -169,3 +169,25 @@ def machine_speed(n: int = 100_000) -> float:
     rx.close()
     tx.close()
     return got / seconds
+
+
+def print_folded_profile(lines: list[str], title: str, own_top: int, inclusive_top: int) -> None:
+    """Print py-spy's folded stacks ("f1;f2;f3 N" a line) as the functions with the most
+    samples of their own, then with the most samples inclusive of what they called."""
+    import collections
+
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(n)
+        own[frames[-1]] += int(n)
+        for f in {f.split(" (")[0] for f in frames}:
+            inclusive[f] += int(n)
+    print(f"{total} samples of {title}")
+    for name, n in own.most_common(own_top):
+        print(f"  self {100 * n / max(1, total):5.1f} %  {name}")
+    for name, n in inclusive.most_common(inclusive_top):
+        print(f"  incl {100 * n / max(1, total):5.1f} %  {name}")

@@ -13,7 +13,6 @@ comes with the test extra (``pip install -e .[test]``).
 from __future__ import annotations
 
 import argparse
-import collections
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
-from common import PY, json_logs, send
+from common import PY, json_logs, print_folded_profile, send
 
 from tests.rsyslogd import Rsyslogd
 
@@ -56,21 +55,7 @@ def main() -> None:
         stop = next((x for x in json_logs(rs.program_log) if x.get("event") == "omprog_stopped"), {})
         print(f"sent {sent}, the program took {stop.get('lines')} lines in {stop.get('busy_seconds')} s")
         lines = raw.read_text().splitlines() if raw.exists() else []
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in lines:
-        stack, _, n = line.rpartition(" ")
-        frames = stack.split(";")
-        total += int(n)
-        own[frames[-1]] += int(n)
-        for f in {f.split(" (")[0] for f in frames}:
-            inclusive[f] += int(n)
-    print(f"{total} samples of kpr-omprog omprog taking {a.count:,} lines from rsyslogd (idle included)")
-    for name, n in own.most_common(15):
-        print(f"  self {100 * n / max(1, total):5.1f} %  {name}")
-    for name, n in inclusive.most_common(25):
-        print(f"  incl {100 * n / max(1, total):5.1f} %  {name}")
+    print_folded_profile(lines, f"kpr-omprog omprog taking {a.count:,} lines from rsyslogd (idle included)", 15, 25)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ with the test extra (``pip install -e .[test]``).
 from __future__ import annotations
 
 import argparse
-import collections
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PY, RECEIVER_CPU, SENDER_CPU, free_port, kpr, wait_log
+from common import PY, RECEIVER_CPU, SENDER_CPU, free_port, kpr, print_folded_profile, wait_log
 
 
 def main() -> None:
@@ -44,21 +43,7 @@ def main() -> None:
         p.send_signal(signal.SIGTERM)
         p.wait(30)
         lines = raw.read_text().splitlines()
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in lines:
-        stack, _, n = line.rpartition(" ")
-        frames = stack.split(";")
-        total += int(n)
-        own[frames[-1]] += int(n)
-        for f in {f.split(" (")[0] for f in frames}:
-            inclusive[f] += int(n)
-    print(f"{total} samples of kpr-omprog udp on CPU {RECEIVER_CPU} at {a.rate:,} datagrams/s")
-    for name, n in own.most_common(12):
-        print(f"  self {100 * n / total:5.1f} %  {name}")
-    for name, n in inclusive.most_common(20):
-        print(f"  incl {100 * n / total:5.1f} %  {name}")
+    print_folded_profile(lines, f"kpr-omprog udp on CPU {RECEIVER_CPU} at {a.rate:,} datagrams/s", 12, 20)
 
 
 if __name__ == "__main__":
