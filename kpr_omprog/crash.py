@@ -201,6 +201,8 @@ class CrashInfo:
     release: str | None
     header: str
     corrupted: bool
+    #: where ``header`` is in the report's lines
+    header_index: int = 0
 
 
 _CPU_LINE = re.compile(
@@ -268,4 +270,4 @@ def analyze(lines: list[str] | tuple[str, ...]) -> CrashInfo:
                      fingerprint=("linux-kernel", kind, b.frame or "-"), level=level, panicked=panicked,
                      frames=tuple(f for f in frames if f.reliable), module=module, tainted=tainted,
                      hardware=hardware, comm=comm, release=release, header=header,
-                     corrupted=b.corrupted)
+                     corrupted=b.corrupted, header_index=b.header_index)

@@ -28,7 +28,7 @@ from typing import Any
 from . import __version__
 from .assembler import Report
 from .crash import CrashInfo, call_trace, canonical_function
-from .frames import is_skipped, is_trace_start, pc_function
+from .frames import is_skipped, is_trace_start, pc_function, strip_clone_suffix
 from .hooks import TAG_LIMIT, Parsed, analyze_text
 
 __all__ = ["EXTRA_VALUE_LIMIT", "MAX_FRAMES", "MAX_MODULES", "MAX_REGISTERS", "OWN_TAGS", "StackFrame", "Task",
@@ -73,21 +73,13 @@ class StackFrame:
 # The module of the fault line's function: "RIP: 0010:lkdtm_BUG+0x5/0x10 [lkdtm]",
 # "Krnl PSW : ... (lkdtm_BUG+0x1a/0x20 [lkdtm])"; kept here because crash.py's is private.
 _FAULT_MODULE = r"\+0x[0-9a-f]+(?:/0x[0-9a-f]+)?\)?\s+\[(\w+)(?:\s+[0-9a-f]+)?\]"
-# A clone the compiler made (.cold, .isra.0, .constprop.0, .part.0, .llvm.123): the same
-# function in the source, so the frame says the name the source has (raw_function keeps it).
-_CLONE = re.compile(r"(?:\.(?:isra|constprop|part|cold|llvm|lto_priv|localalias)(?:\.\d+)*)+$")
 # Entry and syscall plumbing: every report has it, it is never what a kernel engineer looks for.
 _PLUMBING = ("entry_", "do_syscall", "ret_from", "x64_sys_call", "el0_", "do_el0_svc", "invoke_syscall")
 
 
 def header_index(lines: tuple[str, ...] | list[str], info: CrashInfo) -> int:
     """Where the report's header line is (where crash.analyze read from), or 0."""
-    if info.header:
-        try:
-            return list(lines).index(info.header)
-        except ValueError:
-            pass
-    return 0
+    return info.header_index if info.header_index < len(lines) else 0
 
 
 def fault_function(lines: tuple[str, ...] | list[str], start: int = 0) -> StackFrame | None:
@@ -210,12 +202,13 @@ def loaded_modules(lines: tuple[str, ...] | list[str], start: int = 0) -> dict[s
 
 
 def printed_function(name: str) -> str:
-    """The symbol as the kernel printed it, without a compiler clone's suffix.
+    """The symbol as the kernel printed it, without a compiler clone's suffix (a clone is the
+    same function in the source; raw_function keeps the name as printed).
 
     >>> printed_function("direct_entry.cold"), printed_function("ksys_write")
     ('direct_entry', 'ksys_write')
     """
-    return _CLONE.sub("", name.removeprefix("__pfx_")) or name
+    return strip_clone_suffix(name) or name
 
 
 def _frames(stack: list[StackFrame], info: CrashInfo) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["Frame", "arm_caller", "call_trace", "canonical_function", "is_skipped", "is_trace_start", "parse_frame",
-           "pc_function", "pc_in_data"]
+           "pc_function", "pc_in_data", "strip_clone_suffix"]
 
 # One frame of a call trace. The address columns are optional and tolerant: a line damaged
 # in transit ("<ffffffff81234567>] func+0x..", a "[" lost) still names its function. s390
@@ -215,13 +215,17 @@ def is_trace_start(line: str) -> bool:
 
 def canonical_function(name: str) -> str:
     """A function name as every build spells it: no clone suffix, no syscall wrapper prefix."""
+    return _SYSCALL_PREFIX.sub("", strip_clone_suffix(name))
+
+
+def strip_clone_suffix(name: str) -> str:
+    """The symbol without a compiler clone's suffix (``.isra.0``, ``.cold``) or ``__pfx_``."""
     name = name.removeprefix("__pfx_")
     while True:
         stripped = _CLONE_SUFFIX.sub("", name)
         if stripped == name:
-            break
+            return name
         name = stripped
-    return _SYSCALL_PREFIX.sub("", name)
 
 
 # name -> skipped: the list is one large pattern (16 us a search on a slow core) and a

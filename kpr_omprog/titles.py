@@ -662,8 +662,8 @@ def blame(lines: Sequence[str]) -> Blame:
         # (A fuzzing kernel's instrumentation, KCOV or KASAN's checks, is where such a CPU is
         # most often caught: noise, and syzkaller's dispatch rule names those. A stack
         # overflow recurses: where it ran out says little, so the dispatch rule names it too.)
-        pc_names = [pc for x in region[:60] if (pc := pc_function(x)) is not None][:1]
-        if not (pc_names and (_INSTRUMENTATION.match(pc_names[0]) or fmt.kind != "BUG: soft lockup")):
+        pc_name = next((pc for x in region[:60] if (pc := pc_function(x)) is not None), None)
+        if pc_name is None or (not _INSTRUMENTATION.match(pc_name) and fmt.kind == "BUG: soft lockup"):
             raw = frames[0]
         if raw is None:
             # ppc's "--- Exception: 300 at ..." starts another context's frames (a fault the

@@ -23,34 +23,12 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.qemu import _entry
+from tests.qemu import INIT, _entry
 
 ARM64_DIR = Path(os.environ.get("KPR_ARM64_DIR", Path.home() / ".cache" / "kpr-omprog-kernel-arm64"))
 QEMU = shutil.which("qemu-system-aarch64") or "/usr/bin/qemu-system-aarch64"
-# loaded in this order (dependencies first); netconsole after eth0 is up
+# what the x86 guest's INIT loads (tests/qemu.py), from /lib/modules
 MODULES = ("e1000", "configfs")
-
-INIT = r"""#!/bin/sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1"=*) echo "${w#*=}"; return;; esac; done; }
-for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko || echo "kpr-live: insmod $m failed" > /dev/kmsg; done
-ip link set lo up
-ip addr add 10.0.2.15/24 dev eth0
-ip link set eth0 up
-insmod /lib/modules/netconsole.ko netconsole="$(arg kpr_nc)" || echo "kpr-live: netconsole failed" > /dev/kmsg
-i=0; while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
-sleep 1
-echo "kpr-live: crashing now" > /dev/kmsg
-sleep 0.5
-echo c > /proc/sysrq-trigger
-sleep 10
-poweroff -f
-"""
-
 
 def kernel_release() -> str:
     return (ARM64_DIR / "RELEASE").read_text().strip()
@@ -84,8 +62,7 @@ def build_initramfs(out_path: Path) -> Path:
         files = [("dev/console", stat.S_IFCHR | 0o600, b""),
                  ("bin/busybox", stat.S_IFREG | 0o755, (ARM64_DIR / "busybox").read_bytes()),
                  ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),  # the interpreter of /init
-                 ("init", stat.S_IFREG | 0o755, INIT.encode()),
-                 ("lib/modules/order", stat.S_IFREG | 0o644, "".join(f"{m}\n" for m in MODULES).encode())]
+                 ("init", stat.S_IFREG | 0o755, INIT.encode())]
         files += [(f"lib/modules/{m}.ko", stat.S_IFREG | 0o644, _module(m))
                   for m in (*MODULES, "netconsole")]
         for name, mode, data in files:
