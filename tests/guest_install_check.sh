@@ -1,8 +1,9 @@
 #!/bin/bash
 # Runs inside a Debian 12 guest booted with systemd (tests/test_install_systemd.py), as the
 # operator would: install.sh as root with systemd running, then checks what it left. Every
-# line for the host starts with "KPR-GUEST"; the last one is "KPR-GUEST-DONE <status>".
-exec >/dev/ttyS0 2>&1
+# line for the host starts with "KPR-GUEST"; the last one is "KPR-GUEST-DONE <status>". They go
+# to the second serial port: the kernel's console, the first, would cut into them.
+exec >/dev/ttyS1 2>&1
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=/root/kpr/wheels  # the guest has no network: wheels from the host
 SRC=/root/kpr/src CONF=/etc/kpr-omprog/config.toml EXE=/opt/kpr-omprog/bin/kpr-omprog
 ok() { echo "KPR-GUEST ok: $* (at ${SECONDS}s)"; }

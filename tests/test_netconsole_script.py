@@ -200,6 +200,9 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# the steps report on the second serial port: the kernel's console (ttyS0) would otherwise
+# cut into a step's line at any character
+exec >/dev/ttyS1 2>&1
 mkdir -p /run /etc /var/lib /usr/local/sbin /tmp/nocfs /dashbin
 ln -s /usr/bin/dash /dashbin/sh
 hostname kpr-guest
@@ -416,21 +419,22 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path, arrivals: int) -
     initrd = _guest_initramfs(tmp_path / "initramfs.cpio.gz", kdir, scripts)
     cap = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "capture", "--listen", f"127.0.0.1:{port}",
                             "--listen", f"[::1]:{port}", "--out", str(capture)], stderr=subprocess.PIPE)
-    serial_file = tmp_path / "serial.txt"
+    serial_file, steps_file = tmp_path / "serial.txt", tmp_path / "steps.txt"
     try:
         wait_for(lambda: _udp_bound(port), 30, f"kpr-omprog capture on 127.0.0.1:{port}", cap)
         cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "512M", "-nodefaults",
                "-no-user-config", "-display", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
                "-append", "console=ttyS0 panic=-1",
                "-netdev", "user,id=n0", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
-               "-serial", f"file:{serial_file}", "-no-reboot"]
+               "-serial", f"file:{serial_file}", "-serial", f"file:{steps_file}", "-no-reboot"]
         subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     finally:
         cap.send_signal(signal.SIGTERM)
         cap.wait(timeout=30)
     serial = serial_file.read_text(errors="replace")
-    assert "KPR-DONE" in serial and "KPR-TIMEOUT" not in serial, serial[-4000:]
-    steps = _steps(serial)
+    report = steps_file.read_text(errors="replace") if steps_file.exists() else ""
+    assert "KPR-DONE" in report and "KPR-TIMEOUT" not in report, report[-3000:] + serial[-3000:]
+    steps = _steps(report)
     got6 = [(raw, line) for src, raw, line in _received(capture) if src == "::1"]
     got = [(raw, line) for src, raw, line in _received(capture) if src == "127.0.0.1"]
     texts = [line.text for _, line in got]
@@ -561,7 +565,8 @@ def _cli(*args: str) -> str:
 # --- live: a systemd host (Debian 12 booted with systemd as PID 1) ------------------------
 
 SYSTEMD_CHECK = r"""#!/bin/sh
-# The netconsole script on a systemd host, reported on the serial console.
+# The netconsole script on a systemd host, reported on the second serial port (ttyS1): the
+# kernel's console (ttyS0) would otherwise cut into a step's line at any character.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 hostname kpr-systemd
 modprobe e1000
@@ -610,7 +615,7 @@ FailureAction=poweroff-force
 Type=oneshot
 ExecStart=/bin/sh /root/check.sh
 StandardOutput=tty
-TTYPath=/dev/ttyS0
+TTYPath=/dev/ttyS1
 [Install]
 WantedBy=multi-user.target
 """
@@ -666,7 +671,7 @@ def test_live_systemd_guest_runs_the_script(tmp_path: Path) -> None:
     capture = tmp_path / "capture.jsonl"
     cap = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "capture", "--listen", f"127.0.0.1:{port}",
                             "--out", str(capture)], stderr=subprocess.PIPE)
-    serial_file = tmp_path / "serial.txt"
+    serial_file, steps_file = tmp_path / "serial.txt", tmp_path / "steps.txt"
     try:
         wait_for(lambda: _udp_bound(port), 30, f"kpr-omprog capture on 127.0.0.1:{port}", cap)
         cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "2048M", "-nodefaults",
@@ -674,15 +679,16 @@ def test_live_systemd_guest_runs_the_script(tmp_path: Path) -> None:
                "-append", "console=ttyS0 rdinit=/lib/systemd/systemd panic=-1 systemd.show_status=0 "
                "systemd.mask=serial-getty@ttyS0.service",
                "-netdev", "user,id=n0,ipv6=off", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
-               "-serial", f"file:{serial_file}", "-no-reboot"]
+               "-serial", f"file:{serial_file}", "-serial", f"file:{steps_file}", "-no-reboot"]
         # a bound, not a wait: the guest powers off when its check is done
         subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     finally:
         cap.send_signal(signal.SIGTERM)
         cap.wait(timeout=30)
     serial = serial_file.read_text(errors="replace")
-    assert "KPR-DONE" in serial and "KPR-TIMEOUT" not in serial, serial[-4000:]
-    steps = _steps(serial)
+    report = steps_file.read_text(errors="replace") if steps_file.exists() else ""
+    assert "KPR-DONE" in report and "KPR-TIMEOUT" not in report, report[-3000:] + serial[-3000:]
+    steps = _steps(report)
     texts = [line.text for _, _, line in _received(capture)]
 
     rc, out = steps["install1"]
