@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from . import crash
 from .coverage import SPECIAL_PREFIX, HostRecord, special
-from .netconsole import _CLASSIC_PREFIX, DecoderLimits, DecodeStats, HostDecoder, Line
+from .netconsole import _CLASSIC_PREFIX, DecoderLimits, DecodeStats, HostDecoder, Line, one_classic_line
 
 __all__ = ["Assembler", "AssemblerConfig", "AssemblerStats", "HostRecord", "Report"]
 
@@ -71,6 +71,9 @@ _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 CONTEXT_LINE_CHARS = 1024
 # Lines that are not noise for the fast path: a boot banner (a reboot, a release) and ours
 _NOT_NOISE = ("Linux version ", SPECIAL_PREFIX)
+#: lines of an open report that _line looks at beyond their kind (the release, a client's
+#: special line, the task a ``CPU:`` line names): never taken by the open report's fast path
+_IN_REPORT_SPECIAL = (*_NOT_NOISE, "CPU: ")
 _INF = float("inf")
 #: slots of the table of hosts forgotten while heard only once (4 bytes each, 8 MiB of
 #: anonymous memory, touched only as hosts are forgotten): a host heard again while its
@@ -509,6 +512,43 @@ class Assembler:
             if self._ring_bytes > self.config.context_bytes_budget:
                 self._over_rings(host, closed)
             return closed
+        rep = host.report
+        if rep is not None and rep.ended_at is None and host.scheduled is not None \
+                and rep.last_seen <= at < host.scheduled:
+            # The common case inside a crash: one more trace or register line of an open
+            # report, before its end marker, with nothing due. What _due, _line and
+            # _schedule would do with it, without their calls and without a Line: nothing is
+            # due before the host's earliest deadline, and a line that is not older than the
+            # last only moves the idle deadline later (an earlier one is all _schedule pushes).
+            quick = decoder.quick_line(datagram)
+            if quick is not None:
+                text = quick[1]
+                if (_classify(text) == _NONE and quick[2] is None
+                        and not text.startswith(_IN_REPORT_SPECIAL)):
+                    n = len(text) + 1
+                    rep.lines.append(text)
+                    rep.timestamps.append(quick[0])
+                    rep.nbytes += n
+                    rep.last_seen = at
+                    if quick[4] is not None and decoder.userdata is not None:
+                        rep.userdata = decoder.userdata
+                    self._open_bytes += n
+                    cfg = self.config
+                    if len(rep.lines) >= cfg.max_lines:
+                        self._truncate(host, "max_lines", closed)
+                    elif rep.nbytes >= cfg.max_bytes:
+                        self._truncate(host, "max_bytes", closed)
+                    if self._open_bytes > cfg.open_bytes_budget:
+                        self._over_budget(closed)
+                    return closed
+                # anything else this line may be goes the whole way, as its Line
+                self._line(host, decoder.line(quick, at), closed)
+                self._schedule(host)
+                if self._open_bytes > self.config.open_bytes_budget:
+                    self._over_budget(closed)
+                if self._ring_bytes > self.config.context_bytes_budget:
+                    self._over_rings(host, closed)
+                return closed
         self._due(host, at, closed)
         for line in decoder.feed(datagram, at):
             self._line(host, line, closed)
@@ -765,7 +805,12 @@ class Assembler:
         if not ring:
             return out
         scratch = DecodeStats()
+        limit = self.config.decoder.max_line_bytes
         for entry in ring.split(b"\n")[:-1]:
+            quick = one_classic_line(entry + b"\n", limit)  # most are: no decoder to build
+            if quick is not None:
+                out.append((quick[1], quick[0]))
+                continue
             for x in HostDecoder(self.config.decoder, scratch).feed(entry + b"\n", at):
                 out.append((x.text, x.ts))
         return out

@@ -16,6 +16,7 @@ from . import __version__, logs
 from .assembler import Assembler
 from .capture import CaptureError, format_line
 from .config import DEFAULT_CONFIG_PATH, DEFAULT_ROUTE, Config, ConfigError, load, parse_listen, redact_dsn, validate
+from .journal import used_bytes
 from .ratelimit import ReportGate
 from .routes import Route, Router
 from .store import StoreError
@@ -298,7 +299,7 @@ def _cmd_reports(args: argparse.Namespace, cfg: Config) -> int:
     cap = cfg.delivery.disk_cap_bytes
     for folder, store in stores:
         journal = os.path.join(folder, "journal.bin")
-        held = os.path.getsize(journal) if os.path.exists(journal) else 0
+        held = used_bytes(journal)
         full = store.pending_bytes >= cap * 0.95
         shard = f"{os.path.basename(folder)} " if len(stores) > 1 else ""
         sys.stdout.write(f"{shard}outbox: {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB "
@@ -656,7 +657,7 @@ def _cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         cap = cfg.delivery.disk_cap_bytes
         out.write(f"disk      {store.pending_bytes / 2**20:.1f} of {cap / 2**20:.1f} MiB (delivery.disk_cap_bytes)\n")
         journal = os.path.join(folder, "journal.bin")
-        size = os.path.getsize(journal) if os.path.exists(journal) else 0
+        size = used_bytes(journal)
         out.write(f"journal   {size / 1024:.1f} KiB of open reports\n")
         h = store.host_counts(now, cfg.hosts.silent_after)
         out.write(f"hosts     {h['hosts_heard_hour']} heard in the last hour, {h['hosts_heard_day']} in the last day; "

@@ -63,6 +63,26 @@ _ONE_EXTENDED_RECORD = re.compile(
     rb"(?:(?!\d{1,64},)([^,;\x00\n]{1,64}),)?(\d{1,4}),(\d{1,19}),(\d{1,19}),-;([^\x00\n\\]*)(?<!\r)\n?").fullmatch
 
 
+
+def one_classic_line(payload: bytes, max_line_bytes: int) -> tuple[float, str] | None:
+    """(kernel time, text) of a datagram that is one whole timestamped classic line in valid
+    UTF-8 within ``max_line_bytes``, as a fresh :class:`HostDecoder` decodes it, without
+    building one; None for anything else.
+
+    >>> one_classic_line(b"[   12.500000] e1000: eth0 NIC Link is Up\\n", 16384)
+    (12.5, 'e1000: eth0 NIC Link is Up')
+    >>> one_classic_line(b"6,12,500000,-;no stamp\\n", 16384) is None
+    True
+    """
+    m = _ONE_CLASSIC_LINE(payload)
+    if m is None or len(payload) > max_line_bytes:
+        return None
+    try:
+        return float(m.group(1)), m.group(2).decode()
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass(slots=True)
 class Line:
     """One kernel log line as received from one host.

@@ -38,9 +38,30 @@ def test_the_file_is_emptied_when_no_report_is_open(tmp_path: Path) -> None:
     j.drop("a")
     assert j.size > 0
     j.drop("b")
-    assert j.size == 0 == os.path.getsize(tmp_path / "j.bin")
-    j.add_many([row("c", 0)])  # appends at the new end
+    assert j.size == 0 == journal_mod.used_bytes(str(tmp_path / "j.bin"))
+    j.add_many([row("c", 0)])  # appends at the new end; the old rows behind it are never read
     assert Journal(str(tmp_path / "j.bin")).load() == [row("c", 0)]
+
+
+def test_a_grown_file_gives_its_room_back_and_stale_frames_stay_dead(tmp_path: Path) -> None:
+    path = tmp_path / "j.bin"
+    j = Journal(str(path))
+    big = [row("a", i, b"x" * 1000) for i in range(3000)]  # 3 MB: the file grows past one chunk
+    for i in range(0, len(big), 100):
+        j.add_many(big[i:i + 100])
+    assert path.stat().st_size > 2 * journal_mod._CHUNK
+    assert journal_mod.used_bytes(str(path)) == j.size > 3_000_000
+    j.drop("a")
+    assert path.stat().st_size <= journal_mod._CHUNK and j.size == 0
+    # a short frame where a long one was, and a hostile datagram shaped like a whole frame
+    # (head, checksum, a row) in the bytes after it: the zero head in between ends the file
+    body = journal_mod._encode([row("evil", 0)])[0]
+    fake = journal_mod._FRAME.pack(len(body), __import__("zlib").crc32(body)) + body
+    j.add_many([row("b", 0, b"y" * 200 + fake)])
+    j.drop("b")
+    j.add_many([row("c", 0)])
+    j.close()
+    assert Journal(str(path)).load() == [row("c", 0)]
 
 
 @pytest.mark.parametrize("damage", ["half a record", "bit flip", "garbage"])
@@ -49,10 +70,11 @@ def test_a_torn_tail_is_cut_and_logged_and_the_rows_before_it_kept(tmp_path: Pat
     path = tmp_path / "j.bin"
     j = Journal(str(path))
     j.add_many([row("h", 0), row("h", 1)])
-    whole = path.stat().st_size
+    whole = j.size
     j.add_many([row("h", 2)])
+    end = j.size
     j.close()
-    raw = path.read_bytes()
+    raw = path.read_bytes()[:end]  # the frames (the file's length counts room allocated ahead)
     if damage == "half a record":
         path.write_bytes(raw[: whole + (len(raw) - whole) // 2])
     elif damage == "bit flip":
@@ -61,7 +83,7 @@ def test_a_torn_tail_is_cut_and_logged_and_the_rows_before_it_kept(tmp_path: Pat
         path.write_bytes(raw[:whole] + b"\x00\x10\x00\x00garbage")
     j2 = Journal(str(path))
     assert j2.load() == [row("h", 0), row("h", 1)]
-    assert path.stat().st_size == whole  # cut, so later appends are readable
+    assert j2.size == whole == journal_mod.used_bytes(str(path))  # cut, so later appends are readable
     captured = capsys.readouterr()
     assert "journal_torn_tail" in captured.out + captured.err
     j2.add_many([row("h", 3)])
@@ -73,10 +95,13 @@ def test_a_mostly_dead_file_is_compacted(tmp_path: Path, monkeypatch: pytest.Mon
     path = tmp_path / "j.bin"
     j = Journal(str(path))
     j.add_many([row("long-lived", 0)])
+    most = 0
     for h in range(200):
         j.add_many([row(f"10.1.0.{h}", i) for i in range(5)])
+        most = max(most, j.size)
         j.drop(f"10.1.0.{h}")
-    assert path.stat().st_size < 4 * 4096  # compacted along the way, never grew to 200 reports' worth
+    assert most < 4 * 4096  # compacted along the way, never grew to 200 reports' worth
+    assert path.stat().st_size <= journal_mod._CHUNK
     j.add_many([row("long-lived", 1)])
     assert Journal(str(path)).load() == [row("long-lived", 0), row("long-lived", 1)]
 
@@ -87,7 +112,7 @@ def test_the_cap_refuses_a_batch_whole_and_says_which_setting(tmp_path: Path) ->
     size = j.size
     with pytest.raises(JournalFull, match="journal_cap_bytes"):
         j.add_many([row("a", i, b"x" * 500) for i in range(1, 5)])
-    assert j.size == size == os.path.getsize(tmp_path / "j.bin")
+    assert j.size == size == journal_mod.used_bytes(str(tmp_path / "j.bin"))
     j.drop("b")  # unknown key: nothing to do
     assert Journal(str(tmp_path / "j.bin")).load() == [row("a", 0)]
 
@@ -120,10 +145,28 @@ def test_a_datagram_past_the_bound_is_journaled_as_the_assembler_keeps_it(tmp_pa
     intake.flush()
     [(key, at, ip, port, kept)] = Journal(str(tmp_path / "j.bin")).load()
     assert kept == data[:bound] and (key, at, ip, port) == ("10.0.0.9", 100.0, "10.0.0.9", 6666)
-    assert os.path.getsize(tmp_path / "j.bin") < bound + 200
+    assert journal_mod.used_bytes(str(tmp_path / "j.bin")) < bound + 200
     before = intake.assembler.close_all()
     journal.close()
     again = Intake(Pipeline(Config(), Parsers(), store, None), Assembler(), Journal(str(tmp_path / "j.bin")))
     again.recover(200.0)
     after = again.assembler.close_all()
     assert [r.lines for r in before] == [r.lines for r in after] and len(after) == 1
+
+
+def test_a_full_disk_at_start_does_not_stop_the_receiver_and_room_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        # ENOSPC on demand (a real full disk would also fill the test's own output files)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(journal_mod.os, "posix_fallocate", no_room)
+    j = Journal(str(tmp_path / "j.bin"))  # starts all the same
+    with pytest.raises(JournalFull, match="No space left"):
+        j.add_many([row("a", 0)])
+    monkeypatch.undo()
+    j.add_many([row("a", 1)])  # room again
+    j.close()
+    assert Journal(str(tmp_path / "j.bin")).load() == [row("a", 1)]

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from kpr_omprog import journal as journal_mod
 from kpr_omprog.assembler import Assembler, Report
 from kpr_omprog.config import Config, DeliveryConfig
 from kpr_omprog.delivery import Delivery
@@ -378,13 +379,16 @@ def test_disk_cap_refuses_loudly(tmp_path: Path) -> None:
     assert store.counts() == {"local": 1} and len(pipe.overflow) == 1
 
 
-def test_full_disk_while_journaling_never_blocks_input_nor_loses_the_report(tmp_path: Path) -> None:
+def test_full_disk_while_journaling_never_blocks_input_nor_loses_the_report(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # the journal file grows 512 bytes at a time here (a mebibyte in use)
+    monkeypatch.setattr(journal_mod, "_CHUNK", 512)
     store = Store(str(tmp_path / "s.sqlite3"))
     pipe = Pipeline(Config(), Parsers(), store, None)
     journal = Journal(str(tmp_path / "journal.bin"))
     intake = Intake(pipe, Assembler(), journal)
-    # The kernel's own refusal stands in for a full disk: past RLIMIT_FSIZE a write() is cut
-    # short, then fails (EFBIG), as on a disk that fills mid-write.
+    # The kernel's own refusal stands in for a full disk: past RLIMIT_FSIZE the journal's
+    # room cannot grow (EFBIG), as on a disk that fills while a crash is being journaled.
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (700, limit[1]))
