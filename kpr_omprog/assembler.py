@@ -63,6 +63,7 @@ _AFTERMATH = re.compile(
 # lockdep's banners) opens the report with it.
 _classify = crash.classify
 _NONE = crash.NONE
+_OPENS = (crash.START, crash.PANIC)
 _SEPARATOR = re.compile(r"^[=-]{20,}$")
 _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 
@@ -71,6 +72,9 @@ _PID = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (\d+) ")
 CONTEXT_LINE_CHARS = 1024
 # Lines that are not noise for the fast path: a boot banner (a reboot, a release) and ours
 _NOT_NOISE = ("Linux version ", SPECIAL_PREFIX)
+#: crash-start lines remembered per host that reported a crash (see _Host.crash_marks):
+#: a replayed buffer repeats every crash of the boot, so a few reports' worth
+CRASH_MARKS = 32
 #: lines of an open report that _line looks at beyond their kind (the release, a client's
 #: special line, the task a ``CPU:`` line names): never taken by the open report's fast path
 _IN_REPORT_SPECIAL = (*_NOT_NOISE, "CPU: ")
@@ -242,6 +246,9 @@ class AssemblerStats:
     incidents_split: int = 0
     #: reports that only a "[ cut here ]" line opened, with no crash after it: kept as context
     lone_separators: int = 0
+    #: crash starts seen again at the kernel time and text of a crash this host already
+    #: reported (netconsole sending the log buffer again): kept as context, not a report
+    crash_replays: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -253,7 +260,7 @@ class AssemblerStats:
                 "reports_evicted": self.reports_evicted, "reports_truncated": self.reports_truncated,
                 "datagrams_cut": self.datagrams_cut, "open_reports_limited": self.open_reports_limited,
                 "open_bytes_limited": self.open_bytes_limited, "incidents_joined": self.incidents_joined,
-                "starts_ignored": self.starts_ignored,
+                "starts_ignored": self.starts_ignored, "crash_replays": self.crash_replays,
                 "incidents_split": self.incidents_split, **self.decode.as_dict()}
 
 
@@ -369,9 +376,9 @@ class _Host:
     arrived) and scalars: no per-line objects. Lines become :class:`Line` objects and
     text only when the host opens a report."""
 
-    __slots__ = ("admitted", "ctx", "datagrams", "decoder", "dirty", "first", "ip", "key", "last", "lost", "nctx",
-                 "opened_ctx", "port", "release", "report", "reports", "requeue_at", "scheduled", "special",
-                 "special_at", "title")
+    __slots__ = ("admitted", "crash_marks", "ctx", "datagrams", "decoder", "dirty", "first", "ip", "key", "last",
+                 "lost", "nctx", "opened_ctx", "port", "release", "report", "reports", "requeue_at", "scheduled",
+                 "special", "special_at", "title")
 
     def __init__(self, ip: str, port: int, key: tuple[str, int] | str, decoder: HostDecoder, at: float,
                  admitted: bool) -> None:
@@ -403,6 +410,9 @@ class _Host:
         self.special_at: float | None = None
         #: the ring as it was when the host's report opened (the journal's context rows)
         self.opened_ctx = b""
+        #: hashes of (kernel time, text) of the crash-start lines of the host's last reports
+        #: (at most CRASH_MARKS): the same line again is the log buffer sent again
+        self.crash_marks: tuple[int, ...] = ()
 
 
 class Assembler:
@@ -998,6 +1008,13 @@ class Assembler:
             self.stats.starts_ignored += 1
             self._keep(host, line)
             return
+        if line.ts is not None and host.crash_marks and hash((line.ts, line.text)) in host.crash_marks:
+            # A crash this host already reported, at the same kernel time: the kernel sending
+            # its log buffer again (netconsole loaded with the module option replays it to the
+            # new console; the decoder saw the clock go back, as at a boot). Context, not a report.
+            self.stats.crash_replays += 1
+            self._keep(host, line)
+            return
         self._opened_now = True
         if len(self._opened) >= self.config.max_open_reports:
             # The oldest open report closes whole, flagged, to make room.
@@ -1065,6 +1082,10 @@ class Assembler:
         host.reports += 1
         if not host.dirty:
             self._queue(host)
+        marks = [hash((ts, text)) for text, ts in zip(rep.lines, rep.timestamps, strict=True)
+                 if ts is not None and crash.classify(text) in _OPENS]
+        if marks:
+            host.crash_marks = (*marks[:CRASH_MARKS], *host.crash_marks)[:CRASH_MARKS]
         release = rep.release
         if release is None:
             for text in rep.lines[:40]:

@@ -43,6 +43,8 @@ COUNTERS = {
     "lines_joined": "Datagrams with more lines than decoder.max_lines_per_datagram (the rest kept as one line)",
     "starts_ignored": "Crash starts in a datagram that had already opened a report (one report a datagram)",
     "lone_separators": "Reports only a cut-here line opened, with no crash after it (kept as context)",
+    "crash_replays": "Crash starts seen again at the kernel time and text of a crash the host already reported "
+                     "(netconsole sending the log buffer again; kept as context)",
     "datagrams_cut": "Datagrams longer than assembler.max_datagram_bytes, cut",
     "hosts_evicted": "Hosts heard more than once forgotten at assembler.max_hosts",
     "new_hosts_forgotten": "Hosts heard only once forgotten at assembler.new_hosts (a flood of new sources)",

@@ -488,6 +488,7 @@ class Intake:
                 "dual_format_duplicates": a.decode.dual_format_duplicates,
                 "incidents_joined": a.incidents_joined, "lines_joined": a.decode.lines_joined,
                 "starts_ignored": a.starts_ignored, "lone_separators": a.lone_separators,
+                "crash_replays": a.crash_replays,
                 "reports_folded": g.folded_by_host + g.folded_by_crash,
                 "summaries": g.summaries,
                 "summaries_dropped": g.held_dropped, "waiting_for_outbox": self.waiting_for_outbox,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -21,6 +22,24 @@ def capture(name: str) -> list[tuple[float, bytes]]:
     rows = [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
     t0 = rows[0]["t"]
     return [(r["t"] - t0, base64.b64decode(r["data_b64"])) for r in rows]
+
+
+
+_CLASSIC_STAMP = re.compile(rb"(?m)^\[ *(\d+)\.(\d{6})\]")
+_EXTENDED_HEAD = re.compile(rb"^(\d+),(\d+),(\d+),")
+
+
+def later(rows: list[tuple[float, bytes]], seconds: int) -> list[tuple[float, bytes]]:
+    """The same capture as the machine would send it ``seconds`` later in the same boot (its
+    kernel times moved on): a second crash, not the log buffer sent again (whose kernel times
+    repeat, and which the receiver does not report twice)."""
+    def classic(m: re.Match[bytes]) -> bytes:
+        return b"[%5d.%s]" % (int(m.group(1)) + seconds, m.group(2))
+
+    def extended(m: re.Match[bytes]) -> bytes:
+        return b"%s,%s,%d," % (m.group(1), m.group(2), int(m.group(3)) + seconds * 1_000_000)
+
+    return [(at, _EXTENDED_HEAD.sub(extended, _CLASSIC_STAMP.sub(classic, data), count=1)) for at, data in rows]
 
 
 def play(target: tuple[str, int], plays: dict[str, list[tuple[float, bytes]]], speed: float = 1.0,

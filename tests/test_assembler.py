@@ -550,3 +550,59 @@ def test_the_context_rings_are_bounded_in_bytes_hosts_heard_once_forgotten_first
     for n in range(2, 50):  # sources heard once: each pushes out the previous one, no host heard twice
         asm.feed(b"[    3.000000] %s\n" % long, (f"10.7.0.{n}", 1), 3.0 + n / 100)
     assert asm.new_hosts == 1 and asm.idle_hosts == kept and asm.context_bytes <= cfg.context_bytes_budget
+
+
+WARN = ["------------[ cut here ]------------",
+        "WARNING: CPU: 1 PID: 77 at drivers/foo/bar.c:12 foo_probe+0x1d/0x30 [foo]",
+        "Modules linked in: foo", "CPU: 1 PID: 77 Comm: modprobe Not tainted 6.1.0-56-amd64 #1 Debian 6.1.192-2",
+        "RIP: 0010:foo_probe+0x1d/0x30 [foo]", "Call Trace:", " <TASK>", " do_one_initcall+0x41/0x200",
+        " </TASK>", "---[ end trace 0000000000000000 ]---"]
+
+
+@pytest.mark.parametrize("fmt", ["classic", "extended"])
+def test_the_log_buffer_sent_again_does_not_report_its_crash_again(fmt: str) -> None:
+    # netconsole loaded with the module option sends the whole log buffer to the new console
+    # (CON_PRINTBUFFER): a crash the machine survived earlier in this boot comes again, at the
+    # same kernel times. One report; a new crash after the replay is a report of its own.
+    boot = ["Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)", "Command line: console=ttyS0"]
+    log = [(0.0, boot[0]), (0.1, boot[1])] + [(50.0 + i / 1000, x) for i, x in enumerate(WARN)] \
+        + [(60.0, "e1000: eth0 NIC Link is Up")]
+    later = [(900.0 + i / 1000, x) for i, x in enumerate(WARN[:1] + [WARN[1].replace("12", "99")] + WARN[2:])]
+
+    def datagrams(records: list[tuple[float, str]], seq0: int) -> list[bytes]:
+        if fmt == "classic":
+            return [b"[%5d.%06d] %s\n" % (int(ts), round(ts % 1 * 1e6), x.encode()) for ts, x in records]
+        return [b"4,%d,%d,-;%s\n" % (seq0 + i, round(ts * 1e6), x.encode()) for i, (ts, x) in enumerate(records)]
+
+    first = datagrams(log, 0)
+    replay = datagrams(log, 0) + datagrams([(800.0, "netconsole: network logging started")], len(log))
+    items = [(d, A, 1000 + i * 0.01) for i, d in enumerate(first)]
+    items += [(d, A, 1100 + i * 0.01) for i, d in enumerate(replay + datagrams(later, len(log) + 1))]
+    asm = Assembler()
+    reports = run(asm, items)
+    assert [r.lines[1] for r in reports] == [WARN[1], WARN[1].replace("12", "99")], [r.lines for r in reports]
+    assert asm.stats.crash_replays >= 1
+
+
+def test_a_new_boot_crashing_at_another_time_is_reported_again() -> None:
+    # the same bug after a real reboot: other kernel times, so a report each time
+    a = classic(WARN, t0=50.0)
+    b = classic(["Linux version 6.1.0-56-amd64"] + WARN, t0=3.0)
+    items = [(d, A, 1000 + i * 0.01) for i, d in enumerate(a)] + [(d, A, 1100 + i * 0.01) for i, d in enumerate(b)]
+    asm = Assembler()
+    assert len(run(asm, items)) == 2 and asm.stats.crash_replays == 0
+
+
+def test_a_report_line_without_expire_calls_closes_what_is_due_first() -> None:
+    # feed() alone (no expire() between datagrams, as a busy front end may): a line of an open
+    # report that arrives past the idle timeout closes the report before it, and a line
+    # older than the last one (a backlog's receive times) is still taken into the report
+    asm = Assembler(AssemblerConfig(idle_timeout=2.0))
+    lines = classic(OOPS[:6])
+    out: list[Report] = []
+    for i, d in enumerate(lines[:3]):
+        out += asm.feed(d, A, 10 + i * 0.001)
+    out += asm.feed(lines[3], A, 9.5)  # older: the idle deadline moves earlier
+    assert out == [] and asm.next_deadline() == pytest.approx(11.5)
+    out += asm.feed(lines[4], A, 11.6)  # past it: the report closes first, then this line is context
+    assert [r.closed_by for r in out] == ["idle"] and out[0].lines == tuple(OOPS[1:4])

@@ -26,7 +26,7 @@ from kpr_omprog.sources.replay import replay
 from kpr_omprog.store import Store
 from tests.bugsink import Bugsink
 from tests.rsyslogd import ROOT, RSYSLOGD, RelayRsyslogd, Rsyslogd, free_tcp_port, free_udp_port
-from tests.senders import capture, play
+from tests.senders import capture, later, play
 from tests.test_e2e import omprog_cmd
 from tests.waiting import wait_for
 
@@ -36,10 +36,18 @@ CRASHES = {"127.0.0.2": "lkdtm-BUG_classic_oopspanic", "127.0.0.3": "sysrq-c_ext
            "127.0.0.6": "sysrq-c_classic", "127.0.0.7": "lkdtm-BUG_ext_oopspanic"}
 
 
-def expected_logs(host: str, name: str) -> list[str]:
-    """The logs of the reports a host's capture makes, as the assembler makes them."""
-    rows = (CapturedDatagram(d, (host, 6666), at) for at, d in capture(name))
-    return sorted(r.render_log() for r in replay(rows, Assembler()))
+#: round k of a test sends each host's capture this many seconds of kernel time later
+ROUND = 10_000
+
+
+def expected_logs(host: str, name: str, rounds: int = 1) -> list[str]:
+    """The logs of the reports a host's capture makes, as the assembler makes them, sent
+    ``rounds`` times (each round a crash of its own: see :func:`tests.senders.later`)."""
+    logs = []
+    for k in range(rounds):
+        rows = (CapturedDatagram(d, (host, 6666), at) for at, d in later(capture(name), k * ROUND))
+        logs += [r.render_log() for r in replay(rows, Assembler())]
+    return sorted(logs)
 
 
 def delivered_hosts(state: Path) -> dict[str, int]:
@@ -58,7 +66,7 @@ def delivered_hosts(state: Path) -> dict[str, int]:
 
 
 def check_exactly_once_and_whole(bugsink: Bugsink, crashes: dict[str, str], rounds: int = 1) -> None:
-    want = {host: expected_logs(host, name) * rounds for host, name in crashes.items()}
+    want = {host: expected_logs(host, name, rounds) for host, name in crashes.items()}
     n = sum(len(v) for v in want.values())
     events = bugsink.wait_events(n, timeout=60)
     attachments = bugsink.attachments()
@@ -109,8 +117,8 @@ def test_shards_each_host_on_one_shard_exactly_once_and_whole(fresh_bugsink: Bug
     rs.start()
     try:
         # twice: a host's second crash must reach the shard its first one did
-        for _ in range(2):
-            play(("127.0.0.1", rs.port), {h: capture(name) for h, name in CRASHES.items()})
+        for k in range(2):
+            play(("127.0.0.1", rs.port), {h: later(capture(name), k * ROUND) for h, name in CRASHES.items()})
         check_exactly_once_and_whole(fresh_bugsink, CRASHES, rounds=2)
         # each shard's metrics carry its label: node_exporter reads both files from one directory
         for k in range(2):
@@ -158,7 +166,7 @@ def test_relay_to_two_receivers_one_down_while_crashes_arrive(fresh_bugsink: Bug
         # Receiver 1 goes down; every host crashes again meanwhile.
         receivers[1].stop()
         down = {h: capture(name) for h, name in CRASHES.items() if h in first[1]}
-        play(target, {h: capture(name) for h, name in CRASHES.items()})
+        play(target, {h: later(capture(name), ROUND) for h, name in CRASHES.items()})
         wait_for(lambda: relay.stats("kpr_relay_1 queue").get("size", 0) >= sum(len(v) for v in down.values()),
                  30, "the relay to hold the down receiver's hosts' frames",
                  show=lambda: relay.stats("kpr_relay_1 queue"))
