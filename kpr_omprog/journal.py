@@ -158,7 +158,7 @@ class Journal:
         return self._live_total
 
     def add_many(self, rows: list[Row]) -> None:
-        """Append ``rows`` with one write; raises :class:`JournalFull` and writes nothing on failure."""
+        """Append ``rows`` as one frame; raises :class:`JournalFull` and writes nothing on failure."""
         if not rows:
             return
         if len(rows) == 1:
@@ -198,7 +198,8 @@ class Journal:
         """The live rows in the order they were written (call once, at start)."""
         rows, end = self._read()
         m = self._map
-        if m is not None and (end < self._size or m[end:end + _FRAME.size] != _END):
+        # zeros, or the file's end, after the last whole frame: a clean end
+        if m is not None and (end < self._size or m[end:end + _FRAME.size].strip(b"\0")):
             # a frame whose checksum fails, or one cut short by the file's end
             log.warning("journal_torn_tail", path=self.path, kept_bytes=end,
                         why="the last write was cut short (full disk or power loss); rows before it are kept")
@@ -235,12 +236,10 @@ class Journal:
                     self._map.close()
                     self._map, self._mapped = None, 0
                 os.ftruncate(self._fd, 0)
-                self._reserve(_FRAME.size)
-            elif self._map is not None:
-                self._map[size:size + _FRAME.size] = _END
-            else:
-                self._reserve(size + _FRAME.size)  # after a failed shrink: the next append retries
-                return self._truncate(size)
+                self._size = 0  # whatever follows: the frames are gone
+            self._reserve(size + _FRAME.size)
+            assert self._map is not None
+            self._map[size:size + _FRAME.size] = _END
         except OSError as e:
             log.error("journal_truncate_failed", path=self.path, error=e.strerror or str(e))
             return
