@@ -523,6 +523,7 @@ class Assembler:
                 self._over_rings(host, closed)
             return closed
         rep = host.report
+        quick_lines: list[Line] | None = None
         if rep is not None and rep.ended_at is None and host.scheduled is not None \
                 and rep.last_seen <= at < host.scheduled:
             # The common case inside a crash: one more trace or register line of an open
@@ -551,16 +552,11 @@ class Assembler:
                     if self._open_bytes > cfg.open_bytes_budget:
                         self._over_budget(closed)
                     return closed
-                # anything else this line may be goes the whole way, as its Line
-                self._line(host, decoder.line(quick, at), closed)
-                self._schedule(host)
-                if self._open_bytes > self.config.open_bytes_budget:
-                    self._over_budget(closed)
-                if self._ring_bytes > self.config.context_bytes_budget:
-                    self._over_rings(host, closed)
-                return closed
+                # anything else this line may be goes the whole way, as its Line (the
+                # decoder has taken the datagram)
+                quick_lines = [decoder.line(quick, at)]
         self._due(host, at, closed)
-        for line in decoder.feed(datagram, at):
+        for line in decoder.feed(datagram, at) if quick_lines is None else quick_lines:
             self._line(host, line, closed)
         self._schedule(host)
         if self._open_bytes > self.config.open_bytes_budget:
