@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -422,12 +423,21 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path, arrivals: int) -
     serial_file, steps_file = tmp_path / "serial.txt", tmp_path / "steps.txt"
     try:
         wait_for(lambda: _udp_bound(port), 30, f"kpr-omprog capture on 127.0.0.1:{port}", cap)
-        cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "512M", "-nodefaults",
+        # One vCPU: with two, Debian 13's 7.x kernel under TCG once died in early boot patching
+        # its own code (an int3 oops in sched_clock_cpu, before any of ours ran).
+        cmd = [QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "512M", "-nodefaults",
                "-no-user-config", "-display", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
                "-append", "console=ttyS0 panic=-1",
                "-netdev", "user,id=n0", "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56",
                "-serial", f"file:{serial_file}", "-serial", f"file:{steps_file}", "-no-reboot"]
-        subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        for attempt in (1, 2):
+            subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if "KPR-STEP-BEGIN" in (steps_file.read_text(errors="replace") if steps_file.exists() else ""):
+                break
+            # The guest's kernel died before its init ran a step: nothing of ours was involved
+            # (netconsole is not loaded yet), so the guest is booted once more, and said so.
+            warnings.warn(f"guest boot {attempt} died before its first step: "
+                          f"{serial_file.read_text(errors='replace')[-300:]!r}", stacklevel=1)
     finally:
         cap.send_signal(signal.SIGTERM)
         cap.wait(timeout=30)
