@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import mmap
 import re
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -411,8 +412,9 @@ class _Host:
         #: the ring as it was when the host's report opened (the journal's context rows)
         self.opened_ctx = b""
         #: hashes of (kernel time, text) of the crash-start lines of the host's last reports
-        #: (at most CRASH_MARKS): the same line again is the log buffer sent again
-        self.crash_marks: tuple[int, ...] = ()
+        #: (at most CRASH_MARKS, 8 bytes each; None for a host that never reported one): the
+        #: same line again is the log buffer sent again
+        self.crash_marks: array[int] | None = None
 
 
 class Assembler:
@@ -551,6 +553,8 @@ class Assembler:
                         self._truncate(host, "max_bytes", closed)
                     if self._open_bytes > cfg.open_bytes_budget:
                         self._over_budget(closed)
+                    if self._ring_bytes > cfg.context_bytes_budget:
+                        self._over_rings(host, closed)  # a report just closed may give lines back
                     return closed
                 # anything else this line may be goes the whole way, as its Line (the
                 # decoder has taken the datagram)
@@ -1004,7 +1008,7 @@ class Assembler:
             self.stats.starts_ignored += 1
             self._keep(host, line)
             return
-        if line.ts is not None and host.crash_marks and hash((line.ts, line.text)) in host.crash_marks:
+        if line.ts and host.crash_marks is not None and hash((line.ts, line.text)) in host.crash_marks:
             # A crash this host already reported, at the same kernel time: the kernel sending
             # its log buffer again (netconsole loaded with the module option replays it to the
             # new console; the decoder saw the clock go back, as at a boot). Context, not a report.
@@ -1078,10 +1082,13 @@ class Assembler:
         host.reports += 1
         if not host.dirty:
             self._queue(host)
+        # Not lines stamped 0.000000: printed before the clock runs, the same crash in every
+        # boot carries that stamp, and each boot's is a crash of its own.
         marks = [hash((ts, text)) for text, ts in zip(rep.lines, rep.timestamps, strict=True)
-                 if ts is not None and crash.classify(text) in _OPENS]
+                 if ts and crash.classify(text) in _OPENS][:CRASH_MARKS]
         if marks:
-            host.crash_marks = (*marks[:CRASH_MARKS], *host.crash_marks)[:CRASH_MARKS]
+            old_marks = host.crash_marks
+            host.crash_marks = array("q", marks + (list(old_marks) if old_marks is not None else []))[:CRASH_MARKS]
         release = rep.release
         if release is None:
             for text in rep.lines[:40]:

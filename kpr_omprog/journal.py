@@ -76,16 +76,26 @@ def _frames_end(buf: bytes | mmap.mmap, size: int) -> int:
 
 def used_bytes(path: str) -> int:
     """The bytes of frames in the journal at ``path`` (its length counts room allocated ahead);
-    0 when there is none. For ``status``: reads the file, never the receiver's state."""
+    0 when there is none. For ``status``: reads the file, never the receiver's state, and by
+    ``pread`` (a map of a file the receiver shrinks meanwhile would be a SIGBUS)."""
     try:
-        with open(path, "rb") as f:
-            length = os.fstat(f.fileno()).st_size
-            if length == 0:
-                return 0
-            with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ) as m:
-                return _frames_end(m, length)
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return 0
+    try:
+        pos = 0
+        while True:
+            head = os.pread(fd, _FRAME.size, pos)
+            if len(head) < _FRAME.size:
+                return pos
+            length = _FRAME.unpack(head)[0]
+            if length == 0 or len(os.pread(fd, 1, pos + _FRAME.size + length - 1)) < 1:
+                return pos
+            pos += _FRAME.size + length
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 class JournalFull(Exception):
@@ -112,6 +122,7 @@ class Journal:
         """Open and map the file at ``self.path``; the frames end where their heads say (a file
         an older version wrote with ``write()`` ends with its last frame: the same)."""
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._size = 0
         try:
             length = os.fstat(self._fd).st_size
             if length:
@@ -229,21 +240,18 @@ class Journal:
         self._size = end + size
 
     def _truncate(self, size: int) -> None:
-        """Frames end at ``size``; at 0 a file grown past a chunk gives its room back."""
+        """Frames end at ``size``, and so does the file: nothing of what was past it, however
+        it was shaped, stays to be read after a power cut that kept a later frame but not the
+        zero head behind it. Then room is allocated again (a chunk when nothing is open)."""
         try:
-            if size == 0 and self._mapped > _CHUNK:
-                if self._map is not None:
-                    self._map.close()
-                    self._map, self._mapped = None, 0
-                os.ftruncate(self._fd, 0)
-                self._size = 0  # whatever follows: the frames are gone
+            if self._map is not None:
+                self._map.close()
+                self._map, self._mapped = None, 0
+            os.ftruncate(self._fd, size)
+            self._size = size  # whatever follows: the frames past it are gone
             self._reserve(size + _FRAME.size)
-            assert self._map is not None
-            self._map[size:size + _FRAME.size] = _END
         except OSError as e:
             log.error("journal_truncate_failed", path=self.path, error=e.strerror or str(e))
-            return
-        self._size = size
 
     def _read(self, keep: set[str] | None = None) -> tuple[list[Row], int]:
         """The live rows (of ``keep``'s keys only, if given) and where the last whole frame ends.

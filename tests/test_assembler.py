@@ -606,3 +606,31 @@ def test_a_report_line_without_expire_calls_closes_what_is_due_first() -> None:
     assert out == [] and asm.next_deadline() == pytest.approx(11.5)
     out += asm.feed(lines[4], A, 11.6)  # past it: the report closes first, then this line is context
     assert [r.closed_by for r in out] == ["idle"] and out[0].lines == tuple(OOPS[1:4])
+
+
+def test_a_crash_stamped_before_the_clock_runs_is_reported_at_every_boot() -> None:
+    # printed at 0.000000 (before the clock runs), the same early-boot warning carries the
+    # same stamp and text at every boot: each boot's is a report, never a replay
+    boot = classic(["Linux version 6.1.0-56-amd64"] + WARN, t0=0.0)
+    boot = [b"[    0.000000]" + d.split(b"]", 1)[1] for d in boot]
+    items = [(d, A, 1000 + i * 0.01) for i, d in enumerate(boot)] + [(d, A, 1100 + i * 0.01)
+                                                                        for i, d in enumerate(boot)]
+    asm = Assembler()
+    assert len(run(asm, items)) == 2 and asm.stats.crash_replays == 0
+
+
+def test_the_open_report_fast_path_keeps_the_context_budget() -> None:
+    # A report that max_lines closes on a fast-path line may be a lone cut-here line, whose
+    # lines go back to the context rings: the rings' budget is enforced right there, as on
+    # the general path (a host is forgotten at once, not at some later datagram).
+    cfg = AssemblerConfig(context_bytes_budget=350, max_lines=6)
+    asm = Assembler(cfg)
+    for d in classic(["noise of B one", "noise of B two"]):
+        asm.feed(d, B, 10.0)
+    asm.feed(b"[    5.000000] noise of A\n", A, 10.0)
+    asm.feed(b"[    5.100000] ------------[ cut here ]------------\n", A, 10.0)
+    for i in range(5):  # the fifth makes six lines: max_lines closes the report on it
+        asm.feed(b"[    5.%06d] an ordinary line number %d of host A, long enough to count\n" % (200000 + i, i), A,
+                 10.0 + i * 0.001)
+    assert asm.open_reports == 0 and asm.stats.lone_separators == 1
+    assert asm.stats.hosts_forgotten_for_bytes == 1
