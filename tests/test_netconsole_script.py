@@ -363,6 +363,14 @@ def arrivals(tmp_path: Path) -> Iterator[int]:
         thread.join(timeout=30)
 
 
+def _guest_steps(serial_file: Path, steps_file: Path) -> tuple[str, dict[str, tuple[int, str]]]:
+    """The kernel's console and each step of a guest that ran to its end (fails otherwise)."""
+    serial = serial_file.read_text(errors="replace")
+    report = steps_file.read_text(errors="replace") if steps_file.exists() else ""
+    assert "KPR-DONE" in report and "KPR-TIMEOUT" not in report, report[-3000:] + serial[-3000:]
+    return serial, _steps(report)
+
+
 def _steps(serial: str) -> dict[str, tuple[int, str]]:
     """Each step's exit status and output, from the guest's console."""
     out: dict[str, tuple[int, str]] = {}
@@ -441,10 +449,7 @@ def test_live_guest_runs_the_script(kdir: Path, tmp_path: Path, arrivals: int) -
     finally:
         cap.send_signal(signal.SIGTERM)
         cap.wait(timeout=30)
-    serial = serial_file.read_text(errors="replace")
-    report = steps_file.read_text(errors="replace") if steps_file.exists() else ""
-    assert "KPR-DONE" in report and "KPR-TIMEOUT" not in report, report[-3000:] + serial[-3000:]
-    steps = _steps(report)
+    serial, steps = _guest_steps(serial_file, steps_file)
     got6 = [(raw, line) for src, raw, line in _received(capture) if src == "::1"]
     got = [(raw, line) for src, raw, line in _received(capture) if src == "127.0.0.1"]
     texts = [line.text for _, line in got]
@@ -695,10 +700,7 @@ def test_live_systemd_guest_runs_the_script(tmp_path: Path) -> None:
     finally:
         cap.send_signal(signal.SIGTERM)
         cap.wait(timeout=30)
-    serial = serial_file.read_text(errors="replace")
-    report = steps_file.read_text(errors="replace") if steps_file.exists() else ""
-    assert "KPR-DONE" in report and "KPR-TIMEOUT" not in report, report[-3000:] + serial[-3000:]
-    steps = _steps(report)
+    _, steps = _guest_steps(serial_file, steps_file)
     texts = [line.text for _, _, line in _received(capture)]
 
     rc, out = steps["install1"]
