@@ -74,6 +74,9 @@ class OmprogConfig:
     #: a ``received`` time further ahead of our clock than this is replaced by our clock
     #: (a forged line or rsyslog's clock jumping must not keep a report open forever)
     max_clock_skew: float = 5.0
+    #: lines answered and not yet processed, in a file of this size (omprog-ring): the reader
+    #: waits for room when the processor is this far behind, and rsyslog queues the rest
+    ring_bytes: int = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +423,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"udp.workers: {cfg.udp.workers} must be 1-64")
     if cfg.omprog.max_line_bytes < 65536:
         raise ConfigError("omprog.max_line_bytes: must be at least 65536")
+    if cfg.omprog.ring_bytes < 2 * cfg.omprog.max_line_bytes + 64 or cfg.omprog.ring_bytes % 8:
+        raise ConfigError("omprog.ring_bytes: must be a multiple of 8 and hold two of the longest lines "
+                          "(2 * omprog.max_line_bytes + 64)")
     if cfg.omprog.max_clock_skew <= 0:
         raise ConfigError("omprog.max_clock_skew: must be > 0")
     if cfg.udp.rcvbuf < 65536:

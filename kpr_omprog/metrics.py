@@ -58,6 +58,7 @@ COUNTERS = {
     "summaries_dropped": "Folded reports whose summary was pushed out by rate_limit.max_held",
     "journal_failures": "Journal writes that failed (disk full or journal_cap_bytes)",
     "clock_clamped": "omprog receive times too far ahead or behind, replaced by the receiver's clock",
+    "ring_waits": "Times the omprog reader found its ring full (omprog.ring_bytes) and waited for the processor",
     "symbolization_hits": "Reports given source lines from the crashing kernel's debug files",
     "symbolization_misses": ("Reports with addresses but no source lines (no debug files for the release, "
                              "or none matched)"),

@@ -165,13 +165,22 @@ def state_dir_holder(folder: str) -> str | None:
     return None
 
 
-def _lock_state_dir(folder: str, wait: float = 5.0) -> int:
+def make_state_dir(folder: str) -> None:
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        except PermissionError as e:
+            raise StoreError(f"{folder}: cannot create ({e.strerror}): {_WRITABLE}", set_state_dir=True) from None
+
+
+def lock_state_dir(folder: str, name: str = "lock", wait: float = 5.0) -> int:
     """One receiver per state directory: two would journal and replay each other's open
     reports. Waits a little for a predecessor that is still shutting down (rsyslog starts
-    the next program about a second after the last one ended)."""
+    the next program about a second after the last one ended). The lock is the open file's:
+    a child forked with it holds it too, until both have exited."""
     import fcntl
 
-    path = os.path.join(folder, "lock")
+    path = os.path.join(folder, name)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except PermissionError as e:
@@ -215,14 +224,10 @@ class Store:
     def __init__(self, path: str, disk_cap_bytes: int = 1 << 30, dead_retention: float = 7 * 86400.0,
                  exclusive: bool = False) -> None:
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            try:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
-            except PermissionError as e:
-                raise StoreError(f"{folder}: cannot create ({e.strerror}): {_WRITABLE}", set_state_dir=True) from None
+        make_state_dir(folder)
         self._lock_fd: int | None = None
         if exclusive:
-            self._lock_fd = _lock_state_dir(folder)
+            self._lock_fd = lock_state_dir(folder)
         self.path = path
         self.disk_cap_bytes = disk_cap_bytes
         self.dead_retention = dead_retention

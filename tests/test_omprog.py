@@ -11,6 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from kpr_omprog.config import OmprogConfig
+from kpr_omprog.sources.line_ring import LineRing
 from kpr_omprog.store import Store
 from tests.rsyslogd import Rsyslogd
 from tests.senders import capture, play
@@ -130,24 +134,37 @@ def test_a_line_answered_but_not_processed_is_processed_at_the_next_start(tmp_pa
                          env=dict(os.environ, KPR_TEST_STALL_ON=target, KPR_TEST_STALLED=str(stalled)))
     try:
         assert p.stdout is not None and p.stdout.readline() == b"OK\n"
-        send(p, lines[:cut + 1])  # the last OK is the stalled line's
+        # The reader answers while the processor stands still: five lines after the stalled one are answered too.
+        send(p, lines[:cut + 6])
         deadline = time.monotonic() + 15
         while not stalled.exists():
             assert time.monotonic() < deadline and p.poll() is None, "the receiver never reached the stalled line"
             time.sleep(0.01)
-        assert (tmp_path / "omprog-inflight").read_bytes().startswith(b"P" + lines[cut])
+        assert ring_entries(tmp_path) == [x.rstrip(b"\n") for x in lines[cut:cut + 6]]
     finally:
         p.kill()
         p.wait()
     p = start(tmp_path)
-    send(p, lines[cut + 1:])
+    send(p, lines[cut + 6:])
     assert p.stdin is not None
     p.stdin.close()
     assert p.wait(15) == 0
     [r] = stored(tmp_path)
     assert r["title"] == "kernel BUG in lkdtm_BUG"
     assert r["event_id"] == clean_event_id(lines, tmp_path / "clean")
-    assert (tmp_path / "omprog-inflight").read_bytes()[:1] == b"D"
+    assert ring_entries(tmp_path) == []
+
+
+def ring_entries(state: Path) -> list[bytes]:
+    """The lines answered and not processed (the ring's entries past its consumed mark)."""
+    ring = LineRing(str(state / "omprog-ring"), OmprogConfig().ring_bytes)
+    try:
+        out = []
+        while (entry := ring.get()) is not None:
+            out.append(entry[1])
+        return out
+    finally:
+        ring.close()
 
 
 def test_a_kill_after_any_ok_changes_no_event_id(tmp_path: Path) -> None:
@@ -191,9 +208,15 @@ sys.exit(main())
 """
 
 
-def test_a_line_that_killed_the_receiver_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["ring", "older version's in-flight file"])
+def test_a_line_that_killed_the_receiver_is_dropped_not_retried_forever(tmp_path: Path, where: str) -> None:
     poison = json.dumps({"ip": "10.5.0.9", "received": "2026-11-24T10:00:00+00:00", "raw": "POISON\n"}).encode()
-    (tmp_path / "omprog-inflight").write_bytes(b"P" + poison + b"\n")
+    if where == "ring":
+        ring = LineRing(str(tmp_path / "omprog-ring"), OmprogConfig().ring_bytes)
+        assert ring.put(poison)
+        ring.close()
+    else:
+        (tmp_path / "omprog-inflight").write_bytes(b"P" + poison + b"\n")
     p = subprocess.Popen([sys.executable, "-c", POISONED, "omprog", "--state-dir", str(tmp_path), "--log-format",
                           "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout is not None and p.stdout.readline() == b"OK\n"
@@ -202,7 +225,7 @@ def test_a_line_that_killed_the_receiver_is_dropped_not_retried_forever(tmp_path
     assert p.wait(15) == 0
     assert b"omprog_inflight_failed" in p.stderr.read()  # type: ignore[union-attr]
     assert [r["title"] for r in stored(tmp_path)] == ["kernel panic: sysrq triggered crash"]
-    assert (tmp_path / "omprog-inflight").read_bytes()[:1] == b"D"
+    assert ring_entries(tmp_path) == [] and not (tmp_path / "omprog-inflight").exists()
 
 
 def test_real_rsyslogd_with_shipped_dropin(tmp_path: Path) -> None:
@@ -238,6 +261,10 @@ def test_sighup_reloads_config_and_is_never_fatal(tmp_path: Path) -> None:
     send(p, lines[:100])
     p.send_signal(signal.SIGHUP)
     send(p, lines[100:200])
+    deadline = time.monotonic() + 15  # the processor takes the signal between lines, after the reader's OKs
+    while b"config_reloaded" not in (tmp_path / "err.log").read_bytes():
+        assert time.monotonic() < deadline and p.poll() is None, "SIGHUP never reloaded the config"
+        time.sleep(0.01)
     conf.write_text("log_level = \"loud\"\n")  # broken: the running config stays
     p.send_signal(signal.SIGHUP)
     send(p, lines[200:])

@@ -6,20 +6,29 @@ surrogateescape, which gives back the datagram byte for byte.
 
 ``OK`` is written only once a line is safe, and as early as that: rsyslog sends the
 next line only after it (one line in flight, no batching), so the time between a
-line and its ``OK`` is what limits the rate. Each line is first written to a small
-in-flight file (one ``pwrite``), answered, then processed, and the file is marked
-done; a receiver killed in between processes the line from that file on its next
-start. Processing journals the datagrams of open crash reports (see
-:class:`kpr_omprog.runtime.Intake`), so every acknowledged line survives a
-``kill -9``. stdout carries the protocol only; anything else printing there (a hook)
-is sent to stderr.
+line and its ``OK`` is what limits the rate. So the receiver is two processes:
+
+- the *reader* (forked at the start) stores each line in a ring in a file
+  (:class:`kpr_omprog.sources.line_ring.LineRing`, ``omprog-ring``) and answers ``OK``,
+  a few microseconds a line, nothing else;
+- the *processor* (the process rsyslog started) takes the lines from the ring in
+  order, parses them, feeds the assembler, journals the datagrams of open crash
+  reports (see :class:`kpr_omprog.runtime.Intake`) and marks them consumed.
+
+A ``kill -9`` of either loses no answered line: the next start replays the journal,
+then processes what the ring holds past its consumed mark. The processor runs on
+another CPU while the reader waits for rsyslog; when it falls ``omprog.ring_bytes``
+behind, the reader waits for room and rsyslog queues. The reader dies with the
+processor (``PR_SET_PDEATHSIG``) and the processor stops when the reader's end of a
+pipe closes (stdin ended, or the reader died); a lock file held by both keeps a next
+receiver from starting before both are gone. stdout carries the protocol only (the
+reader's); anything else printing there (a hook) is sent to stderr.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import select
 import signal
@@ -34,6 +43,9 @@ from ..config import Config, ConfigError, load
 from ..hooks import Parsers
 from ..logs import configure, get_logger, worth_logging
 from ..runtime import Intake, metrics_path, open_journal, open_runtime
+from ..store import lock_state_dir, make_state_dir
+from .line_ring import TOO_LONG, LineRing, RingError
+from .workers import _die_with_parent
 
 __all__ = ["parse_omprog_line", "run_omprog"]
 
@@ -44,70 +56,17 @@ class MalformedLine(ValueError):
     pass
 
 
-class InFlight:
-    """The one line answered but not yet processed, in a file: ``P`` + line + ``\n``, or ``D`` once done.
-
-    >>> import tempfile, os
-    >>> f = InFlight(os.path.join(tempfile.mkdtemp(), "inflight"))
-    >>> f.hold(b'{"ip": "10.0.0.1", "raw": "x"}'); f.take()
-    b'{"ip": "10.0.0.1", "raw": "x"}'
-    >>> f.done(); f.take() is None
-    True
-    >>> f.hold(b"a much longer line than the next"); f.hold(b"short"); f.take()
-    b'short'
-
-    Written through a shared memory map of the file, not ``pwrite``: a store into a
-    ``MAP_SHARED`` page is a store into the page cache itself, so what it holds is what
-    ``pwrite`` would have left there, at no system call (0.4 against 2.2 us a line for
-    hold + done on the benchmark VM; the receiver makes both calls for every line rsyslog
-    sends it one at a time).
-
-    Why this is as safe against ``kill -9`` as ``pwrite``: a killed process's stores are
-    not undone, whatever the CPU (they leave its store buffer whether or not the process
-    lives on); only the ones it had not executed yet are missing. ``hold()`` runs to the
-    end before the ``OK`` write (a system call, in program order after it), so an ``OK``
-    rsyslog read means every byte of the line and its ``P`` are in the page cache, and the
-    next start's ``take()`` (a ``pread`` of that page cache) finds them. A kill inside
-    ``hold()`` can leave a half-copied line, never a ``P`` in front of one: the mark is
-    cleared first and set last, so ``take()`` sees ``D`` (that line got no ``OK``; rsyslog
-    sends it again) or the whole line. Not a protection against power loss, no more than
-    ``pwrite`` without ``fsync`` was: the journal's promise is the same (see journal.py).
-    The file's blocks are allocated when it is opened, so a full disk fails the start with
-    an error, never a SIGBUS on a store into a page with no block.
-    """
-
-    def __init__(self, path: str, max_line_bytes: int = 1 << 20) -> None:
-        self.path = path
-        self.max_line_bytes = max_line_bytes
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        size = max_line_bytes + 2  # "P" + the longest line held + "\n"
-        try:
-            os.posix_fallocate(self._fd, 0, size)
-            self._map = mmap.mmap(self._fd, size)
-        except OSError as e:
-            os.close(self._fd)
-            raise OSError(e.errno, e.strerror, path) from None  # the CLI names the file, one line
-
-    def hold(self, line: bytes) -> None:
-        m, n = self._map, len(line)
-        m[0] = 68  # "D": no line held while it is copied
-        m[1:1 + n] = line
-        m[1 + n] = 10  # "\n" ends it (a longer line held before is cut here)
-        m[0] = 80  # "P", last
-
-    def done(self) -> None:
-        self._map[0] = 68
-
-    def take(self) -> bytes | None:
-        """The line a killed receiver answered but did not process, if any."""
-        data = os.pread(self._fd, self.max_line_bytes + 2, 0)
-        if data[:1] != b"P" or b"\n" not in data:
-            return None
-        return data[1:data.index(b"\n")]
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
+def take_legacy_inflight(path: str) -> bytes | None:
+    """The line an older version (one process, one ``P``-marked line in ``omprog-inflight``)
+    answered and did not process before it stopped, if any: an upgrade loses none."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read((1 << 20) + 2)
+    except OSError:
+        return None
+    if data[:1] != b"P" or b"\n" not in data:
+        return None
+    return data[1:data.index(b"\n")]
 
 
 #: the longest sender address rsyslog writes (an IPv6 address with a zone is shorter)
@@ -193,11 +152,125 @@ _last_received: list[Any] = ["", None]
 
 
 def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, config_path: str | None = None) -> int:
-    # A private handle for the protocol; fd 1 becomes stderr so stray prints cannot corrupt it.
-    ack = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    """Run the two processes (see the module's docstring): the reader is forked first, while
+    this process has no threads, open files or sockets of the runtime; this one processes."""
     stdin = stdin or sys.stdin.buffer
+    make_state_dir(cfg.state_dir)
+    # Held by the reader too (it inherits the open file): a next receiver starts once both are gone.
+    lock = lock_state_dir(cfg.state_dir, "omprog.lock")
+    ring = LineRing(os.path.join(cfg.state_dir, "omprog-ring"), cfg.omprog.ring_bytes)
+    if ring.reset_reason is not None:
+        log.warning("omprog_ring_started_afresh", path=ring.path, why=ring.reset_reason)
+    ring.mark_first_put(unset=True)
+    wake_r, wake_w = os.pipe()  # the reader wakes an idle processor; its end closing says the reader stopped
+    go_r, go_w = os.pipe()  # the processor lets the reader answer once the runtime is open
+    os.set_blocking(wake_w, False)
+    reader = os.fork()
+    if reader == 0:  # pragma: no cover - the child's coverage is not collected; tests drive it through rsyslog's pipes
+        code = 1
+        try:
+            os.close(wake_r)
+            os.close(go_w)
+            code = _read_lines(stdin.fileno(), ring, wake_w, go_r, cfg.omprog.max_line_bytes)
+        except BaseException as e:
+            log.error("omprog_reader_failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            os._exit(code)
+    os.close(wake_w)
+    os.close(go_r)
+    try:
+        return _process(cfg, parsers, config_path, ring, reader, wake_r, go_w)
+    finally:
+        if _reap(reader, 0) is None:
+            os.kill(reader, signal.SIGKILL)  # safe at any point: what it answered is in the ring
+            _reap(reader, None)
+        for fd in (wake_r, lock):
+            os.close(fd)
+        ring.close()
+
+
+def _reap(pid: int, timeout: float | None) -> int | None:
+    """The reader's exit status once it has exited (waiting up to timeout, None: for ever)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG if deadline is not None else 0)
+        except ChildProcessError:
+            return 0
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if deadline is None or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.001)
+
+
+def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> int:  # pragma: no cover - child
+    """The reader: each line into the ring, then its ``OK``. Returns 0 at the end of stdin.
+
+    Worst case for what stdin holds: memory is O(max_line_bytes) (a longer line is dropped as
+    it arrives, its length and first bytes passed on for the processor's log line), and the
+    ring is bounded by omprog.ring_bytes: with no room the reader waits, rsyslog queues."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the processor's to take (config reload)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the processor stops us when it stops
+    _die_with_parent()
+    if os.read(go, 1) != b"G":
+        return 0  # the processor could not start: it answers rsyslog and says why
+    os.close(go)
+    write, put = os.write, ring.put
+    write(1, b"OK\n")
+    os.set_blocking(fd, True)
+    buf = b""
+    dropping, dropped_head = 0, b""
+    first = True
+    while True:
+        if b"\n" not in buf:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return 0
+            if dropping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    dropping += len(chunk)
+                    continue
+                _put_waiting(ring, (dropping + nl).to_bytes(8, "little") + dropped_head, TOO_LONG)
+                write(1, b"OK\n")
+                dropping, chunk = 0, chunk[nl + 1:]
+            buf += chunk
+            if b"\n" not in buf:
+                if len(buf) > max_line:
+                    dropping, dropped_head, buf = len(buf), buf[:80], b""
+                continue
+        line, _, buf = buf.partition(b"\n")
+        if first:
+            first = False
+            ring.mark_first_put()
+        if len(line) > max_line:
+            _put_waiting(ring, len(line).to_bytes(8, "little") + line[:80], TOO_LONG)
+        elif not put(line):
+            _put_waiting(ring, line, 0)
+        write(1, b"OK\n")
+        if ring.processor_asleep():
+            try:
+                write(wake, b"w")
+            except BlockingIOError:
+                pass  # wake-ups already wait in the pipe
+
+
+def _put_waiting(ring: LineRing, body: bytes, kind: int) -> None:  # pragma: no cover - child
+    """Put, waiting for the processor to make room (rsyslog holds the next lines meanwhile)."""
+    waited = False
+    while not ring.put(body, kind):
+        if not waited:
+            waited = True
+            n = ring.count_wait()
+            if worth_logging(n):
+                log.warning("omprog_ring_full", count=n, bound="omprog.ring_bytes", backlog_bytes=ring.backlog_bytes(),
+                            what_happens="the reader waits for the processor; rsyslog queues the lines meanwhile")
+        time.sleep(0.001)
+
+
+def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineRing, reader: int, wake: int,
+             go: int) -> int:
     state: dict[str, Any] = {"stop": False, "hup": False}
 
     def on_term(signum: int, frame: object) -> None:
@@ -209,19 +282,38 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGINT, on_term)
-    store, delivery, pipeline = open_runtime(cfg, parsers)
-    journal = open_journal(cfg)
+    try:
+        store, delivery, pipeline = open_runtime(cfg, parsers)
+        journal = open_journal(cfg)
+    except BaseException:
+        os.close(go)  # the reader leaves without a word; the CLI answers the start and says why
+        raise
+    # From here the reader answers rsyslog (stdout is its); anything printing (a hook) goes to stderr.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    os.write(go, b"G")
+    os.close(go)
+    global answered_start
+    answered_start = True
     intake = Intake(pipeline, Assembler(cfg.assembler), journal, metrics_path(cfg), cfg.metrics_interval,
                     resends=True)
+    skew = cfg.omprog.max_clock_skew
+    counts = intake.front_counters  # malformed_input, clock_clamped, ring_waits: also in the metrics file
+    # Lines the last receiver answered and did not process: the ring's up to here, and an
+    # older version's in-flight line. Processed after the journal's replay, each on its own:
+    # one that killed the last receiver must not kill every next one.
+    recovered_until = ring.written()
+    legacy_path = os.path.join(cfg.state_dir, "omprog-inflight")
+    legacy = take_legacy_inflight(legacy_path)
     intake.recover(time.time())
-    max_line, skew = cfg.omprog.max_line_bytes, cfg.omprog.max_clock_skew
-    inflight = InFlight(os.path.join(cfg.state_dir, "omprog-inflight"), max_line)
     # The assembler runs on the datagrams' receive times. While stdin is idle that clock
     # moves on with real time from the last line, so a backlog rsyslog replays after a
     # restart (old receive times) is cut by its own timing, not closed line by line.
     last_at: float | None = intake.last_at
     last_mono = time.monotonic()
-    counts = intake.front_counters  # malformed_input, clock_clamped: also in the metrics file
 
     def clock() -> float:
         return time.time() if last_at is None else last_at + (time.monotonic() - last_mono)
@@ -263,110 +355,105 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
         last_at = at if last_at is None or at < last_at - 3600 else max(at, last_at)
         last_mono = time.monotonic()
 
-    pending = inflight.take()
-    if pending is not None:
-        # Answered by a receiver killed before it processed the line: rsyslog will not resend it.
-        log.info("omprog_inflight_recovered", first_bytes=pending[:80].decode("utf-8", "replace"))
+    def recovered(line: bytes, where: str) -> None:
+        log.info("omprog_inflight_recovered", where=where, first_bytes=line[:80].decode("utf-8", "replace"))
         try:
-            process(pending)
+            process(line)
         except Exception as e:
-            # Whatever killed the last receiver on this line must not kill every next one.
-            log.exception("omprog_inflight_failed", error=repr(e), first_bytes=pending[:80].decode("utf-8", "replace"),
+            log.exception("omprog_inflight_failed", error=repr(e), first_bytes=line[:80].decode("utf-8", "replace"),
                           why="the line is dropped so that rsyslog's queue moves on")
-        inflight.done()
-    ack.write(b"OK\n")
-    global answered_start
-    answered_start = True
-    log.info("omprog_started", pid=os.getpid(), dsn_set=bool(cfg.dsn), routes=len(cfg.routes),
-             state_dir=cfg.state_dir)
-    fd = stdin.fileno()
-    os.set_blocking(fd, False)
-    buf = b""
-    # A line over max_line_bytes is dropped as it arrives: memory stays O(max_line_bytes)
-    # whatever stdin holds; dropping > 0 while its rest is being skipped.
-    dropping, dropped_head = 0, b""
+
+    if legacy is not None:
+        recovered(legacy, legacy_path)
+    if os.path.exists(legacy_path):
+        os.unlink(legacy_path)
+    log.info("omprog_started", pid=os.getpid(), reader_pid=reader, dsn_set=bool(cfg.dsn), routes=len(cfg.routes),
+             state_dir=cfg.state_dir, lines_recovered_bytes=ring.backlog_bytes())
     next_tick = 0.0
     lines = 0
     first_line_at = 0.0
-    held = False  # a line is held in the in-flight file and not yet marked done
+    reader_status: int | None = None
     try:
-        while not state["stop"]:
+        while True:
             if state["hup"]:
                 state["hup"] = False
                 _reload(config_path)
-            if b"\n" not in buf:
-                try:
-                    # Under load the next line is already waiting (it came while the last one
-                    # was processed): read it without a select() first.
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    if held:
-                        # Idle: the line just processed is marked done. Under load the next
-                        # line's hold() overwrites it instead, one write a line fewer.
-                        inflight.done()
-                        held = False
-                    deadline = intake.assembler.next_deadline()
-                    timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - clock()))
-                    try:
-                        ready, _, _ = select.select([fd], [], [], timeout)
-                    except InterruptedError:
-                        continue
-                    if not ready:
-                        intake.expire(clock())
-                    continue
-                if not chunk:
-                    break
-                if dropping:
-                    nl = chunk.find(b"\n")
-                    if nl < 0:
-                        dropping += len(chunk)
-                        continue
-                    skipped(f"longer than omprog.max_line_bytes ({max_line})", dropped_head, dropping + nl)
-                    ack.write(b"OK\n")
-                    dropping, chunk = 0, chunk[nl + 1:]
-                buf += chunk
-                if b"\n" not in buf:
-                    if len(buf) > max_line:
-                        dropping, dropped_head, buf = len(buf), buf[:80], b""
-                    continue
-            line, _, buf = buf.partition(b"\n")
-            if len(line) > max_line:
-                skipped(f"longer than omprog.max_line_bytes ({max_line})", line, len(line))
-                ack.write(b"OK\n")
+            try:
+                entry = ring.get()
+            except RingError as e:
+                log.error("omprog_ring_unreadable", error=str(e), backlog_bytes=ring.backlog_bytes(),
+                          what_happens="the lines the ring held are dropped")
+                ring.reset()
                 continue
-            lines += 1
-            if lines == 1:
-                first_line_at = time.time()
-            inflight.hold(line)
-            held = True
-            ack.write(b"OK\n")
-            process(line)
-            if last_mono >= next_tick:
-                # Under steady input select() never times out: summaries of rate-limited
-                # reports and outbox retries run here, once a second.
-                next_tick = last_mono + 1.0
+            if entry is not None:
+                kind, body = entry
+                if kind == TOO_LONG:
+                    skipped(f"longer than omprog.max_line_bytes ({cfg.omprog.max_line_bytes})", body[8:],
+                            int.from_bytes(body[:8], "little"))
+                else:
+                    lines += 1
+                    if lines == 1:
+                        first_line_at = time.time()
+                    if ring.got() <= recovered_until:
+                        recovered(body, ring.path)
+                    else:
+                        process(body)
+                ring.consume()
+                if last_mono >= next_tick:
+                    # Under steady input the processor never waits: summaries of rate-limited
+                    # reports and outbox retries run here, once a second.
+                    next_tick = last_mono + 1.0
+                    counts["ring_waits"] = ring.waits()
+                    intake.expire(clock())
+                continue
+            if reader_status is not None:
+                break  # the reader is gone and every line it answered is processed
+            if state["stop"]:
+                os.kill(reader, signal.SIGKILL)  # lines it answered are in the ring: processed below
+                reader_status = _reap(reader, None)
+                continue
+            # Nothing to do: sleep until a line, a deadline, or a second. The reader may miss the
+            # flag set just before its check (no memory barrier in Python): the 50 ms cap bounds that.
+            ring.sleep_flag(True)
+            if ring.pending():
+                ring.sleep_flag(False)
+                continue
+            deadline = intake.assembler.next_deadline()
+            timeout = 0.05 if deadline is None else max(0.0, min(0.05, deadline - clock()))
+            ready, _, _ = select.select([wake], [], [], timeout)
+            ring.sleep_flag(False)
+            if ready and not os.read(wake, 4096):
+                reader_status = _reap(reader, None)  # its end of the pipe closed: stdin ended, or it died
+                if reader_status != 0 and not state["stop"]:
+                    log.error("omprog_reader_died", status=reader_status,
+                              what_happens="the lines it answered are processed, then the receiver exits for rsyslog "
+                                           "to start it again")
+                continue
+            mono = time.monotonic()
+            if mono >= next_tick or (deadline is not None and deadline <= clock()):
+                next_tick = mono + 1.0
+                counts["ring_waits"] = ring.waits()
                 intake.expire(clock())
         intake.shutdown(clock())
-        if held:
-            inflight.done()
     finally:
         # process() ends by reading the monotonic clock: the wall time the last line was done
         last_line_at = time.time() - (time.monotonic() - last_mono) if lines else 0.0
+        # A burst's rate runs from the reader's first line (the processor may start on it later)
+        first_line_at = min(first_line_at, ring.first_put_at() or first_line_at)
         # Open reports stay in the journal: the next start rebuilds them.
         if delivery is not None:
             delivery.stop(2.0)
         pipeline.close()
         store.close()
         journal.close()
-        inflight.close()
-        # busy_seconds: first line in to last line processed, so a burst gives the rate lines were taken at
+        # busy_seconds: first line read to last line processed, so a burst gives the rate lines were taken at
         log.info("omprog_stopped", lines=lines, malformed=counts.get("malformed_input", 0),
                  clock_clamped=counts.get("clock_clamped", 0),
                  open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
                  busy_seconds=round(max(0.0, last_line_at - first_line_at), 6),
                  # the span of several shards' bursts is first of the firsts to last of the lasts
                  first_line_at=first_line_at, last_line_at=last_line_at, counters=intake.counters())
-    return 0
+    return 0 if reader_status == 0 or state["stop"] else 1
 
 
 def _reload(path: str | None) -> None:

@@ -9,8 +9,12 @@ and waits for ``OK``. It drives the OK-only program and ``kpr-omprog omprog`` in
 three ways: unpinned (the scheduler places both), both pinned to one CPU, and pinned
 to different CPUs. Prints microseconds per line (the whole round trip) per round, and
 the medians. The pinned rows separate the program's own work (same CPU: the round trip
-is the sum of both sides' work) from the cost of a wake-up on the other CPU. First it
-times the program's work a line after its OK in process, stage by stage.
+is the sum of both sides' work) from the cost of a wake-up on the other CPU. A fourth
+placement, "one CPU + 1", pins the driver and kpr-omprog's reader to one CPU and its
+processor to the other: the lockstep pays no wake-up across CPUs (as on a machine
+whose idle CPUs wake fast), and the round trip is the reader's work beside the OK-only
+program's. First it times the program's work a line after its OK in process, stage by
+stage.
 """
 
 from __future__ import annotations
@@ -97,6 +101,24 @@ def stages(path: str) -> dict[str, float]:
             "assembler": 1e6 * in_asm / n, "journal write": 1e6 * flush / n}
 
 
+# kpr-omprog with its reader on one CPU and its processor (the process that forks the
+# reader) moved to another right after the fork: argv[1] and argv[2] are the CPUs.
+SPLIT_PINNED = """
+import os, sys
+reader_cpu, processor_cpu = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+os.sched_setaffinity(0, {reader_cpu})
+fork = os.fork
+def pinned_fork():
+    pid = fork()
+    if pid:
+        os.sched_setaffinity(0, {processor_cpu})
+    return pid
+os.fork = pinned_fork
+from kpr_omprog.cli import main
+sys.exit(main())
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=30_000)
@@ -114,6 +136,7 @@ def main() -> None:
         if len(cpus) > 1:
             placements["one CPU"] = (cpus[-1], cpus[-1])
             placements["two CPUs"] = (cpus[0], cpus[-1])
+            placements["one CPU + 1"] = (cpus[-1], cpus[-1])
         work: dict[str, list[float]] = {}
         for _ in range(a.rounds):
             for k, v in stages(lines).items():
@@ -127,7 +150,9 @@ def main() -> None:
                     state = tempfile.mkdtemp(dir=tmp)
                     program = ([PY, str(HERE / "ok_sink.py")] if name == "OK-only" else
                                [PY, "-m", "kpr_omprog.cli", "omprog", "--state-dir", state, "--log-format", "json"])
-                    if cpu_program is not None:
+                    if place == "one CPU + 1" and name == "kpr-omprog":
+                        program = [PY, "-c", SPLIT_PINNED, str(cpus[-1]), str(cpus[0]), *program[3:]]
+                    elif cpu_program is not None:
                         program = ["taskset", "-c", str(cpu_program), *program]
                     cmd = [exe, lines, str(a.count), *program]
                     if cpu_driver is not None:

@@ -58,35 +58,42 @@ def received(rs: Rsyslogd) -> int:
 def run(count: int = 60_000, rate: float = 150_000, rounds: int = 3) -> list[Row]:
     """``rounds`` pairs of trials, the OK-only program and ours back to back (the order
     alternating), so each ratio compares two runs a few seconds apart: this VM's speed
-    drifts by 2 x within minutes. The row gives the medians and every round's ratio."""
+    drifts by 2 x within minutes. The row gives the medians and every round's ratio.
+
+    The OK-only program runs twice a round, sleeping in its reads and spinning on them
+    (see ok_sink.py), and the faster is the round's ceiling: on a VM whose idle CPU wakes
+    slowly the sleeping one is far slower than a busy receiver, and would flatter us."""
     sink = [PY, str(HERE / "ok_sink.py")]
+    spinning = [PY, str(HERE / "ok_sink.py"), "--spin"]
     rates: dict[str, list[float]] = {"ok-sink": [], "kpr-omprog": []}
     ratios: list[float] = []
     lost = sink_lost = sent_total = 0
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as state:
             ours_cmd = [PY, "-m", "kpr_omprog.cli", "omprog", "--state-dir", state, "--log-format", "json"]
-            pair = (("ok-sink", sink), ("kpr-omprog", ours_cmd))
-            got_rate = {}
+            pair = (("ok-sink", sink), ("ok-sink --spin", spinning), ("kpr-omprog", ours_cmd))
+            got_rate: dict[str, float] = {}
             for name, cmd in (pair if r % 2 == 0 else pair[::-1]):
                 sent, got, processed, busy = trial(cmd, count, rate)
                 got_rate[name] = got / busy if busy else 0.0
-                rates[name].append(got_rate[name])
+                if name.startswith("ok-sink"):
+                    sink_lost += sent - got
+                    got_rate["ok-sink"] = max(got_rate.get("ok-sink", 0.0), got_rate[name])
                 if name == "kpr-omprog":
                     lost += sent - got
                     sent_total += sent
-                else:
-                    sink_lost += sent - got
                 print(f"  round {r + 1} {name}: sent {sent}, program got {got}, rsyslog processed {processed}, "
                       f"{got_rate[name]:,.0f} lines/s", flush=True)
+            for name in rates:
+                rates[name].append(got_rate[name])
             ratios.append(got_rate["kpr-omprog"] / got_rate["ok-sink"] if got_rate["ok-sink"] else 0.0)
     ours, ceiling = statistics.median(rates["kpr-omprog"]), statistics.median(rates["ok-sink"])
     spread = ", ".join(f"{100 * x:.0f} %" for x in ratios)
     return [Row("2. rsyslog -> omprog: lines/s taken, journaling on (vs OK-only program = ceiling B)",
                 ours, ceiling, "lines/s", ">= 80% of ceiling B, zero loss", ours >= 0.8 * ceiling and lost == 0,
                 f"medians of {rounds} rounds; each round's ratio: {spread}; ours {min(rates['kpr-omprog']):,.0f}"
-                f"-{max(rates['kpr-omprog']):,.0f}, ceiling {min(rates['ok-sink']):,.0f}-"
-                f"{max(rates['ok-sink']):,.0f} lines/s; lost {lost} of {sent_total} "
+                f"-{max(rates['kpr-omprog']):,.0f}, ceiling (the faster OK-only program, sleeping or spinning) "
+                f"{min(rates['ok-sink']):,.0f}-{max(rates['ok-sink']):,.0f} lines/s; lost {lost} of {sent_total} "
                 f"(ceiling runs lost {sink_lost})")]
 
 
