@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,3 +279,114 @@ def test_sighup_reloads_config_and_is_never_fatal(tmp_path: Path) -> None:
     assert "log_level" in failed["error"]
     [r] = stored(tmp_path)
     assert r["title"] == "kernel panic: sysrq triggered crash"
+
+
+def reader_pid(p: subprocess.Popen[bytes]) -> int:
+    """The reader the receiver forked (its one child)."""
+    [child] = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    return int(child)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_reader_dies_with_the_processor_and_the_processor_with_the_reader(tmp_path: Path) -> None:
+    lines = omprog_lines("lkdtm-BUG_ext_oopspanic")
+    cut = next(i for i, x in enumerate(lines) if b"cut here" in x) + 10
+    # The processor killed: the reader must not go on answering lines nobody processes.
+    p = start(tmp_path)
+    send(p, lines[:cut])
+    reader = reader_pid(p)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 15
+    while not gone(reader):
+        assert time.monotonic() < deadline, "the reader outlived the processor"
+        time.sleep(0.01)
+    # The reader killed: the processor processes what it answered, then exits for rsyslog to start it again.
+    err = tmp_path / "err.log"
+    with open(err, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(tmp_path),
+                              "--log-format", "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f)
+    assert p.stdout is not None and p.stdout.readline() == b"OK\n"
+    send(p, lines[cut:cut + 10])
+    os.kill(reader_pid(p), signal.SIGKILL)
+    try:
+        assert p.wait(15) == 1
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert b'"omprog_reader_died"' in err.read_bytes(), err.read_text()
+    p = start(tmp_path)
+    send(p, lines[cut + 10:])
+    p.stdin.close()  # type: ignore[union-attr]
+    assert p.wait(15) == 0
+    [r] = stored(tmp_path)
+    assert r["event_id"] == clean_event_id(lines, tmp_path / "clean")
+
+
+HELD = """
+import os, sys, time
+from kpr_omprog import runtime
+feed = runtime.Intake.feed
+def held(self, data, *args):  # the processor stands still while a file exists (a slow disk, a slow hook)
+    while os.path.exists(os.environ["KPR_TEST_HOLD"]):
+        time.sleep(0.01)
+    return feed(self, data, *args)
+runtime.Intake.feed = held
+from kpr_omprog.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_full_ring_makes_the_reader_wait_and_loses_nothing(tmp_path: Path) -> None:
+    # omprog.ring_bytes is the bound: with the processor held, the reader answers until the
+    # ring is full, then waits (rsyslog keeps the rest queued), says so, and counts it.
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'state_dir = "{tmp_path}"\n[omprog]\nmax_line_bytes = 65536\nring_bytes = 131136\n')
+    hold = tmp_path / "hold"
+    hold.touch()
+    lines = omprog_lines("lkdtm-BUG_ext_oopspanic")
+    lines += [json.dumps({"ip": "10.5.0.7", "received": "2026-11-24T10:00:00+00:00",
+                          "raw": f"[ 1.{i:06d}] noise line {i} " + "x" * 400 + "\n"}).encode() + b"\n"
+              for i in range(400)]
+    p = subprocess.Popen([sys.executable, "-c", HELD, "omprog", "--config", str(conf), "--log-format", "json"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, KPR_TEST_HOLD=str(hold)))
+    try:
+        assert p.stdin is not None and p.stdout is not None and p.stdout.readline() == b"OK\n"
+        answered = 0
+        os.set_blocking(p.stdout.fileno(), False)
+        for line in lines:
+            p.stdin.write(line)
+            p.stdin.flush()
+            deadline = time.monotonic() + 2  # a wait for an OK that must not come: the ring is full
+            while (got := p.stdout.read(3)) is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if got is None:
+                break
+            assert got == b"OK\n"
+            answered += 1
+        assert 100 < answered < len(lines), f"{answered} lines answered into a ring of 128 KiB"
+        hold.unlink()  # the processor moves: room, the OK comes, the rest follows
+        os.set_blocking(p.stdout.fileno(), True)
+        assert p.stdout.readline() == b"OK\n"
+        send(p, lines[answered + 1:])
+        p.stdin.close()
+        assert p.wait(15) == 0
+        err = p.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    stop = next(json.loads(x) for x in err.splitlines() if b'"omprog_stopped"' in x)
+    assert stop["lines"] == len(lines)
+    assert b'"omprog_ring_full"' in err
+    [waits] = re.findall(r"\nkpr_omprog_ring_waits_total (\S+)\n", (tmp_path / "metrics.prom").read_text())
+    assert float(waits) >= 1  # the line that found no room, and any after it while the processor caught up
+    assert [r["title"] for r in stored(tmp_path)] == ["kernel BUG in lkdtm_BUG"]

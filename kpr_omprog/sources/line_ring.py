@@ -93,10 +93,9 @@ class LineRing:
                 self.reset_reason = "not a ring file of this version"
             elif not 0 <= old[_W_WRITTEN] - old[_W_CONSUMED] <= old[_W_SIZE]:
                 self.reset_reason = "its positions are inconsistent"
-            elif old[_W_SIZE] != size and old[_W_WRITTEN] != old[_W_CONSUMED]:
-                size = old[_W_SIZE]  # lines wait in it: resized once it is empty, at a later start
-            elif old[_W_SIZE] == size:
-                self._map(size)
+            elif old[_W_SIZE] == size or old[_W_WRITTEN] != old[_W_CONSUMED]:
+                # (Of another size while lines wait in it: resized once it is empty, at a later start.)
+                self._map(old[_W_SIZE])
                 return
         # The blocks are allocated now: a full disk fails the start, never a SIGBUS on a store.
         os.ftruncate(self._fd, 0)

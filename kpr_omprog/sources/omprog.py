@@ -434,6 +434,7 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
                 next_tick = mono + 1.0
                 counts["ring_waits"] = ring.waits()
                 intake.expire(clock())
+        counts["ring_waits"] = ring.waits()
         intake.shutdown(clock())
     finally:
         # process() ends by reading the monotonic clock: the wall time the last line was done
