@@ -76,7 +76,7 @@ class OmprogConfig:
     max_clock_skew: float = 5.0
     #: lines answered and not yet processed, in a file of this size (omprog-ring): the reader
     #: waits for room when the processor is this far behind, and rsyslog queues the rest
-    ring_bytes: int = 4 << 20
+    ring_bytes: int = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)

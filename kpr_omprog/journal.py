@@ -6,8 +6,10 @@ the burst it came in (UDP), and replayed through a fresh assembler on the next s
 
 One store per batch into a shared memory map of the file, no system call and no
 transaction: a store into a ``MAP_SHARED`` page is a store into the page cache itself,
-and a process killed at any moment leaves every store it executed there (the argument
-in full is :class:`kpr_omprog.sources.omprog.InFlight`'s), the same guarantee ``write()``
+and a process killed at any moment leaves every store it executed there (a killed
+process's stores are not undone, whatever the CPU: they leave its store buffer whether or
+not it lives on; only the ones it had not executed yet are missing; the omprog reader's
+ring, :mod:`kpr_omprog.sources.line_ring`, rests on the same), the same guarantee ``write()``
 gave (and SQLite's ``synchronous=NORMAL`` before it) at a fraction of the cost: the
 ``write()`` was a third of the journal's time a line in omprog mode. A power cut may lose
 the tail, as before. Each batch is one frame with a checksum, so a torn tail (a power cut)

@@ -2,7 +2,7 @@
 
 Under rsyslog the sharded drop-in runs one ``kpr-omprog omprog --shard K`` per omprog
 action; ``hash64mod(sender ip, N)`` picks the action, so every line of a host reaches
-the same process. Shard K keeps its journal, in-flight file, outbox and metrics in
+the same process. Shard K keeps its journal, ring of answered lines, outbox and metrics in
 ``<state_dir>/shard-K``: each process holds its own directory's lock, and no two
 processes ever write one SQLite file or hand out one outbox row (see README, "A
 fleet"). ``kpr-omprog reports``, ``show`` and ``status`` read every shard's outbox::

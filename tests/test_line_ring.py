@@ -71,23 +71,30 @@ def test_too_long_marks_and_empty_lines_keep_their_kind(tmp_path: Path) -> None:
     assert ring.get() == (0, b"")
 
 
-def test_a_resize_waits_until_the_ring_is_empty(tmp_path: Path) -> None:
+def test_a_new_size_takes_the_waiting_lines_along_or_waits_until_they_fit(tmp_path: Path) -> None:
     path = str(tmp_path / "ring")
     ring = LineRing(path, 1024)
-    ring.put(b"waiting")
+    for i in range(20):
+        ring.put(b"line %02d waiting" % i)  # 8 + 16 bytes each: 480 bytes
+    ring.get()
+    ring.consume()
     ring.close()
-    kept = LineRing(path, 4096)  # a new omprog.ring_bytes: the old size holds a line still
-    assert kept.size == 1024 and drain(kept) == [b"waiting"]
-    kept.consume()
-    kept.close()
-    resized = LineRing(path, 4096)
-    assert resized.size == 4096 and resized.get() is None
-    assert os.path.getsize(path) == 4096 + 4096
+    smaller = LineRing(path, 128)  # a new omprog.ring_bytes too small for what waits: kept as it is
+    assert smaller.size == 1024 and os.path.getsize(path) == 4096 + 1024
+    smaller.close()
+    larger = LineRing(path, 4096)  # copied into a ring of the new size, renamed over the old
+    assert larger.size == 4096 and os.path.getsize(path) == 4096 + 4096 and not os.path.exists(path + ".new")
+    assert drain(larger) == [b"line %02d waiting" % i for i in range(1, 20)]
+    larger.consume()
+    larger.close()
+    empty = LineRing(path, 2048)  # nothing waits: simply started at the new size
+    assert empty.size == 2048 and empty.reset_reason is None and empty.get() is None
 
 
 @pytest.mark.parametrize("content, why", [
-    (b"P{\"ip\": \"10.0.0.1\"}\n", None),  # shorter than a head: a fresh file, no reason to give
+    (b"P{\"ip\": \"10.0.0.1\"}\n", "shorter than its head"),
     (b"\x00" * 8192, "not a ring file of this version"),
+    (b"KPRRING1" + (8).to_bytes(8, "little") + b"\x00" * (4096 + 8 - 16), "not a ring file of this version"),
     (b"KPRRING1" + (64).to_bytes(8, "little") + b"\x00" * (4096 + 64 - 16), None),  # an empty ring: kept
 ])
 def test_a_foreign_or_damaged_file_is_started_afresh(tmp_path: Path, content: bytes, why: str | None) -> None:

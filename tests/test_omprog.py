@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -390,3 +391,71 @@ def test_a_full_ring_makes_the_reader_wait_and_loses_nothing(tmp_path: Path) -> 
     [waits] = re.findall(r"\nkpr_omprog_ring_waits_total (\S+)\n", (tmp_path / "metrics.prom").read_text())
     assert float(waits) >= 1  # the line that found no room, and any after it while the processor caught up
     assert [r["title"] for r in stored(tmp_path)] == ["kernel BUG in lkdtm_BUG"]
+
+
+def test_sigterm_stops_the_receiver_while_lines_keep_coming(tmp_path: Path) -> None:
+    # Lines are written without waiting for their OKs (as fast as the reader takes them), so
+    # the ring is never empty: the stop must not wait for a pause in the input.
+    err = tmp_path / "err.log"
+    block = b"".join(json.dumps({"ip": f"10.5.{i % 200}.8", "received": "2026-11-24T10:00:00+00:00",
+                                 "raw": f"[ 2.{i:06d}] noise line {i}\n"}).encode() + b"\n" for i in range(1000))
+    with open(err, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(tmp_path),
+                              "--log-format", "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f)
+    assert p.stdin is not None and p.stdout is not None
+    stdin, stopping = p.stdin, threading.Event()
+
+    def pump() -> None:  # for 20 s at most, then the end of input (which stops any receiver)
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline and not (stopping.is_set() and p.poll() is not None):
+                stdin.write(block)
+                stdin.flush()
+            stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=pump)
+    writer.start()
+    oks = 0
+    try:
+        while oks < 20_000:
+            chunk = os.read(p.stdout.fileno(), 65536)
+            assert chunk, "the receiver stopped answering"
+            oks += chunk.count(b"OK\n")
+        p.send_signal(signal.SIGTERM)
+        stopping.set()
+        sent = time.monotonic()
+        while chunk := os.read(p.stdout.fileno(), 65536):
+            oks += chunk.count(b"OK\n")
+        assert p.wait(15) == 0
+        assert time.monotonic() - sent < 10, "SIGTERM waited for the input to end"
+    finally:
+        stopping.set()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        writer.join()
+        if not stdin.closed:
+            stdin.close()
+    stop = next(json.loads(x) for x in err.read_bytes().splitlines() if b'"omprog_stopped"' in x)
+    # every line answered before the stop was processed (one more if the reader was stopped between the two)
+    assert oks - 1 <= stop["lines"] <= oks
+
+
+def test_lines_that_wait_on_stdin_at_the_start_are_new_lines_not_recovered_ones(tmp_path: Path) -> None:
+    lines = omprog_lines("sysrq-c_classic")
+    err = tmp_path / "err.log"
+    with open(err, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "kpr_omprog.cli", "omprog", "--state-dir", str(tmp_path),
+                              "--log-format", "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f)
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(b"".join(lines))  # there before the receiver reads anything (rsyslog's queue after a restart)
+    p.stdin.close()
+    assert p.stdout.read().count(b"OK\n") == len(lines) + 1
+    assert p.wait(15) == 0
+    log = [json.loads(x) for x in err.read_bytes().splitlines() if x.startswith(b"{")]
+    started = next(x for x in log if x["event"] == "omprog_started")
+    assert started["recovered_bytes"] == 0
+    assert not [x for x in log if x["event"].startswith("omprog_inflight")]
+    assert [r["title"] for r in stored(tmp_path)] == ["kernel panic: sysrq triggered crash"]

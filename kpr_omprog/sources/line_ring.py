@@ -20,7 +20,7 @@ True
 Layout: a 4 KiB head, then ``size`` bytes of entries. The head holds 8-byte words: a
 magic number, the size, *written* (bytes ever put, the reader's) and *consumed* (bytes
 ever consumed, the processor's), the processor's "asleep" flag, the reader's count of
-waits for room and the time of its first line (for the stop's figures). An entry is an
+waits for room and the times of its first and last lines (for the stop's figures). An entry is an
 8-byte head (4-byte length, bit 31 marking a line dropped as too long; 4-byte CRC-32 of
 the body seeded with the entry's position), the body, padding to 8 bytes; a length of
 all ones (its second word the position's tag) says the next entry is at the ring's start.
@@ -54,7 +54,7 @@ __all__ = ["TOO_LONG", "LineRing", "RingError"]
 
 _MAGIC = int.from_bytes(b"KPRRING1", "little")  # what a zeroed, older or foreign file lacks
 _HEAD = 4096
-_W_MAGIC, _W_SIZE, _W_WRITTEN, _W_CONSUMED, _W_ASLEEP, _W_WAITS, _W_FIRST_PUT = range(7)
+_W_MAGIC, _W_SIZE, _W_WRITTEN, _W_CONSUMED, _W_ASLEEP, _W_WAITS, _W_FIRST_PUT, _W_LAST_PUT = range(8)
 _WRAP = 0xFFFFFFFF
 _LONG_BIT = 0x80000000
 #: the kind of an entry for a line dropped as too long: its body is its length (8 bytes) and first bytes
@@ -87,22 +87,56 @@ class LineRing:
 
     def _open(self, size: int) -> None:
         have = os.fstat(self._fd).st_size
-        if have >= _HEAD:
-            old = memoryview(os.pread(self._fd, 48, 0)).cast("Q")
-            if old[_W_MAGIC] != _MAGIC or have != _HEAD + old[_W_SIZE]:
-                self.reset_reason = "not a ring file of this version"
-            elif not 0 <= old[_W_WRITTEN] - old[_W_CONSUMED] <= old[_W_SIZE]:
-                self.reset_reason = "its positions are inconsistent"
-            elif old[_W_SIZE] == size or old[_W_WRITTEN] != old[_W_CONSUMED]:
-                # (Of another size while lines wait in it: resized once it is empty, at a later start.)
-                self._map(old[_W_SIZE])
+        reason = None
+        if 0 < have < _HEAD:
+            reason = "shorter than its head"
+        elif have:
+            old = memoryview(os.pread(self._fd, 64, 0)).cast("Q")
+            old_size, written, consumed = old[_W_SIZE], old[_W_WRITTEN], old[_W_CONSUMED]
+            if old[_W_MAGIC] != _MAGIC or old_size < 64 or old_size % 8 or have != _HEAD + old_size:
+                reason = "not a ring file of this version"
+            elif written % 8 or consumed % 8 or not 0 <= written - consumed <= old_size:
+                reason = "its positions are inconsistent"
+            elif old_size == size:
+                self._map(size)
                 return
+            elif written != consumed:
+                self._map(old_size)
+                self._resize(size)
+                return
+        self.reset_reason = reason
+        self._start_afresh(size)
+
+    def _start_afresh(self, size: int) -> None:
         # The blocks are allocated now: a full disk fails the start, never a SIGBUS on a store.
         os.ftruncate(self._fd, 0)
         os.posix_fallocate(self._fd, 0, _HEAD + size)
         self._map(size)
         self._words[_W_SIZE] = size
         self._words[_W_MAGIC] = _MAGIC
+
+    def _resize(self, size: int) -> None:
+        """omprog.ring_bytes changed while lines wait in the ring: they are copied into a ring
+        of the new size, written beside it and renamed over it (a kill leaves one or the other
+        whole). When they would not fit, the ring keeps its size until it is empty."""
+        entries = []
+        while (entry := self.get()) is not None:
+            entries.append(entry)
+        if sum(8 + ((len(body) + 7) & ~7) for _, body in entries) > size:
+            self._get_at = self._words[_W_CONSUMED]
+            return
+        new_path = self.path + ".new"
+        if os.path.exists(new_path):
+            os.unlink(new_path)
+        new = LineRing(new_path, size)
+        for kind, body in entries:
+            new.put(body, kind)
+        new.close()
+        os.replace(new_path, self.path)
+        self._unmap()
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR)
+        self._map(size)
 
     def _map(self, size: int) -> None:
         self.size = size
@@ -112,7 +146,16 @@ class LineRing:
         self._put_at = self._words[_W_WRITTEN]  # the reader's cursor (its own word)
         self._get_at = self._words[_W_CONSUMED]  # the processor's cursor, ahead of consumed until consume()
 
+    def _unmap(self) -> None:
+        self._words.release()
+        self._heads.release()
+        self._mm.close()
+
     # The reader's side.
+
+    def fits(self, length: int) -> bool:
+        """Whether a body of ``length`` bytes can ever be put (once the processor made room)."""
+        return 8 + ((length + 7) & ~7) <= self.size
 
     def put(self, body: bytes, kind: int = 0) -> bool:
         """Store one entry; False when the processor has not made room for it yet."""
@@ -146,12 +189,20 @@ class LineRing:
             return True
         return False
 
-    def mark_first_put(self, unset: bool = False) -> None:
-        """Note the time of this reader's first line (microseconds): where a burst's rate starts."""
-        self._words[_W_FIRST_PUT] = 0 if unset else int(time.time() * 1e6)
+    def mark_put(self, unset: bool = False) -> None:
+        """Note the time of this reader's last line, and of its first (microseconds): the span
+        the lines were answered in, which the processor's stop reports."""
+        words = self._words
+        if unset:
+            words[_W_FIRST_PUT] = words[_W_LAST_PUT] = 0
+            return
+        words[_W_LAST_PUT] = now = int(time.time() * 1e6)
+        if not words[_W_FIRST_PUT]:
+            words[_W_FIRST_PUT] = now
 
-    def first_put_at(self) -> float:
-        return self._words[_W_FIRST_PUT] / 1e6
+    def put_span(self) -> tuple[float, float]:
+        """When this reader put its first and its last line (0.0, 0.0 before any)."""
+        return self._words[_W_FIRST_PUT] / 1e6, self._words[_W_LAST_PUT] / 1e6
 
     def count_wait(self) -> int:
         self._words[_W_WAITS] += 1
@@ -213,12 +264,10 @@ class LineRing:
         return self._words[_W_WRITTEN] - self._words[_W_CONSUMED]
 
     def reset(self) -> None:
-        """Forget every entry (after a RingError): the file starts afresh."""
-        self._words[_W_CONSUMED] = self._words[_W_WRITTEN]
-        self._get_at = self._put_at = self._words[_W_WRITTEN]
+        """Forget every entry put so far (after a RingError; the reader may go on putting)."""
+        written = self._words[_W_WRITTEN]
+        self._words[_W_CONSUMED] = self._get_at = written
 
     def close(self) -> None:
-        self._words.release()
-        self._heads.release()
-        self._mm.close()
+        self._unmap()
         os.close(self._fd)

@@ -69,6 +69,8 @@ def take_legacy_inflight(path: str) -> bytes | None:
     return data[1:data.index(b"\n")]
 
 
+#: how much lower the processor's priority is than the reader's and rsyslog's (nice(2))
+PROCESSOR_NICE = 5
 #: the longest sender address rsyslog writes (an IPv6 address with a zone is shorter)
 MAX_IP_CHARS = 64
 #: the start "OK" has been written (the CLI must not write one on a failed start then)
@@ -161,7 +163,14 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     ring = LineRing(os.path.join(cfg.state_dir, "omprog-ring"), cfg.omprog.ring_bytes)
     if ring.reset_reason is not None:
         log.warning("omprog_ring_started_afresh", path=ring.path, why=ring.reset_reason)
-    ring.mark_first_put(unset=True)
+    ring.mark_put(unset=True)
+    # Lines the last receiver answered and did not process end here: read before the reader
+    # answers anything new.
+    recovered_until = ring.written()
+    # A SIGHUP or SIGINT between the fork and the handlers must not end either process:
+    # the reader keeps ignoring them, the processor sets its own.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()  # the reader wakes an idle processor; its end closing says the reader stopped
     go_r, go_w = os.pipe()  # the processor lets the reader answer once the runtime is open
     os.set_blocking(wake_w, False)
@@ -179,7 +188,14 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     os.close(wake_w)
     os.close(go_r)
     try:
-        return _process(cfg, parsers, config_path, ring, reader, wake_r, go_w)
+        # The processor yields to rsyslog (its UDP input above all: a datagram the kernel
+        # drops for want of a reader is lost) and to the reader; it takes the CPU they leave,
+        # and the ring holds what it has not taken yet.
+        os.nice(PROCESSOR_NICE)
+    except OSError:
+        pass
+    try:
+        return _process(cfg, parsers, config_path, ring, recovered_until, reader, wake_r, go_w)
     finally:
         if _reap(reader, 0) is None:
             os.kill(reader, signal.SIGKILL)  # safe at any point: what it answered is in the ring
@@ -210,8 +226,7 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
     Worst case for what stdin holds: memory is O(max_line_bytes) (a longer line is dropped as
     it arrives, its length and first bytes passed on for the processor's log line), and the
     ring is bounded by omprog.ring_bytes: with no room the reader waits, rsyslog queues."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the processor's to take (config reload)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the processor stops us when it stops
+    # SIGHUP (a config reload) and SIGINT are the processor's to take: ignored here since the fork.
     _die_with_parent()
     if os.read(go, 1) != b"G":
         return 0  # the processor could not start: it answers rsyslog and says why
@@ -221,7 +236,7 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
     os.set_blocking(fd, True)
     buf = b""
     dropping, dropped_head = 0, b""
-    first = True
+    mark_put = ring.mark_put
     while True:
         if b"\n" not in buf:
             chunk = os.read(fd, 65536)
@@ -241,14 +256,12 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
                     dropping, dropped_head, buf = len(buf), buf[:80], b""
                 continue
         line, _, buf = buf.partition(b"\n")
-        if first:
-            first = False
-            ring.mark_first_put()
         if len(line) > max_line:
             _put_waiting(ring, len(line).to_bytes(8, "little") + line[:80], TOO_LONG)
         elif not put(line):
             _put_waiting(ring, line, 0)
         write(1, b"OK\n")
+        mark_put()
         if ring.processor_asleep():
             try:
                 write(wake, b"w")
@@ -258,6 +271,10 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
 
 def _put_waiting(ring: LineRing, body: bytes, kind: int) -> None:  # pragma: no cover - child
     """Put, waiting for the processor to make room (rsyslog holds the next lines meanwhile)."""
+    if not ring.fits(len(body)):
+        # Only in a ring kept at an older, smaller size (lines waited in it at the start):
+        # a line that can never fit is passed on as too long, never waited for.
+        body, kind = len(body).to_bytes(8, "little") + body[:80], TOO_LONG
     waited = False
     while not ring.put(body, kind):
         if not waited:
@@ -269,8 +286,8 @@ def _put_waiting(ring: LineRing, body: bytes, kind: int) -> None:  # pragma: no 
         time.sleep(0.001)
 
 
-def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineRing, reader: int, wake: int,
-             go: int) -> int:
+def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineRing, recovered_until: int,
+             reader: int, wake: int, go: int) -> int:
     state: dict[str, Any] = {"stop": False, "hup": False}
 
     def on_term(signum: int, frame: object) -> None:
@@ -302,10 +319,9 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
                     resends=True)
     skew = cfg.omprog.max_clock_skew
     counts = intake.front_counters  # malformed_input, clock_clamped, ring_waits: also in the metrics file
-    # Lines the last receiver answered and did not process: the ring's up to here, and an
-    # older version's in-flight line. Processed after the journal's replay, each on its own:
-    # one that killed the last receiver must not kill every next one.
-    recovered_until = ring.written()
+    # Lines the last receiver answered and did not process: the ring's up to recovered_until,
+    # and an older version's in-flight line. Processed after the journal's replay, each on
+    # its own: one that killed the last receiver must not kill every next one.
     legacy_path = os.path.join(cfg.state_dir, "omprog-inflight")
     legacy = take_legacy_inflight(legacy_path)
     intake.recover(time.time())
@@ -356,7 +372,8 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
         last_mono = time.monotonic()
 
     def recovered(line: bytes, where: str) -> None:
-        log.info("omprog_inflight_recovered", where=where, first_bytes=line[:80].decode("utf-8", "replace"))
+        if where == legacy_path:
+            log.info("omprog_inflight_recovered", where=where, first_bytes=line[:80].decode("utf-8", "replace"))
         try:
             process(line)
         except Exception as e:
@@ -368,7 +385,9 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
     if os.path.exists(legacy_path):
         os.unlink(legacy_path)
     log.info("omprog_started", pid=os.getpid(), reader_pid=reader, dsn_set=bool(cfg.dsn), routes=len(cfg.routes),
-             state_dir=cfg.state_dir, lines_recovered_bytes=ring.backlog_bytes())
+             state_dir=cfg.state_dir, ring_bytes=ring.size,
+             # answered by the last receiver and not processed: processed first
+             recovered_bytes=recovered_until - ring.got())
     next_tick = 0.0
     lines = 0
     first_line_at = 0.0
@@ -378,6 +397,11 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
             if state["hup"]:
                 state["hup"] = False
                 _reload(config_path)
+            if state["stop"] and reader_status is None:
+                # Under load the ring is never empty: stop the reader at once, then drain what
+                # it answered (at most omprog.ring_bytes; rsyslog keeps the rest queued).
+                os.kill(reader, signal.SIGKILL)  # safe at any point: its lines are in the ring or not answered
+                reader_status = _reap(reader, None)
             try:
                 entry = ring.get()
             except RingError as e:
@@ -408,10 +432,6 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
                 continue
             if reader_status is not None:
                 break  # the reader is gone and every line it answered is processed
-            if state["stop"]:
-                os.kill(reader, signal.SIGKILL)  # lines it answered are in the ring: processed below
-                reader_status = _reap(reader, None)
-                continue
             # Nothing to do: sleep until a line, a deadline, or a second. The reader may miss the
             # flag set just before its check (no memory barrier in Python): the 50 ms cap bounds that.
             ring.sleep_flag(True)
@@ -439,8 +459,10 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
     finally:
         # process() ends by reading the monotonic clock: the wall time the last line was done
         last_line_at = time.time() - (time.monotonic() - last_mono) if lines else 0.0
-        # A burst's rate runs from the reader's first line (the processor may start on it later)
-        first_line_at = min(first_line_at, ring.first_put_at() or first_line_at)
+        # A burst's rates run from the reader's first line (the processor may start on it later):
+        # to its last OK (answered_seconds), and to the last line processed (busy_seconds).
+        first_put, last_put = ring.put_span()
+        first_line_at = min(first_line_at, first_put or first_line_at)
         # Open reports stay in the journal: the next start rebuilds them.
         if delivery is not None:
             delivery.stop(2.0)
@@ -452,6 +474,7 @@ def _process(cfg: Config, parsers: Parsers, config_path: str | None, ring: LineR
                  clock_clamped=counts.get("clock_clamped", 0),
                  open_reports=intake.assembler.open_reports, duplicates=intake.duplicates,
                  busy_seconds=round(max(0.0, last_line_at - first_line_at), 6),
+                 answered_seconds=round(max(0.0, last_put - first_put), 6),
                  # the span of several shards' bursts is first of the firsts to last of the lasts
                  first_line_at=first_line_at, last_line_at=last_line_at, counters=intake.counters())
     return 0 if reader_status == 0 or state["stop"] else 1

