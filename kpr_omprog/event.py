@@ -145,6 +145,8 @@ def registers(lines: tuple[str, ...] | list[str], start: int = 0) -> dict[str, s
     for text in lines[start:start + 80]:
         if is_trace_start(text):
             break
+        if _REGISTER.match(text.lstrip()) is None:
+            continue  # a dump line starts with a pair: most lines end here, without a scan of the whole line
         pairs = _REGISTER.findall(text)
         if pairs and not _REGISTER.sub("", text).strip():
             for name, value in pairs:

@@ -148,7 +148,7 @@ class StoreError(Exception):
 
 
 def state_dir_holder(folder: str) -> str | None:
-    """The pid of the receiver holding ``folder`` (see :func:`_lock_state_dir`), or None."""
+    """The pid of the receiver holding ``folder`` (see :func:`lock_state_dir`), or None."""
     import fcntl
 
     path = os.path.join(folder, "lock")

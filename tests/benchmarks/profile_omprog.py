@@ -6,7 +6,9 @@ Runs ``bench_rsyslog.py``'s setup (a real rsyslogd with the shipped drop-in, a b
 crash+noise datagrams from 1,000 loopback hosts landing in its queue), has py-spy sample
 the program (500 Hz, by line, without pausing it) while it takes the burst, and prints
 the share of samples per line (self) and per function (inclusive), idle time included
-(``--idle``: a sample in ``select``/``read`` is the program waiting for rsyslog). py-spy
+(``--idle``: a sample in ``select``/``read`` is the program waiting for rsyslog). Both
+processes are sampled: the reader's samples are under ``_read_lines``, the processor's
+under ``_process`` (shares are of both together: each process has about half). py-spy
 comes with the test extra (``pip install -e .[test]``).
 """
 
@@ -41,8 +43,10 @@ def main() -> None:
         try:
             send(rs.port, 1000, 1)  # rsyslog starts the program at the first message
             pid = rs.wait_program()
+            # --subprocesses: the reader (forked at the start, _read_lines) beside the processor (_process)
             rec = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "500", "-f", "raw", "-o", str(raw), "--idle",
-                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--nonblocking", "--subprocesses"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
             sent = 1 + send(rs.port, 150_000, a.count)["sent"]
             deadline = time.monotonic() + 180
