@@ -49,6 +49,7 @@ import mmap
 import os
 import time
 import zlib
+from collections.abc import Callable
 
 __all__ = ["TOO_LONG", "LineRing", "RingError"]
 
@@ -143,7 +144,7 @@ class LineRing:
         self._mm = mmap.mmap(self._fd, _HEAD + size)
         self._words = memoryview(self._mm)[:64].cast("Q")
         self._heads = memoryview(self._mm).cast("I")
-        self._put_at = self._words[_W_WRITTEN]  # the reader's cursor (its own word)
+        self.put = self._writer()
         self._get_at = self._words[_W_CONSUMED]  # the processor's cursor, ahead of consumed until consume()
 
     def _unmap(self) -> None:
@@ -157,30 +158,40 @@ class LineRing:
         """Whether a body of ``length`` bytes can ever be put (once the processor made room)."""
         return 8 + ((length + 7) & ~7) <= self.size
 
-    def put(self, body: bytes, kind: int = 0) -> bool:
-        """Store one entry; False when the processor has not made room for it yet."""
-        n = len(body)
-        step = 8 + ((n + 7) & ~7)
-        at = self._put_at
-        offset = at % self.size
-        end = at + step
-        wrap = offset + step > self.size
-        if wrap:
-            end += self.size - offset
-        if step > self.size or end - self._words[_W_CONSUMED] > self.size:
-            return False
-        heads, base = self._heads, _HEAD + offset
-        if wrap:
-            heads[(base >> 2) + 1] = _tag(at)
-            heads[base >> 2] = _WRAP
-            at += self.size - offset
-            base = _HEAD
-        self._mm[base + 8:base + 8 + n] = body
-        heads[(base >> 2) + 1] = zlib.crc32(body, _tag(at))
-        heads[base >> 2] = n | _LONG_BIT if kind == TOO_LONG else n
-        self._put_at = end
-        self._words[_W_WRITTEN] = end  # last: the entry is in the ring from here on
-        return True
+    def _writer(self) -> Callable[..., bool]:
+        """``put(body, kind=0) -> bool``: store one entry; False when the processor has not made
+        room for it yet. A closure over the ring's parts: the reader calls it once a line."""
+        size, mm, heads, words, crc32, now = self.size, self._mm, self._heads, self._words, zlib.crc32, time.time
+        at = words[_W_WRITTEN]  # the reader's cursor
+
+        def put(body: bytes, kind: int = 0) -> bool:
+            nonlocal at
+            n = len(body)
+            step = 8 + ((n + 7) & ~7)
+            offset = at % size
+            start, end = at, at + step
+            if offset + step > size:  # no room before the ring's end: a wrap mark, the entry at its start
+                start = at + size - offset
+                end = start + step
+                if step > size or end - words[_W_CONSUMED] > size:
+                    return False
+                heads[((_HEAD + offset) >> 2) + 1] = (at >> 3) & 0xFFFFFFFF
+                heads[(_HEAD + offset) >> 2] = _WRAP
+                offset = 0
+            elif end - words[_W_CONSUMED] > size:
+                return False
+            base = _HEAD + offset
+            mm[base + 8:base + 8 + n] = body
+            heads[(base >> 2) + 1] = crc32(body, (start >> 3) & 0xFFFFFFFF)
+            heads[base >> 2] = n | _LONG_BIT if kind == TOO_LONG else n
+            at = end
+            words[_W_WRITTEN] = end  # last: the entry is in the ring from here on
+            words[_W_LAST_PUT] = t = int(now() * 1e6)
+            if not words[_W_FIRST_PUT]:
+                words[_W_FIRST_PUT] = t
+            return True
+
+        return put
 
     def processor_asleep(self) -> bool:
         """True (once) when the processor said it waits for a wake-up; the caller sends one."""
@@ -189,16 +200,9 @@ class LineRing:
             return True
         return False
 
-    def mark_put(self, unset: bool = False) -> None:
-        """Note the time of this reader's last line, and of its first (microseconds): the span
-        the lines were answered in, which the processor's stop reports."""
-        words = self._words
-        if unset:
-            words[_W_FIRST_PUT] = words[_W_LAST_PUT] = 0
-            return
-        words[_W_LAST_PUT] = now = int(time.time() * 1e6)
-        if not words[_W_FIRST_PUT]:
-            words[_W_FIRST_PUT] = now
+    def forget_put_span(self) -> None:
+        """A new reader's span starts at its first line (put() notes the first and the last)."""
+        self._words[_W_FIRST_PUT] = self._words[_W_LAST_PUT] = 0
 
     def put_span(self) -> tuple[float, float]:
         """When this reader put its first and its last line (0.0, 0.0 before any)."""

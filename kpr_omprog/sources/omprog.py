@@ -166,7 +166,7 @@ def run_omprog(cfg: Config, parsers: Parsers, stdin: BinaryIO | None = None, con
     ring = LineRing(os.path.join(cfg.state_dir, "omprog-ring"), cfg.omprog.ring_bytes)
     if ring.reset_reason is not None:
         log.warning("omprog_ring_started_afresh", path=ring.path, why=ring.reset_reason)
-    ring.mark_put(unset=True)
+    ring.forget_put_span()
     # Lines the last receiver answered and did not process end here: read before the reader
     # answers anything new.
     recovered_until = ring.written()
@@ -234,12 +234,11 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
     if os.read(go, 1) != b"G":
         return 0  # the processor could not start: it answers rsyslog and says why
     os.close(go)
-    write, put = os.write, ring.put
+    write, put, asleep = os.write, ring.put, ring.processor_asleep
     write(1, b"OK\n")
     os.set_blocking(fd, True)
     buf = b""
     dropping, dropped_head = 0, b""
-    mark_put = ring.mark_put
     while True:
         if b"\n" not in buf:
             chunk = os.read(fd, 65536)
@@ -264,8 +263,7 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
         elif not put(line):
             _put_waiting(ring, line, 0)
         write(1, b"OK\n")
-        mark_put()
-        if ring.processor_asleep():
+        if asleep():
             try:
                 write(wake, b"w")
             except BlockingIOError:
