@@ -91,6 +91,34 @@ def test_a_new_size_takes_the_waiting_lines_along_or_waits_until_they_fit(tmp_pa
     assert empty.size == 2048 and empty.reset_reason is None and empty.get() is None
 
 
+def test_a_damaged_waiting_line_and_a_new_size_still_open_the_ring(tmp_path: Path) -> None:
+    # The damage is found where it always is, by the processor's get(), not at the start
+    # (a start that fails would fail again at every restart).
+    path = str(tmp_path / "ring")
+    ring = LineRing(path, 1024)
+    ring.put(b"a line rsyslog sent")
+    ring.close()
+    with open(path, "r+b") as f:
+        f.seek(4096 + 8 + 3)
+        f.write(b"X")
+    kept = LineRing(path, 4096)
+    assert kept.size == 1024
+    with pytest.raises(RingError, match="fails its checksum"):
+        kept.get()
+
+
+def test_a_line_over_half_the_ring_is_refused_up_front(tmp_path: Path) -> None:
+    # Wherever the cursor stands, an entry of at most half the ring fits once the ring is
+    # empty; a longer one may never fit (the rest of the ring too short, its start held).
+    ring = LineRing(str(tmp_path / "ring"), 256)
+    assert ring.fits(120) and not ring.fits(121)
+    ring.put(b"x" * 100)
+    ring.get()
+    ring.consume()
+    assert not ring.put(b"y" * 150)  # 160 bytes at offset 112: past the end, and 112 < 160 at the start
+    assert ring.put(b"y" * 120)
+
+
 @pytest.mark.parametrize("content, why", [
     (b"P{\"ip\": \"10.0.0.1\"}\n", "shorter than its head"),
     (b"\x00" * 8192, "not a ring file of this version"),

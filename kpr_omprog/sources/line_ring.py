@@ -84,6 +84,8 @@ class LineRing:
             self._open(size)
         except OSError as e:
             os.close(self._fd)
+            if e.errno is None:
+                raise
             raise RingError(e.errno, e.strerror, path) from None  # the CLI names the file, one line
 
     def _open(self, size: int) -> None:
@@ -121,18 +123,24 @@ class LineRing:
         of the new size, written beside it and renamed over it (a kill leaves one or the other
         whole). When they would not fit, the ring keeps its size until it is empty."""
         entries = []
-        while (entry := self.get()) is not None:
-            entries.append(entry)
-        if sum(8 + ((len(body) + 7) & ~7) for _, body in entries) > size:
-            self._get_at = self._words[_W_CONSUMED]
+        try:
+            while (entry := self.get()) is not None:
+                entries.append(entry)
+        except RingError:
+            entries = []  # damage: the processor finds it at this size, says so and starts afresh
+        self._get_at = self._words[_W_CONSUMED]
+        if not entries or sum(8 + ((len(body) + 7) & ~7) for _, body in entries) > size:
             return
         new_path = self.path + ".new"
         if os.path.exists(new_path):
             os.unlink(new_path)
         new = LineRing(new_path, size)
-        for kind, body in entries:
-            new.put(body, kind)
+        copied = all(new.put(body, kind) for kind, body in entries)
+        new._mm.flush()  # on disk before it replaces the old ring (a power cut between the two)
         new.close()
+        if not copied:
+            os.unlink(new_path)
+            return
         os.replace(new_path, self.path)
         self._unmap()
         os.close(self._fd)
@@ -155,8 +163,10 @@ class LineRing:
     # The reader's side.
 
     def fits(self, length: int) -> bool:
-        """Whether a body of ``length`` bytes can ever be put (once the processor made room)."""
-        return 8 + ((length + 7) & ~7) <= self.size
+        """Whether a body of ``length`` bytes can be put wherever the ring's cursor stands, once
+        the processor made room: an entry over half the ring may find the rest of the ring too
+        short and its start still held (omprog.ring_bytes is checked to hold two longest lines)."""
+        return 2 * (8 + ((length + 7) & ~7)) <= self.size
 
     def _writer(self) -> Callable[..., bool]:
         """``put(body, kind=0) -> bool``: store one entry; False when the processor has not made
