@@ -659,6 +659,42 @@ class Assembler:
         ring, host.opened_ctx = host.opened_ctx, b""
         return [x + b"\n" for x in ring.split(b"\n")[:-1]]
 
+    def keep_context(self, datagram: bytes, source: tuple[str, int], at: float) -> list[Report]:
+        r"""Put one of ``source``'s context lines back into its ring as it was (a datagram
+        :meth:`take_context` gave), never read for crash markers: the journal's replay of the
+        lines a report opened with. Returns the reports that making room closed (rarely any).
+
+        >>> asm = Assembler()
+        >>> asm.keep_context(b"[  1.000000] BUG: kept as context\n", ("10.0.0.1", 0), 5.0)
+        []
+        >>> asm.feed(b"[  2.000000] Kernel panic - not syncing: x\n", ("10.0.0.1", 0), 6.0)
+        []
+        >>> [(r.context, r.lines) for r in asm.close_all()]  # one report: the panic, with the BUG line as context
+        [(('BUG: kept as context',), ('Kernel panic - not syncing: x',))]
+        """
+        closed: list[Report] = []
+        key = source[0] if self._by_ip else (source[0], source[1])
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._host(source, at, closed)
+        elif not host.admitted:
+            self._admit(host, closed)
+        host.last = at
+        host.datagrams += 1
+        entry = datagram[:-1] if datagram.endswith(b"\n") else datagram
+        entry = entry.replace(b"\n", b" ") + b"\n"  # one ring entry is one line
+        old = host.ctx
+        ctx = old + entry
+        if host.nctx < self._cl:
+            host.nctx += 1
+        else:
+            ctx = ctx[ctx.index(b"\n") + 1:]
+        host.ctx = ctx
+        self._ring_bytes += len(ctx) - len(old)
+        if self._ring_bytes > self.config.context_bytes_budget:
+            self._over_rings(host, closed)
+        return closed
+
     def note_title(self, source: tuple[str, int], title: str) -> None:
         """The title the parse stage gave ``source``'s last report: kept on its host record."""
         host = self._hosts.get(source[0] if self._by_ip else (source[0], source[1]))

@@ -40,19 +40,33 @@ import zlib
 
 from .logs import get_logger
 
-__all__ = ["Journal", "JournalFull", "Row", "used_bytes"]
+__all__ = ["Context", "Journal", "JournalFull", "Row", "used_bytes"]
 
 log = get_logger()
 
 #: (host key, receive time, sender ip, sender port, datagram)
 Row = tuple[str, float, str, int, bytes]
 
+
+class Context(bytes):
+    r"""The datagram of a row that is one of its host's context lines (the lines kept before
+    its report opened), not a datagram the host sent then: a restart puts it back into the
+    host's context ring and never reads it for crash markers (a crash line kept as context,
+    such as a crash the host's log buffer sent again, must not open a report on replay).
+    Written as a record kind of its own; equal to the same bytes.
+
+    >>> Context(b"[ 1.0] x\n") == b"[ 1.0] x\n", type(Context(b"y")).__name__
+    (True, 'Context')
+    """
+
+    __slots__ = ()
+
 # frame (one per write): body length, crc32 of body; body: records back to back, each a
 # kind and its fields (one checksum per batch: a torn write tears the batch, never a row)
 _FRAME = struct.Struct("<II")
 _ADD = struct.Struct("<BdHHHI")  # kind, at, port, len(key), len(ip), len(data)
 _DROP = struct.Struct("<BH")  # kind, len(key)
-_KIND_ADD, _KIND_DROP = 1, 2
+_KIND_ADD, _KIND_DROP, _KIND_CONTEXT = 1, 2, 3
 #: rewriting the live rows is worth it past this size, when they are under a quarter of the file
 _COMPACT_MIN_BYTES = 8 << 20
 #: the file grows (and shrinks back, when no report is open) this much at a time
@@ -179,7 +193,8 @@ class Journal:
             key, at, ip, port, data = rows[0]
             k = key.encode("utf-8", "surrogateescape")
             i = k if ip == key else ip.encode("utf-8", "surrogateescape")
-            body = b"".join((_ADD.pack(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data))
+            kind = _KIND_CONTEXT if type(data) is Context else _KIND_ADD
+            body = b"".join((_ADD.pack(kind, at, port, len(k), len(i), len(data)), k, i, data))
             self._append(body)
             self._live[key] = self._live.get(key, 0) + len(body)
             self._live_total += len(body)
@@ -327,7 +342,8 @@ def _encode(rows: list[Row]) -> tuple[bytes, dict[str, int]]:
     for key, at, ip, port, data in rows:
         k = key.encode("utf-8", "surrogateescape")
         i = k if ip == key else ip.encode("utf-8", "surrogateescape")  # grouped by ip: the key is the ip
-        parts += (add(_KIND_ADD, at, port, len(k), len(i), len(data)), k, i, data)
+        parts += (add(_KIND_CONTEXT if type(data) is Context else _KIND_ADD, at, port, len(k), len(i), len(data)),
+                  k, i, data)
         sizes[key] = sizes.get(key, 0) + _ADD.size + len(k) + len(i) + len(data)
     return b"".join(parts), sizes
 
@@ -347,15 +363,16 @@ def _records(body: bytes) -> list[Row | str] | None:
     pos, end = 0, len(body)
     while pos < end:
         kind = body[pos]
-        if kind == _KIND_ADD and pos + _ADD.size <= end:
+        if kind in (_KIND_ADD, _KIND_CONTEXT) and pos + _ADD.size <= end:
             _, at, port, lk, li, ld = _ADD.unpack_from(body, pos)
             o = pos + _ADD.size
             pos = o + lk + li + ld
             if pos > end:
                 return None
+            data = body[o + lk + li:pos]
             out.append((body[o:o + lk].decode("utf-8", "surrogateescape"),
                         at, body[o + lk:o + lk + li].decode("utf-8", "surrogateescape"), port,
-                        body[o + lk + li:pos]))
+                        Context(data) if kind == _KIND_CONTEXT else data))
         elif kind == _KIND_DROP and pos + _DROP.size <= end:
             _, lk = _DROP.unpack_from(body, pos)
             o = pos + _DROP.size

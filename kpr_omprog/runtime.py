@@ -24,7 +24,7 @@ from .assembler import Assembler, Report
 from .config import Config, ConfigError
 from .event import build_event
 from .hooks import Parsers, analyze_text, load_hook
-from .journal import Journal, JournalFull, Row
+from .journal import Context, Journal, JournalFull, Row
 from .logs import get_logger, worth_logging
 from .ratelimit import ReportGate
 from .routes import Route, Router
@@ -323,7 +323,10 @@ class Intake:
                 self._journaled.add(key)
                 self._last[key] = (at, data)
                 sources[key] = (ip, port)
-                self._closed(self.assembler.feed(data, (ip, port), at), now)
+                if type(data) is Context:
+                    self._closed(self.assembler.keep_context(data, (ip, port), at), now)
+                else:
+                    self._closed(self.assembler.feed(data, (ip, port), at), now)
         finally:
             self._recovering = False
         for key, source in sources.items():
@@ -363,7 +366,7 @@ class Intake:
             if key not in journaled:
                 # The host's context lines, from the assembler's record of it (one record a
                 # host): journaled first, they rebuild the same context on replay.
-                self._batch.extend((key, at, ip, source[1], x) for x in asm.take_context(source))
+                self._batch.extend((key, at, ip, source[1], Context(x)) for x in asm.take_context(source))
                 journaled.add(key)
             self._batch.append(row)
             self._last[key] = (at, kept)

@@ -11,7 +11,7 @@ from kpr_omprog import journal as journal_mod
 from kpr_omprog.assembler import Assembler
 from kpr_omprog.config import Config
 from kpr_omprog.hooks import Parsers
-from kpr_omprog.journal import Journal, JournalFull
+from kpr_omprog.journal import Context, Journal, JournalFull
 from kpr_omprog.runtime import Intake, Pipeline
 from kpr_omprog.store import Store
 
@@ -170,3 +170,73 @@ def test_a_full_disk_at_start_does_not_stop_the_receiver_and_room_is_tried_again
     j.add_many([row("a", 1)])  # room again
     j.close()
     assert Journal(str(tmp_path / "j.bin")).load() == [row("a", 1)]
+
+
+WARN = ["------------[ cut here ]------------",
+        "WARNING: CPU: 1 PID: 77 at drivers/foo/bar.c:12 foo_probe+0x1d/0x30 [foo]",
+        "Modules linked in: foo", "CPU: 1 PID: 77 Comm: modprobe Not tainted 6.1.0-56-amd64 #1 Debian 6.1.192-2",
+        "RIP: 0010:foo_probe+0x1d/0x30 [foo]", "Call Trace:", " <TASK>", " do_one_initcall+0x41/0x200",
+        " </TASK>", "---[ end trace 0000000000000000 ]---"]
+BUG = ["BUG: kernel NULL pointer dereference, address: 0000000000000008", "#PF: supervisor read access in kernel mode",
+       "Oops: 0000 [#1] PREEMPT SMP NOPTI", "CPU: 0 PID: 9 Comm: kworker/0:1 Not tainted 6.1.0-56-amd64 #1",
+       "RIP: 0010:bar_work+0x12/0x40 [bar]", "Call Trace:", " <TASK>", " process_one_work+0x1c4/0x380",
+       " </TASK>"]
+
+
+def test_a_crash_line_kept_as_context_stays_context_after_a_restart(tmp_path: Path) -> None:
+    # A warning the host reported, then its first lines again at the same kernel times (the
+    # log buffer sent again by a reloaded netconsole: context, not a report), then a real
+    # crash. A receiver restarted while that crash is open rebuilds it from the journal: the
+    # replayed warning lines are its context again, not a second report (they were journaled
+    # as ordinary rows before, and opened one).
+    def stamp(ts: float, text: str) -> bytes:
+        return b"[%5d.%06d] %s\n" % (int(ts), round(ts % 1 * 1e6), text.encode())
+
+    src = ("10.7.0.1", 6666)
+    datagrams = [stamp(50.0 + i / 1000, x) for i, x in enumerate(WARN)]
+    datagrams += [stamp(50.0 + i / 1000, x) for i, x in enumerate(WARN[:2])]  # sent again
+    datagrams += [stamp(70.0 + i / 1000, x) for i, x in enumerate(BUG)]
+
+    def intake(state: Path) -> tuple[Intake, Store]:
+        store = Store(str(state / "s.sqlite3"))
+        return Intake(Pipeline(Config(), Parsers(), store, None), Assembler(), Journal(str(state / "j.bin"))), store
+
+    def titles(store: Store) -> list[tuple[str, str]]:
+        return sorted((str(r["title"]), str(r["event_id"])) for r in store.reports())
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "restarted").mkdir()
+    clean, clean_store = intake(tmp_path / "clean")
+    first, store = intake(tmp_path / "restarted")
+    for i, d in enumerate(datagrams):
+        for run in (clean, first):
+            run.feed(d, src, 1000 + i * 0.01, 1000 + i * 0.01)
+            run.flush()
+    assert first.assembler.stats.crash_replays >= 1 and first.assembler.open_reports == 1
+    assert first.journal is not None
+    first.journal.close()  # what a kill -9 leaves (the journal holds nothing in memory)
+    again, _ = intake(tmp_path / "restarted")
+    again.recover(1100.0)
+    assert again.assembler.open_reports == 1
+    for run in (clean, again):
+        run.shutdown(1200.0)
+        run.expire(1300.0)
+    assert [t for t, _ in titles(clean_store)] == ["BUG: unable to handle kernel NULL pointer dereference in bar_work",
+                                                   "WARNING in foo_probe"]
+    assert titles(store) == titles(clean_store)
+
+
+def test_context_rows_keep_their_kind_through_reopen_and_compaction(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "j.bin")
+    j = Journal(path)
+    j.add_many([("a", 1.0, "a", 0, Context(b"[ 1.0] kept\n"))])  # the one-row path
+    j.add_many([("a", 2.0, "a", 0, Context(b"[ 1.5] kept too\n")), row("a", 3)])
+    loaded = Journal(path).load()
+    assert [type(r[4]).__name__ for r in loaded] == ["Context", "Context", "bytes"]
+    assert loaded[0][4] == b"[ 1.0] kept\n"
+    monkeypatch.setattr(journal_mod, "_COMPACT_MIN_BYTES", 0)
+    for h in range(20):
+        j.add_many([row(f"b{h}", i) for i in range(5)])
+        j.drop(f"b{h}")  # the file is mostly dead: rewritten with a's rows only
+    assert [type(r[4]).__name__ for r in Journal(path).load()] == ["Context", "Context", "bytes"]
