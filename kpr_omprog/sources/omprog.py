@@ -273,8 +273,9 @@ def _read_lines(fd: int, ring: LineRing, wake: int, go: int, max_line: int) -> i
 def _put_waiting(ring: LineRing, body: bytes, kind: int) -> None:  # pragma: no cover - child
     """Put, waiting for the processor to make room (rsyslog holds the next lines meanwhile)."""
     if not ring.fits(len(body)):
-        # Only in a ring kept at an older, smaller size (lines waited in it at the start):
-        # a line that can never fit is passed on as too long, never waited for.
+        # Never with a checked config (omprog.ring_bytes holds two of the longest lines, and a
+        # ring kept at its old size is the larger one): a guard, so that a line that could
+        # never fit is passed on as too long instead of waited for.
         body, kind = len(body).to_bytes(8, "little") + body[:80], TOO_LONG
     waited = False
     while not ring.put(body, kind):
