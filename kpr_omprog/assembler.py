@@ -23,6 +23,7 @@ at once by the panic it caused stays one report.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import mmap
 import re
@@ -76,6 +77,13 @@ _NOT_NOISE = ("Linux version ", SPECIAL_PREFIX)
 #: crash-start lines remembered per host that reported a crash (see _Host.crash_marks):
 #: a replayed buffer repeats every crash of the boot, so a few reports' worth
 CRASH_MARKS = 32
+
+
+def _crash_mark(ts: float, text: str) -> int:
+    """A crash line's mark: its kernel time and text, hashed the same in every process (the
+    marks outlive a restart in the hosts table; ``hash()`` of a str is salted per process)."""
+    digest = hashlib.blake2b(f"{ts!r}\0{text}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 #: lines of an open report that _line looks at beyond their kind (the release, a client's
 #: special line, the task a ``CPU:`` line names): never taken by the open report's fast path
 _IN_REPORT_SPECIAL = (*_NOT_NOISE, "CPU: ")
@@ -436,6 +444,8 @@ class Assembler:
         self._ghost = memoryview(mmap.mmap(-1, 4 * GHOST_SLOTS)).cast("I")
         # admitted hosts changed since take_dirty() last took them, each once
         self._dirty: deque[_Host] = deque()
+        # crash marks a store kept for hosts not heard yet since the start (restore_crash_marks)
+        self._pending_marks: dict[tuple[str, int] | str, array[int]] = {}
         # (deadline, tie-breaker, key): lazily invalidated; see _check_deadline
         self._deadlines: list[tuple[float, int, tuple[str, int] | str]] = []
         self._serial = 0
@@ -722,9 +732,30 @@ class Assembler:
             key = host.key if isinstance(host.key, str) else f"{host.key[0]}:{host.key[1]}"
             out.append(HostRecord(key, host.ip, host.first, host.last, host.datagrams, host.release, d.formats,
                                   d.userdata or (), host.lost, host.special, host.special_at, host.reports,
-                                  host.title))
+                                  host.title, host.crash_marks.tobytes() if host.crash_marks is not None else b""))
             host.datagrams = host.lost = host.reports = 0
         return out
+
+    def restore_crash_marks(self, marks: list[tuple[str, bytes]]) -> None:
+        """Give hosts the crash marks a store kept (``hosts`` table keys, 8 bytes a mark): at a
+        start, so that a log buffer sent again after a receiver restart is still known. A host
+        not tracked yet takes its marks when it is first heard; at most ``max_hosts`` wait."""
+        for key, blob in marks[:self.config.max_hosts]:
+            if not blob or len(blob) % 8:
+                continue
+            k: str | tuple[str, int] = key
+            if not self._by_ip:
+                ip, _, port = key.rpartition(":")
+                if not port.isdigit():
+                    continue
+                k = (ip, int(port))
+            restored = array("q")
+            restored.frombytes(blob[:8 * CRASH_MARKS])
+            host = self._hosts.get(k)
+            if host is not None:
+                host.crash_marks = restored
+            else:
+                self._pending_marks[k] = restored
 
     # -- internals ----------------------------------------------------------------------
 
@@ -743,6 +774,8 @@ class Assembler:
             self.stats.new_hosts_forgotten += 1
             self._forget(old, closed)
         host = _Host(source[0], source[1], key, HostDecoder(self.config.decoder, self.stats.decode), at, admitted)
+        if self._pending_marks:
+            host.crash_marks = self._pending_marks.pop(key, None)
         self._hosts[key] = host
         (self._idle if admitted else self._new)[key] = host
         self.stats.hosts = len(self._hosts)
@@ -1044,7 +1077,7 @@ class Assembler:
             self.stats.starts_ignored += 1
             self._keep(host, line)
             return
-        if line.ts and host.crash_marks is not None and hash((line.ts, line.text)) in host.crash_marks:
+        if line.ts and host.crash_marks is not None and _crash_mark(line.ts, line.text) in host.crash_marks:
             # A crash this host already reported, at the same kernel time: the kernel sending
             # its log buffer again (netconsole loaded with the module option replays it to the
             # new console; the decoder saw the clock go back, as at a boot). Context, not a report.
@@ -1120,7 +1153,7 @@ class Assembler:
             self._queue(host)
         # Not lines stamped 0.000000: printed before the clock runs, the same crash in every
         # boot carries that stamp, and each boot's is a crash of its own.
-        marks = [hash((ts, text)) for text, ts in zip(rep.lines, rep.timestamps, strict=True)
+        marks = [_crash_mark(ts, text) for text, ts in zip(rep.lines, rep.timestamps, strict=True)
                  if ts and crash.classify(text) in _OPENS][:CRASH_MARKS]
         if marks:
             old_marks = host.crash_marks

@@ -77,6 +77,8 @@ class HostRecord:
     special_at: float | None
     reports: int
     title: str | None
+    #: the host's crash marks (see the assembler's ``_Host.crash_marks``), 8 bytes each; empty: unchanged
+    crash_marks: bytes = b""
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "ip": self.ip, "first_heard": self.first_heard, "last_heard": self.last_heard,

@@ -297,10 +297,16 @@ class Intake:
         return source[0] if self._by_ip else f"{source[0]}:{source[1]}"
 
     def recover(self, now: float) -> int:
-        """Rebuild open reports from the journal; returns how many datagrams were replayed.
+        """Rebuild open reports from the journal, and give the assembler the hosts' crash marks
+        the store kept (a log buffer sent again after a restart is still known); returns how
+        many datagrams were replayed.
         Then the metrics file is written: it exists from the start, and the exporter's import
         and first exposition are paid before the first datagram, not during it."""
         replayed = self._replay(now)
+        try:
+            self.assembler.restore_crash_marks(self.pipeline.store.crash_marks(self.assembler.config.max_hosts))
+        except Exception as e:  # a store without them loses nothing but a replay's recognition
+            log.warning("crash_marks_not_restored", error=f"{type(e).__name__}: {e}")
         if self._metrics_path is not None:
             self._next_metrics = time.monotonic() + self._metrics_interval
             self.write_metrics()

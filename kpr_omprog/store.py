@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     special     TEXT,                      -- the last test or heartbeat line
     special_at  REAL,
     reports     INTEGER NOT NULL,
-    title       TEXT                       -- of its last report
+    title       TEXT,                      -- of its last report
+    crash_marks BLOB                       -- its last crash lines' marks (the assembler's), 8 bytes each
 );
 CREATE INDEX IF NOT EXISTS hosts_last_heard ON hosts(last_heard);
 CREATE TABLE IF NOT EXISTS host_minutes (  -- hosts by the minute they were last heard (0: before a week)
@@ -266,7 +267,13 @@ class Store:
         self.prune_dead(time.time())
 
     def _migrate(self) -> None:
-        """Stores from before [[route]]: their rows go to the top-level DSN (route ``default``)."""
+        """Stores from before [[route]]: their rows go to the top-level DSN (route ``default``);
+        from before crash marks: the hosts table gets the column, empty."""
+        if "crash_marks" not in {r[1] for r in self._db.execute("PRAGMA table_info(hosts)")}:
+            self._db.execute("ALTER TABLE hosts ADD COLUMN crash_marks BLOB")
+        # the few hosts with marks, read at every start, without a scan of a million rows
+        self._db.execute("CREATE INDEX IF NOT EXISTS hosts_crash_marks ON hosts(last_heard) "
+                         "WHERE crash_marks IS NOT NULL")
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(reports)")}
         if "route" not in columns:
             self._db.execute("ALTER TABLE reports ADD COLUMN route TEXT NOT NULL DEFAULT 'default'")
@@ -501,6 +508,13 @@ class Store:
 
     # -- hosts --------------------------------------------------------------------------
 
+    def crash_marks(self, limit: int) -> list[tuple[str, bytes]]:
+        """The hosts' crash marks kept here, most recently heard first (for the assembler at a start)."""
+        with self._lock:
+            return [(str(k), bytes(b)) for k, b in self._db.execute(
+                "SELECT key, crash_marks FROM hosts WHERE crash_marks IS NOT NULL ORDER BY last_heard DESC LIMIT ?",
+                (limit,))]
+
     def put_hosts(self, records: Iterable[Any], now: float, max_rows: int, new_cap: int) -> tuple[int, int, int]:
         """Write a batch of :class:`kpr_omprog.coverage.HostRecord` (their counters are what
         was added since the last write) in one transaction; returns (written, new hosts not
@@ -540,7 +554,8 @@ class Store:
                 minutes[m] = minutes.get(m, 0) + 1
                 db.execute(
                     "INSERT INTO hosts (key, ip, first_heard, last_heard, datagrams, release, formats, tags, lost, "
-                    "special, special_at, reports, title) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "special, special_at, reports, title, crash_marks) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET ip = excluded.ip, "
                     "first_heard = MIN(first_heard, excluded.first_heard), "
                     "last_heard = MAX(last_heard, excluded.last_heard), datagrams = datagrams + excluded.datagrams, "
@@ -548,9 +563,11 @@ class Store:
                     "tags = CASE WHEN excluded.tags = '[]' THEN tags ELSE excluded.tags END, "
                     "lost = lost + excluded.lost, special = COALESCE(excluded.special, special), "
                     "special_at = COALESCE(excluded.special_at, special_at), reports = reports + excluded.reports, "
-                    "title = COALESCE(excluded.title, title)",
+                    "title = COALESCE(excluded.title, title), "
+                    "crash_marks = COALESCE(excluded.crash_marks, crash_marks)",
                     (r.key, r.ip, r.first_heard, r.last_heard, r.datagrams, r.release, r.formats,
-                     json.dumps([list(t) for t in r.tags]), r.lost, r.special, r.special_at, r.reports, r.title))
+                     json.dumps([list(t) for t in r.tags]), r.lost, r.special, r.special_at, r.reports, r.title,
+                     getattr(r, "crash_marks", b"") or None))
             self._add_minutes(db, minutes)
             # Minutes older than a week fold into minute 0: the table stays a week of minutes.
             folded = db.execute("SELECT COALESCE(SUM(n), 0) FROM host_minutes WHERE minute > 0 AND minute < ?",

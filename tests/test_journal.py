@@ -240,3 +240,41 @@ def test_context_rows_keep_their_kind_through_reopen_and_compaction(tmp_path: Pa
         j.add_many([row(f"b{h}", i) for i in range(5)])
         j.drop(f"b{h}")  # the file is mostly dead: rewritten with a's rows only
     assert [type(r[4]).__name__ for r in Journal(path).load()] == ["Context", "Context", "bytes"]
+
+
+def test_crash_marks_outlive_a_restart_in_the_hosts_table(tmp_path: Path) -> None:
+    # A warning reported, the receiver stopped and started again, then the host's log buffer
+    # sent again (a reloaded netconsole): its warning is known still, kept as context, not
+    # reported twice. A new crash after it is a report. A store from before the marks (no
+    # column) is given the column.
+    def stamp(ts: float, text: str) -> bytes:
+        return b"[%5d.%06d] %s\n" % (int(ts), round(ts % 1 * 1e6), text.encode())
+
+    src = ("10.7.0.2", 6666)
+    warn = [stamp(50.0 + i / 1000, x) for i, x in enumerate(WARN)]
+    bug = [stamp(70.0 + i / 1000, x) for i, x in enumerate(BUG)] + [stamp(70.5, "---[ end trace 0 ]---")]
+    path = str(tmp_path / "s.sqlite3")
+    old = Store(path)
+    with old._tx() as db:
+        db.execute("DROP INDEX hosts_crash_marks")  # what an older version created: neither
+        db.execute("ALTER TABLE hosts DROP COLUMN crash_marks")
+    old.close()
+
+    def intake() -> Intake:
+        return Intake(Pipeline(Config(), Parsers(), Store(path), None), Assembler(), Journal(str(tmp_path / "j.bin")))
+
+    first = intake()
+    for i, d in enumerate([stamp(1.0, "Linux version 6.1.0-56-amd64"), *warn]):
+        first.feed(d, src, 1000 + i * 0.01, 1000 + i * 0.01)
+        first.flush()
+    first.shutdown(1010.0)  # the hosts table written, as at every stop (and every hosts.flush_interval)
+    first.pipeline.store.close()
+    again = intake()
+    again.recover(1100.0)
+    for i, d in enumerate([*warn, *bug]):
+        again.feed(d, src, 1100 + i * 0.01, 1100 + i * 0.01)
+        again.flush()
+    again.shutdown(1200.0)
+    assert again.assembler.stats.crash_replays >= 1
+    assert sorted(str(r["title"]) for r in again.pipeline.store.reports()) == [
+        "BUG: unable to handle kernel NULL pointer dereference in bar_work", "WARNING in foo_probe"]
