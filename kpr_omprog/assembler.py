@@ -693,14 +693,7 @@ class Assembler:
         host.datagrams += 1
         entry = datagram[:-1] if datagram.endswith(b"\n") else datagram
         entry = entry.replace(b"\n", b" ") + b"\n"  # one ring entry is one line
-        old = host.ctx
-        ctx = old + entry
-        if host.nctx < self._cl:
-            host.nctx += 1
-        else:
-            ctx = ctx[ctx.index(b"\n") + 1:]
-        host.ctx = ctx
-        self._ring_bytes += len(ctx) - len(old)
+        self._push_context(host, entry)
         if self._ring_bytes > self.config.context_bytes_budget:
             self._over_rings(host, closed)
         return closed
@@ -868,6 +861,11 @@ class Assembler:
             entry = b" " + raw + b"\n"  # the decoder takes one space there, not a "<4>" or "[1.0]" of the text
         else:
             entry = raw + b"\n"
+        self._push_context(host, entry)
+
+    def _push_context(self, host: _Host, entry: bytes) -> None:
+        """Append one ring entry (one line, ending in LF) to the host's ring; the oldest goes
+        past context_lines. (feed()'s idle fast path does the same inline.)"""
         old = host.ctx
         ctx = old + entry
         if host.nctx < self._cl:
